@@ -1,0 +1,65 @@
+"""One exception hierarchy. Every message is one line that names the thing and says what to do."""
+
+from __future__ import annotations
+
+
+class DeployError(Exception):
+    """Base of every error the tool reports to a user; the CLI prints it on one line and exits 2."""
+
+    exit_code = 2
+
+
+class UnknownNameError(DeployError):
+    """A registry (family, variant, backend, runner, target) was asked for a name it does not hold."""
+
+
+class DuplicateNameError(DeployError):
+    """A registry was given a name it already holds."""
+
+
+class UnknownTargetError(UnknownNameError):
+    """No targets/<name>.yaml exists."""
+
+
+class InvalidTargetNameError(DeployError):
+    """A target name that is not [a-z0-9-]+ (it becomes a file and folder name)."""
+
+
+class ConfigFileError(DeployError):
+    """A YAML, JSON or CSV file that does not parse or does not match its schema (names file and field)."""
+
+
+class TableNotFoundError(DeployError):
+    """The target has no latency table yet."""
+
+
+class TableIncompleteError(DeployError):
+    """The latency table lacks entries for blocks the search space can produce."""
+
+
+class NoFeasibleSubnetError(DeployError):
+    """No subnet meets the constraints; names the fastest option and its latency."""
+
+
+class CheckpointError(DeployError):
+    """A checkpoint that is missing, not safetensors, or does not fit the family."""
+
+
+class ParityError(DeployError):
+    """A compiled artifact whose outputs differ from the torch references beyond tolerance."""
+
+
+class BackendUnavailableError(DeployError):
+    """A backend whose toolchain is not installed here; names the install command."""
+
+
+class UnsupportedOpError(DeployError):
+    """A converter met an operator it cannot handle."""
+
+
+class MeasurementError(DeployError):
+    """A latency measurement that could not be made or stayed too noisy."""
+
+
+class RunnerError(DeployError):
+    """A runner could not reach or use the machine it measures on."""

@@ -1,0 +1,24 @@
+"""Registered elastic families and their variants (name -> factory). One line per variant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from deploy.registry import Registry
+from deploy.supernets.base import BlockKey, Supernet
+
+VARIANTS: Registry[Callable[[], Supernet]] = Registry(
+    "model",
+    {
+        "matformer_vit_mnist": "deploy.supernets.matformer_vit:mnist",
+        "matformer_vit_tiny": "deploy.supernets.matformer_vit:tiny",
+    },
+)
+
+
+def build(variant: str) -> Supernet:
+    """An untrained supernet of a registered variant (weights come from `checkpoint.load`)."""
+    return VARIANTS.load(variant)()
+
+
+__all__ = ["VARIANTS", "BlockKey", "Supernet", "build"]

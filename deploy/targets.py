@@ -1,0 +1,110 @@
+"""Targets are data: one YAML per device under targets/, validated here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deploy import paths
+from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
+from deploy.io import pydantic_error_line, read_yaml
+from deploy.latency.stats import MeasureProtocol
+
+NAME_RE = re.compile(r"^[a-z0-9-]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceInfo(_Strict):
+    name: str
+    cpu: str = ""
+    notes: str = ""
+
+
+class RunnerSpec(_Strict):
+    kind: Literal["local", "ssh", "adb"] = "local"
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+    key_path: str | None = None
+    serial: str | None = None
+    benchmark_binary: str | None = None
+    cpu_mask: str | None = None
+
+
+class MeasurementSpec(_Strict):
+    warmup_runs: int = Field(20, ge=0)
+    min_runs: int = Field(50, ge=1)
+    min_time_s: float = Field(0.2, ge=0)
+    rounds: int = Field(5, ge=1)
+    cv_max: float = Field(0.05, gt=0)
+    max_retries: int = Field(2, ge=0)
+    cooldown_s: float = Field(0.0, ge=0)
+    calibration_subnets: int = Field(16, ge=2)
+
+    def protocol(self) -> MeasureProtocol:
+        return MeasureProtocol(
+            warmup_runs=self.warmup_runs,
+            min_runs=self.min_runs,
+            min_time_s=self.min_time_s,
+            rounds=self.rounds,
+            cv_max=self.cv_max,
+            max_retries=self.max_retries,
+            cooldown_s=self.cooldown_s,
+        )
+
+
+class Target(_Strict):
+    name: str
+    description: str = ""
+    device: DeviceInfo
+    backend: str
+    runner: RunnerSpec = RunnerSpec()
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    threads: int = Field(1, ge=1)
+    budget_ms: float = Field(gt=0)
+    max_params: int | None = Field(None, gt=0)
+    model: str
+    parity_atol: float = Field(1e-4, gt=0)
+    measurement: MeasurementSpec = MeasurementSpec()
+
+    @property
+    def table_path(self) -> Path:
+        return paths.tables_dir() / f"{self.name}.json"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidTargetNameError(
+            f"target name '{name}' is invalid: use lower-case letters, digits and '-' only (e.g. host-cpu-ort)"
+        )
+    return name
+
+
+def known_targets(directory: Path | None = None) -> list[str]:
+    directory = directory or paths.targets_dir()
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_target(name: str, directory: Path | None = None) -> Target:
+    check_name(name)
+    directory = directory or paths.targets_dir()
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(known_targets(directory)) or "(none)"
+        raise UnknownTargetError(f"unknown target '{name}'; known targets: {known} (files in {directory})")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        target = Target.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigFileError(pydantic_error_line(path, exc)) from None
+    if target.name != name:
+        raise ConfigFileError(f"{path}: field 'name' is '{target.name}' but the file is {name}.yaml")
+    return target
