@@ -53,6 +53,10 @@ class BackendUnavailableError(DeployError):
     """A backend whose toolchain is not installed here; names the install command."""
 
 
+class ExportError(DeployError):
+    """Export to the hub or loading by a runtime failed for a reason other than an unsupported op."""
+
+
 class UnsupportedOpError(DeployError):
     """A converter met an operator it cannot handle."""
 

@@ -39,10 +39,10 @@ class RunnerSpec(_Strict):
 
 class MeasurementSpec(_Strict):
     warmup_runs: int = Field(20, ge=0)
-    min_runs: int = Field(50, ge=1)
-    min_time_s: float = Field(0.2, ge=0)
-    rounds: int = Field(5, ge=1)
-    cv_max: float = Field(0.05, gt=0)
+    min_runs: int = Field(20, ge=1)
+    min_time_s: float = Field(0.02, ge=0)
+    rounds: int = Field(20, ge=1)
+    cv_max: float = Field(0.02, gt=0)  # gate on the median's relative standard error
     max_retries: int = Field(2, ge=0)
     cooldown_s: float = Field(0.0, ge=0)
     calibration_subnets: int = Field(16, ge=2)

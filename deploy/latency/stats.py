@@ -11,15 +11,15 @@ class MeasureProtocol:
     """How one latency is measured: warm-up, then `rounds` rounds of >= min_runs runs and >= min_time_s.
 
     The statistic is the median over all timed runs; the spread of the round medians (CV) says how
-    repeatable it was. A measurement whose round CV exceeds `cv_max` is repeated up to `max_retries`
-    times and the least noisy attempt is kept.
+    repeatable it was. While the median is less precise than `cv_max` (round CV / √rounds, the relative
+    standard error), every item gets `rounds` more rounds, pooled, up to `max_retries` times.
     """
 
     warmup_runs: int = 20
-    min_runs: int = 50
-    min_time_s: float = 0.2
-    rounds: int = 5
-    cv_max: float = 0.05
+    min_runs: int = 20
+    min_time_s: float = 0.02
+    rounds: int = 20
+    cv_max: float = 0.02
     max_retries: int = 2
     cooldown_s: float = 0.0
 

@@ -1,14 +1,20 @@
-"""The runner contract: take an artifact to where it runs and measure it there."""
+"""The runner contract: take an artifact to where it runs and measure it there.
+
+A runner class is built from the target's RunnerSpec (`get_runner(spec)`). `benchmark_many` measures
+items interleaved in one time window, which is what comparisons (blocks vs whole subnets) need.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from deploy.backends.base import Artifact, Backend
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+
+Progress = Callable[[str], None]
 
 
 class Runner(Protocol):
@@ -23,4 +29,14 @@ class Runner(Protocol):
         artifact: Artifact,
         inputs: Mapping[str, np.ndarray],
         protocol: MeasureProtocol,
+        on_progress: Progress | None = None,
     ) -> LatencyStats: ...
+
+    def benchmark_many(
+        self,
+        backend: Backend,
+        items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
+        protocol: MeasureProtocol,
+        on_progress: Progress | None = None,
+    ) -> list[LatencyStats]:
+        """Stats for each (artifact, inputs), in order, measured interleaved in the same time window."""

@@ -103,6 +103,12 @@ class Supernet(nn.Module, ABC):
         """
         return list(self.space().enumerate())
 
+    def measurable_block(self, key: BlockKey) -> tuple[nn.Module, torch.Tensor]:
+        """build_block with seeded weights: the same key always gives the same module (and hub entry)."""
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return self.build_block(key)
+
     def example_input(self, seed: int = 0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         return torch.randn(self.input_shape, generator=gen)

@@ -1,0 +1,49 @@
+# Thin wrappers over the CLI. Each target creates/updates .venv by itself, installing only the
+# extras its backend needs, so a fresh clone needs nothing but `make deploy TARGET=…` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TARGET ?= host-cpu-ort
+MODEL  ?=
+SAMPLES ?= 20
+
+# The target's backend decides which optional toolchain to install.
+BACKEND := $(shell sed -n 's/^backend:[[:space:]]*//p' targets/$(TARGET).yaml 2>/dev/null)
+EXTRAS_onnxruntime := data
+EXTRAS_tflite      := data,tflite
+EXTRAS_coreml      := data,coreml
+EXTRAS_tensorrt    := data,tensorrt
+EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)
+MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
+
+.PHONY: deploy latency-tables validate-tables train test lint benchmarks clean
+
+deploy: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
+
+latency-tables: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m deploy tables build --target $(TARGET) $(MODEL_FLAG)
+
+validate-tables: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) --json latency_tables/$(TARGET).validation.json
+
+train: $(VENV)/.installed-data
+	$(PY) -m deploy train $(MODEL_FLAG)
+
+test: $(VENV)/.installed-dev
+	$(PY) -m ruff check deploy tests benchmarks
+	$(PY) -m pytest -q
+
+benchmarks: $(VENV)/.installed-dev
+	$(PY) benchmarks/selector_vs_oracle.py
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per set of extras; re-installed when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[$*]'
+	touch $@
+
+clean:
+	rm -rf dist .cache .pytest_cache

@@ -1,0 +1,21 @@
+"""Registered backends (name -> class). Adding one is one line here plus its module."""
+
+from __future__ import annotations
+
+from deploy.backends.base import Artifact, Backend
+from deploy.registry import Registry
+
+BACKENDS: Registry[type[Backend]] = Registry(
+    "backend",
+    {
+        "onnxruntime": "deploy.backends.onnxruntime:OnnxRuntimeBackend",
+    },
+)
+
+
+def get_backend(name: str) -> Backend:
+    """A new instance of the named backend; UnknownNameError lists the registered ones."""
+    return BACKENDS.load(name)()
+
+
+__all__ = ["BACKENDS", "Artifact", "Backend", "get_backend"]

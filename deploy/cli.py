@@ -1,0 +1,201 @@
+"""The command line: `elastic-deploy …` or `python -m deploy …`.
+
+Every DeployError ends the command with one line on stderr and exit code 2 (a traceback only with
+--debug); what the commands report goes through rich on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from deploy.errors import DeployError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Select, extract, export, compile and validate elastic-transformer subnets per device.",
+)
+tables_app = typer.Typer(no_args_is_help=True, help="Latency tables: build (measure) and validate.")
+app.add_typer(tables_app, name="tables")
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (a file in targets/)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="model variant (default: the target's)")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+    )
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+@app.command()
+def deploy(
+    target: TargetOpt,
+    model: ModelOpt = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default dist/<target>)")] = None,
+    measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
+) -> None:
+    """Pick the best subnet within the target's budget and package its compiled artifact."""
+    from deploy.pipeline import deploy as run_deploy
+
+    result = run_deploy(target, model, out_dir=out, measure=measure, say=_say)
+    lat = result.manifest["latency"]
+    _say(
+        f"[bold green]done[/]: {result.out_dir}/report.md — predicted {lat['predicted_ms']:.3f} ms"
+        + (f", measured {lat['measured_ms']:.3f} ms" if lat["measured_ms"] is not None else "")
+        + f", budget {lat['budget_ms']} ms. Next: `make test`, or ship {result.manifest['artifact']['path']}"
+    )
+
+
+@tables_app.command("build")
+def tables_build(
+    target: TargetOpt,
+    model: ModelOpt = None,
+    rebuild: Annotated[bool, typer.Option(help="measure every entry again")] = False,
+) -> None:
+    """Measure every block the target's model can produce; resumes where an interrupted build stopped."""
+    from deploy.checkpoint import load as load_checkpoint
+    from deploy.latency.build import build_table
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    supernet, _ = load_checkpoint(model or t.model)
+    result = build_table(t, [supernet], rebuild=rebuild)
+    cal = result.calibration
+    _say(
+        f"[bold green]wrote[/] {result.path}: {result.measured} blocks measured, {result.reused} reused; "
+        f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
+        f"Next: `elastic-deploy tables validate --target {target} --samples 20`"
+    )
+
+
+@tables_app.command("validate")
+def tables_validate(
+    target: TargetOpt,
+    samples: Annotated[int, typer.Option(min=2, help="random subnets to measure end to end")] = 20,
+    seed: Annotated[int, typer.Option(help="sampling seed (differs from the calibration's)")] = 12345,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    model: ModelOpt = None,
+    write_back: Annotated[bool, typer.Option(help="store the figures in the table (sets the budget margin)")] = True,
+) -> None:
+    """Measure random subnets end to end and report how far the table's prediction is from them."""
+    from deploy.checkpoint import load as load_checkpoint
+    from deploy.latency.validate import validate_table
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    supernet, _ = load_checkpoint(model or t.model)
+    report = validate_table(t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back)
+    table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
+    for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "same-window %"):
+        table.add_column(col, justify="right")
+    for r in report.rows:
+        table.add_row(
+            r.subnet_id,
+            f"{r.predicted_ms:.3f}",
+            f"{r.measured_ms:.3f}",
+            f"{r.measured_again_ms:.3f}",
+            f"{r.pct_error:+.1f}",
+            f"{r.same_window_pct_error:+.1f}",
+        )
+    console.print(table)
+    _say(
+        f"median_abs_pct_error {report.median_abs_pct_error:.2f}%  within_5pct {report.within_5pct:.2f}  "
+        f"within_10pct {report.within_10pct:.2f}  worst_pct_error {report.worst_pct_error:.1f}%  "
+        f"(same-window {report.same_window_median_abs_pct_error:.2f}%; repeatability of the measurement "
+        f"itself {report.repeatability_pct:.2f}%)"
+    )
+    if json_out:
+        _say(f"wrote {json_out}")
+
+
+@app.command("select")
+def select_cmd(
+    candidates: Annotated[Path, typer.Option(help="CSV with one row per measured candidate")],
+    budget_ms: Annotated[float, typer.Option(help="latency budget in ms")],
+    latency_column: Annotated[str, typer.Option(help="column holding latency in ms")] = "latency_ms",
+    accuracy_column: Annotated[str, typer.Option(help="column holding accuracy")] = "accuracy",
+    id_column: Annotated[str, typer.Option(help="column identifying a candidate")] = "id",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the chosen row as JSON")] = None,
+) -> None:
+    """Choose the most accurate candidate within the budget from externally measured rows."""
+    from deploy.candidates import select_from_csv
+    from deploy.io import atomic_write_json
+
+    row = select_from_csv(candidates, budget_ms, latency_column, accuracy_column, id_column)
+    _say(json.dumps(row, indent=2))
+    if json_out:
+        atomic_write_json(json_out, row)
+
+
+@app.command()
+def train(
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+) -> None:
+    """Train a model variant here (CPU) and write its checkpoint under checkpoints/."""
+    from deploy.train import train as run_train
+
+    result = run_train(model or "matformer_vit_mnist", seed=seed)
+    _say(f"[bold green]trained[/] {result}")
+
+
+@app.command()
+def targets() -> None:
+    """List the targets and their backend, budget and default model."""
+    from deploy.targets import known_targets, load_target
+
+    table = Table(title="targets")
+    for col in ("name", "device", "backend", "budget ms", "model"):
+        table.add_column(col)
+    for name in known_targets():
+        t = load_target(name)
+        table.add_row(t.name, t.device.name, t.backend, f"{t.budget_ms}", t.model)
+    console.print(table)
+
+
+@app.command()
+def families() -> None:
+    """List the registered model variants and their search-space sizes."""
+    from deploy.supernets import VARIANTS, build
+
+    table = Table(title="model variants")
+    for col in ("variant", "family", "space size"):
+        table.add_column(col)
+    for name in VARIANTS.names():
+        net = build(name)
+        table.add_row(name, net.family, f"{net.space().size():,}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except DeployError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

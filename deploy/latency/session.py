@@ -1,0 +1,70 @@
+"""A measuring session for one target: turns modules into compiled artifacts and measures them on the
+target's runner through the target's backend, the same path a deployed artifact takes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deploy import hub, paths
+from deploy.backends import get_backend
+from deploy.backends.base import Artifact, Backend
+from deploy.latency.stats import LatencyStats
+from deploy.runners import get_runner
+from deploy.runners.base import Runner
+from deploy.targets import Target
+
+Measurable = tuple[Artifact, Mapping[str, np.ndarray]]
+
+
+@dataclass
+class MeasureSession:
+    target: Target
+    backend: Backend
+    runner: Runner
+    cache_dir: Path
+
+    @classmethod
+    def open(cls, target: Target, cache_dir: Path | None = None) -> MeasureSession:
+        return cls(target, get_backend(target.backend), get_runner(target.runner), cache_dir or paths.cache_dir())
+
+    def fingerprint(self) -> str:
+        """What a table entry was measured with; an entry with another fingerprint is stale."""
+        m = self.target.measurement
+        ident = {
+            "backend": self.backend.name,
+            "version": self.backend.version(),
+            "threads": self.target.threads,
+            "precision": self.target.precision,
+            "runner": self.runner.name,
+            "protocol": [m.warmup_runs, m.min_runs, m.min_time_s, m.rounds],
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+    def compile(self, module: nn.Module, example: torch.Tensor, identity: Mapping[str, str]) -> Measurable:
+        entry = hub.get_or_export(module, example, identity, cache_dir=self.cache_dir, with_program=False)
+        out_dir = self.cache_dir / "artifacts" / self.target.name / entry.key
+        artifact = self.backend.compile(entry, self.target, out_dir)
+        return artifact, entry.reference_inputs()
+
+    def measure(self, items: Sequence[Measurable]) -> list[LatencyStats]:
+        """Measure artifacts interleaved, round by round, so they share one time window."""
+        return self.runner.benchmark_many(self.backend, list(items), self.target.measurement.protocol())
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+
+        return {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            self.backend.name: self.backend.version(),
+        }

@@ -1,0 +1,169 @@
+"""The latency table of one target: measured (or estimated) block latencies, with their provenance.
+
+Keyed by BlockKey, so one table serves every search space whose blocks have those shapes. The
+calibration (fitted on whole-subnet measurements) and the out-of-sample validation figures live in
+the same file, so a prediction and its expected error travel together.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deploy.errors import ConfigFileError, TableNotFoundError
+from deploy.io import atomic_write_text, pydantic_error_line, read_json
+from deploy.latency.stats import LatencyStats
+from deploy.supernets.base import BlockKey
+
+SCHEMA_VERSION = 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Protocol(_Strict):
+    warmup_runs: int
+    min_runs: int
+    min_time_s: float
+    rounds: int
+    cv_max: float
+    max_retries: int
+    cooldown_s: float = 0.0
+    statistic: str = "median of all timed runs; cv = spread of round medians"
+    interleaved: bool = True
+
+
+class Provenance(_Strict):
+    target: str
+    device: str
+    host: str
+    backend: str
+    backend_version: str
+    precision: str
+    threads: int
+    runner: str
+    date: str
+    protocol: Protocol
+    method: Literal["measured", "estimated"]
+    estimation: str | None = None  # for estimated tables: how
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class Entry(_Strict):
+    kind: str
+    shape: dict[str, int]
+    median_ms: float = Field(ge=0)
+    p90_ms: float = Field(ge=0)
+    mean_ms: float = Field(ge=0)
+    std_ms: float = Field(ge=0)
+    n_runs: int = Field(ge=0)
+    cv: float = Field(0.0, ge=0)
+    round_medians_ms: list[float] = Field(default_factory=list)
+    measured_at: str = ""
+    fingerprint: str = ""  # backend/version/threads/protocol it was measured with; stale if it differs
+
+    @property
+    def key(self) -> BlockKey:
+        return BlockKey.of(self.kind, **self.shape)
+
+    @classmethod
+    def from_stats(cls, key: BlockKey, stats: LatencyStats, fingerprint: str) -> Entry:
+        return cls(
+            kind=key.kind,
+            shape=dict(key.shape),
+            median_ms=stats.median_ms,
+            p90_ms=stats.p90_ms,
+            mean_ms=stats.mean_ms,
+            std_ms=stats.std_ms,
+            n_runs=stats.n_runs,
+            cv=stats.cv,
+            round_medians_ms=list(stats.round_medians_ms),
+            measured_at=now_iso(),
+            fingerprint=fingerprint,
+        )
+
+
+class CalibrationSample(_Strict):
+    subnet_id: str
+    config: dict
+    block_sum_ms: float
+    n_blocks: int
+    measured_ms: float
+    cv: float = 0.0
+
+
+class Calibration(_Strict):
+    """measured ≈ slope · block_sum + per_block_ms · n_blocks + intercept_ms (fitted on relative error)."""
+
+    model: Literal["affine"] = "affine"
+    slope: float
+    per_block_ms: float
+    intercept_ms: float
+    residual_pct: float  # in-sample RMS relative error of the fit
+    n_subnets: int
+    fitted_at: str
+    samples: list[CalibrationSample] = Field(default_factory=list)
+
+    def apply(self, block_sum_ms: float, n_blocks: int) -> float:
+        return self.slope * block_sum_ms + self.per_block_ms * n_blocks + self.intercept_ms
+
+
+class Validation(_Strict):
+    """Out-of-sample check of the predictor against whole subnets measured end to end."""
+
+    date: str
+    n_samples: int
+    seed: int
+    median_abs_pct_error: float
+    within_5pct: float
+    within_10pct: float
+    p90_abs_pct_error: float
+    worst_pct_error: float
+    same_window_median_abs_pct_error: float  # blocks re-measured beside the subnets: model error alone
+    repeatability_pct: float  # median |a−b|/mean of the same subnet measured twice: the floor
+    host: str
+
+
+class LatencyTable(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    provenance: Provenance
+    entries: list[Entry] = Field(default_factory=list)
+    calibration: Calibration | None = None
+    validation: Validation | None = None
+
+    def index(self) -> dict[BlockKey, Entry]:
+        return {e.key: e for e in self.entries}
+
+    def upsert(self, entry: Entry) -> None:
+        self.entries = [e for e in self.entries if e.key != entry.key] + [entry]
+        self.entries.sort(key=lambda e: e.key)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, target: str | None = None) -> LatencyTable:
+        if not Path(path).exists():
+            name = target or Path(path).stem
+            raise TableNotFoundError(f"no latency table at {path}; build it with `make latency-tables TARGET={name}`")
+        data = read_json(path)
+        try:
+            table = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigFileError(
+                pydantic_error_line(path, exc) + "; regenerate it with `make latency-tables`"
+            ) from None
+        if table.schema_version != SCHEMA_VERSION:
+            raise ConfigFileError(
+                f"{path}: schema_version {table.schema_version}, this tool reads {SCHEMA_VERSION}; "
+                "regenerate it with `make latency-tables`"
+            )
+        return table

@@ -1,0 +1,79 @@
+"""The local runner: measures on this machine, in this process, with the backend's timed call."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from deploy.backends.base import Artifact, Backend
+from deploy.latency.measure import measure_interleaved
+from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.targets import RunnerSpec
+
+Progress = Callable[[str], None]
+
+
+@functools.cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "processor\t: ")) and ":" in line:
+                value = line.split(":", 1)[1].strip()
+                if value and not value.isdigit():
+                    return value
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class LocalRunner:
+    name = "local"
+
+    def __init__(self, spec: RunnerSpec | None = None) -> None:
+        self.spec = spec or RunnerSpec()
+        self.hostname = socket.gethostname()
+
+    @property
+    def where(self) -> str:
+        return f"local:{self.hostname}"
+
+    def describe(self) -> str:
+        return f"{self.hostname} ({cpu_model()}, {usable_cores()} cores)"
+
+    def benchmark(
+        self,
+        backend: Backend,
+        artifact: Artifact,
+        inputs: Mapping[str, np.ndarray],
+        protocol: MeasureProtocol,
+        on_progress: Progress | None = None,
+    ) -> LatencyStats:
+        return self.benchmark_many(backend, [(artifact, inputs)], protocol, on_progress)[0]
+
+    def benchmark_many(
+        self,
+        backend: Backend,
+        items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
+        protocol: MeasureProtocol,
+        on_progress: Progress | None = None,
+    ) -> list[LatencyStats]:
+        # Keys carry the position: the same artifact may appear twice (to measure repeatability).
+        calls = {
+            f"{i}:{artifact.path}": backend.timed_call(artifact, inputs)
+            for i, (artifact, inputs) in enumerate(items)
+        }
+        stats = measure_interleaved(calls, protocol, on_progress=on_progress, where=self.where)
+        return [stats[key] for key in calls]

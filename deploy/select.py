@@ -1,0 +1,379 @@
+"""Search under constraints: the most accurate subnet whose predicted latency fits the budget.
+
+Pure: the caller passes the space, a latency predictor, an accuracy function and the constraints;
+nothing here reads files or measures. Small spaces are scored exhaustively; large ones by a bounded,
+seeded evolutionary search over gene vectors. An optional exact accuracy re-scores a few finalists,
+so a cheap surrogate only has to rank, not to be right.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import NoFeasibleSubnetError, UnknownNameError
+from deploy.space import Genes, SearchSpace, SubnetConfig
+
+log = logging.getLogger(__name__)
+
+LatencyFn = Callable[[SubnetConfig], tuple[float, float]]  # (predicted ms, std ms)
+AccuracyFn = Callable[[SubnetConfig], float]
+ParamsFn = Callable[[SubnetConfig], int]
+
+METHODS = ("auto", "exhaustive", "evolutionary")
+ACCURACY_SOURCES = ("exact", "surrogate")
+MAX_SEEN = 2000  # candidates kept in Selection.seen: enough for a scatter plot, small in a manifest
+# Bounded retries for a child that is not new: revisiting known genes wastes a generation's slot.
+NOVELTY_TRIES = 8
+SWAP_SHARE = 0.5  # of mutations that first swap two same-option genes
+
+
+@dataclass(frozen=True)
+class Constraints:
+    budget_ms: float
+    margin_pct: float = 0.0  # derived by the caller from the latency table's validation error
+    max_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise ValueError(f"budget_ms must be a positive number of milliseconds, got {self.budget_ms}")
+        if not 0 <= self.margin_pct < 100:
+            raise ValueError(f"margin_pct must be in [0, 100), got {self.margin_pct}")
+        if self.max_params is not None and self.max_params <= 0:
+            raise ValueError(f"max_params must be positive or None, got {self.max_params}")
+
+    @property
+    def effective_budget_ms(self) -> float:
+        return self.budget_ms * (1 - self.margin_pct / 100)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget_ms": self.budget_ms,
+            "margin_pct": self.margin_pct,
+            "effective_budget_ms": self.effective_budget_ms,
+            "max_params": self.max_params,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: SubnetConfig
+    latency_ms: float
+    latency_std_ms: float
+    accuracy: float
+    accuracy_source: str  # "exact" | "surrogate"
+    params: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.config.id,
+            "config": self.config.to_json(),
+            "latency_ms": self.latency_ms,
+            "latency_std_ms": self.latency_std_ms,
+            "accuracy": self.accuracy,
+            "accuracy_source": self.accuracy_source,
+            "params": self.params,
+        }
+
+
+@dataclass(frozen=True)
+class EvolutionParams:
+    population: int = 64
+    generations: int = 30
+    parents: int = 16
+    mutation_prob: float = 0.2
+    crossover_share: float = 0.5  # share of each generation's children made by crossover
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.population < 2 or not 1 <= self.parents < self.population:
+            raise ValueError(
+                f"evolution needs population >= 2 and 1 <= parents < population, "
+                f"got population={self.population} parents={self.parents}"
+            )
+        if self.generations < 0:
+            raise ValueError(f"generations must be >= 0, got {self.generations}")
+        if not (0 <= self.mutation_prob <= 1 and 0 <= self.crossover_share <= 1):
+            raise ValueError("mutation_prob and crossover_share must be in [0, 1]")
+
+    def max_evaluations(self) -> int:
+        """Upper bound on distinct configs one run scores."""
+        return self.population + self.generations * (self.population - self.parents)
+
+
+@dataclass(frozen=True)
+class Selection:
+    choice: Candidate
+    front: tuple[Candidate, ...]  # Pareto front of everything seen (low latency, high accuracy)
+    seen: tuple[Candidate, ...]  # a bounded sample of what was scored, for plotting
+    method: str
+    space_size: int
+    evaluated: int
+    feasible: int
+    elapsed_s: float
+    constraints: Constraints
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "choice": self.choice.to_json(),
+            "method": self.method,
+            "space_size": self.space_size,
+            "evaluated": self.evaluated,
+            "feasible": self.feasible,
+            "elapsed_s": self.elapsed_s,
+            "constraints": self.constraints.to_json(),
+            "front": [c.to_json() for c in self.front],
+            "seen": [c.to_json() for c in self.seen],
+        }
+
+
+def pareto_front(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
+    """Candidates no other beats on both latency (lower) and accuracy (higher), sorted by latency."""
+    ordered = sorted(candidates, key=lambda c: (c.latency_ms, -c.accuracy, c.config.id))
+    front: list[Candidate] = []
+    for cand in ordered:
+        if not front or cand.accuracy > front[-1].accuracy:
+            front.append(cand)
+    return tuple(front)
+
+
+class _Scorer:
+    """Scores configs once each (memoised by config) and judges them against the constraints."""
+
+    def __init__(
+        self,
+        latency: LatencyFn,
+        accuracy: AccuracyFn,
+        params: ParamsFn | None,
+        constraints: Constraints,
+        accuracy_source: str,
+    ) -> None:
+        self.latency, self.accuracy, self.params = latency, accuracy, params
+        self.constraints = constraints
+        self.source = accuracy_source
+        self.cache: dict[SubnetConfig, Candidate] = {}
+
+    def __call__(self, config: SubnetConfig) -> Candidate:
+        cand = self.cache.get(config)
+        if cand is None:
+            ms, std = self.latency(config)
+            cand = Candidate(
+                config=config,
+                latency_ms=float(ms),
+                latency_std_ms=float(std),
+                accuracy=float(self.accuracy(config)),
+                accuracy_source=self.source,
+                params=None if self.params is None else int(self.params(config)),
+            )
+            self.cache[config] = cand
+        return cand
+
+    def violation(self, cand: Candidate) -> float:
+        """Relative amount by which a candidate breaks the constraints; 0 when feasible."""
+        c = self.constraints
+        excess = max(0.0, cand.latency_ms / c.effective_budget_ms - 1)
+        if c.max_params is not None and cand.params is not None:
+            excess += max(0.0, cand.params / c.max_params - 1)
+        return excess
+
+    def feasible(self, cand: Candidate) -> bool:
+        return self.violation(cand) == 0.0
+
+
+def _rank_key(cand: Candidate) -> tuple[float, float, str]:
+    # Best accuracy first; equal accuracy goes to the faster subnet; the id makes ties deterministic.
+    return (-cand.accuracy, cand.latency_ms, cand.config.id)
+
+
+def _exhaustive(space: SearchSpace, score: _Scorer) -> None:
+    for config in space.enumerate():
+        score(config)
+
+
+def _swap(space: SearchSpace, genes: Genes, rng: np.random.Generator) -> Genes:
+    """Exchange the values of two genes that share their options (e.g. which layer is skipped).
+
+    Per-gene mutation rarely makes such a two-gene move, yet it is often what crosses a budget ridge.
+    """
+    i, j = (int(k) for k in rng.choice(len(genes), size=2, replace=False))
+    if space.genes[i].options != space.genes[j].options or genes[i] == genes[j]:
+        return genes
+    child = list(genes)
+    child[i], child[j] = child[j], child[i]
+    swapped = tuple(child)
+    return swapped if space.is_valid(swapped) else genes
+
+
+def _mutate(space: SearchSpace, genes: Genes, rng: np.random.Generator, prob: float) -> Genes:
+    if len(genes) > 1 and rng.random() < SWAP_SHARE:
+        genes = _swap(space, genes, rng)
+    return space.mutate(genes, rng, prob)
+
+
+def _evolutionary(space: SearchSpace, score: _Scorer, params: EvolutionParams) -> None:
+    rng = np.random.default_rng(params.seed)
+    known: dict[Genes, Candidate] = {}
+
+    def evaluate(genes: Genes) -> Candidate:
+        if genes not in known:
+            known[genes] = score(space.decode(genes))
+        return known[genes]
+
+    def fitness(genes: Genes) -> tuple[int, float, float, str]:
+        # Feasible ones rank above every infeasible one (by accuracy); among the infeasible a
+        # smaller violation ranks higher, so the search walks back towards the budget.
+        cand = evaluate(genes)
+        v = score.violation(cand)
+        if v == 0.0:
+            return (0, -cand.accuracy, cand.latency_ms, cand.config.id)
+        return (1, v, cand.latency_ms, cand.config.id)
+
+    def novel(make: Callable[[], Genes], taken: set[Genes]) -> Genes:
+        child = make()
+        for _ in range(NOVELTY_TRIES):
+            if child not in known and child not in taken:
+                break
+            child = make()
+        return child
+
+    population: list[Genes] = []
+    for _ in range(params.population):
+        population.append(novel(lambda: space.sample_genes(rng), set(population)))
+
+    n_children = params.population - params.parents
+    n_cross = round(params.crossover_share * n_children)
+    for _ in range(params.generations):
+        ranked = sorted(dict.fromkeys(population), key=fitness)  # dedupe, keep order
+        parents = ranked[: params.parents]
+        nxt: list[Genes] = list(parents)
+        taken = set(nxt)
+        for i in range(n_children):
+            if i < n_cross and len(parents) > 1:
+                a, b = rng.choice(len(parents), size=2, replace=False)
+                child = novel(lambda a=parents[a], b=parents[b]: space.crossover(a, b, rng), taken)
+            else:
+                p = parents[int(rng.integers(len(parents)))]
+                child = novel(lambda p=p: _mutate(space, p, rng, params.mutation_prob), taken)
+            nxt.append(child)
+            taken.add(child)
+        population = nxt
+    for genes in population:
+        evaluate(genes)
+
+
+def _sample(cands: Sequence[Candidate], limit: int, seed: int) -> list[Candidate]:
+    if len(cands) <= limit:
+        return list(cands)
+    idx = np.sort(np.random.default_rng(seed).choice(len(cands), size=limit, replace=False))
+    return [cands[int(i)] for i in idx]
+
+
+def _infeasible_message(space: SearchSpace, score: _Scorer, cands: Sequence[Candidate]) -> str:
+    c = score.constraints
+    budget = f"{c.effective_budget_ms:.4g} ms (budget {c.budget_ms:.4g} ms less {c.margin_pct:.3g}% margin)"
+    fastest = min(cands, key=lambda x: (x.latency_ms, x.config.id))
+    if fastest.latency_ms <= c.effective_budget_ms and c.max_params is not None:
+        # Latency is not what binds: the parameter cap is.
+        fits = [x for x in cands if x.latency_ms <= c.effective_budget_ms and x.params is not None]
+        small = min(fits, key=lambda x: (x.params, x.config.id))
+        return (
+            f"no {space.family} subnet has <= {c.max_params} params within {budget}: the smallest that "
+            f"fits the latency, {small.config.id} {small.config}, has {small.params} params; "
+            "raise max_params or the budget, or pick a smaller model"
+        )
+    return (
+        f"no {space.family} subnet fits {budget}: the fastest seen, {fastest.config.id} "
+        f"{fastest.config}, is predicted at {fastest.latency_ms:.4g} ms; "
+        "raise the budget or pick a faster target or a smaller model"
+    )
+
+
+def select(
+    space: SearchSpace,
+    latency: LatencyFn,
+    accuracy: AccuracyFn,
+    constraints: Constraints,
+    *,
+    params: ParamsFn | None = None,
+    exact_accuracy: AccuracyFn | None = None,
+    accuracy_source: str = "surrogate",
+    finalists: int = 8,
+    method: str = "auto",
+    evolution: EvolutionParams | None = None,
+    exhaustive_limit: int = 50_000,
+) -> Selection:
+    """The most accurate config of `space` whose predicted latency fits `constraints`.
+
+    `accuracy_source` labels what `accuracy` returns ("surrogate" or "exact"). With `exact_accuracy`
+    the top `finalists` feasible candidates by `accuracy` are re-scored by it and the best exact one
+    wins. Raises NoFeasibleSubnetError, naming the fastest config seen, when nothing fits.
+    """
+    if method not in METHODS:
+        raise UnknownNameError(f"unknown search method '{method}'; known: {', '.join(METHODS)}")
+    if accuracy_source not in ACCURACY_SOURCES:
+        raise ValueError(f"accuracy_source must be one of {ACCURACY_SOURCES}, got {accuracy_source!r}")
+    if constraints.max_params is not None and params is None:
+        raise ValueError("constraints.max_params is set but no params function was given")
+    if finalists < 1:
+        raise ValueError(f"finalists must be >= 1, got {finalists}")
+    evolution = evolution or EvolutionParams()
+
+    start = time.perf_counter()
+    size = space.size()
+    if method == "auto":
+        method = "exhaustive" if size <= exhaustive_limit else "evolutionary"
+    score = _Scorer(latency, accuracy, params, constraints, accuracy_source)
+    if method == "exhaustive":
+        _exhaustive(space, score)
+    else:
+        _evolutionary(space, score, evolution)
+
+    cands = list(score.cache.values())
+    feasible = sorted((c for c in cands if score.feasible(c)), key=_rank_key)
+    if not feasible:
+        raise NoFeasibleSubnetError(_infeasible_message(space, score, cands))
+
+    choice = feasible[0]
+    if exact_accuracy is not None:
+        rescored = {
+            c.config: Candidate(
+                c.config, c.latency_ms, c.latency_std_ms, float(exact_accuracy(c.config)), "exact", c.params
+            )
+            for c in feasible[:finalists]
+        }
+        choice = min(rescored.values(), key=_rank_key)
+        cands = [rescored.get(c.config, c) for c in cands]
+
+    seen = _sample(cands, MAX_SEEN, evolution.seed)
+    if choice not in seen:
+        seen.append(choice)
+    selection = Selection(
+        choice=choice,
+        front=pareto_front(cands),
+        seen=tuple(seen),
+        method=method,
+        space_size=size,
+        evaluated=len(score.cache),
+        feasible=len(feasible),
+        elapsed_s=time.perf_counter() - start,
+        constraints=constraints,
+    )
+    log.info(
+        "%s search: %d of %d configs scored, %d feasible within %.4g ms; chose %s (%.4g ms, %s acc %.4f)",
+        method,
+        selection.evaluated,
+        size,
+        selection.feasible,
+        constraints.effective_budget_ms,
+        choice.config.id,
+        choice.latency_ms,
+        choice.accuracy_source,
+        choice.accuracy,
+    )
+    return selection

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deploy.supernets import build
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tiny():
+    import torch
+
+    torch.manual_seed(0)
+    return build("matformer_vit_tiny").eval()
+
+
+@pytest.fixture
+def tmp_root(tmp_path, monkeypatch) -> Path:
+    """A throwaway project root (targets, tables, dist, cache) so tests never touch shipped files."""
+    root = tmp_path / "root"
+    (root / "targets").mkdir(parents=True)
+    (root / "latency_tables").mkdir()
+    monkeypatch.setenv("ELASTIC_DEPLOY_ROOT", str(root))
+    monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def copy_shipped(root: Path, *relpaths: str) -> None:
+    for rel in relpaths:
+        src = REPO / rel
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+
+@pytest.fixture
+def shipped(tmp_root) -> Path:
+    """A throwaway root holding copies of the shipped host target, its table and the checkpoints."""
+    copy_shipped(tmp_root, "targets/host-cpu-ort.yaml", "latency_tables/host-cpu-ort.json", "checkpoints")
+    return tmp_root

@@ -1,0 +1,88 @@
+"""Table build and validation through the real ONNX Runtime backend and local runner (tiny variant)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploy.latency.build import build_table
+from deploy.latency.predictor import LatencyPredictor
+from deploy.latency.session import MeasureSession
+from deploy.latency.table import LatencyTable
+from deploy.latency.validate import validate_table
+from deploy.targets import DeviceInfo, MeasurementSpec, Target
+
+FAST = MeasurementSpec(
+    warmup_runs=2, min_runs=5, min_time_s=0.0, rounds=2, cv_max=10.0, max_retries=0, calibration_subnets=5
+)
+
+
+@pytest.fixture
+def target(tmp_root) -> Target:
+    return Target(
+        name="t1",
+        device=DeviceInfo(name="test host"),
+        backend="onnxruntime",
+        threads=1,
+        budget_ms=1.0,
+        model="matformer_vit_tiny",
+        measurement=FAST,
+    )
+
+
+def test_build_measures_every_block_and_calibrates(target, tiny):
+    result = build_table(target, [tiny], progress=False)
+    table = LatencyTable.load(result.path)
+    assert set(table.index()) == set(tiny.all_blocks())
+    assert table.provenance.method == "measured"
+    assert table.provenance.backend == "onnxruntime" and table.provenance.threads == 1
+    assert table.calibration is not None and table.calibration.n_subnets == 5
+    assert all(e.median_ms > 0 and e.n_runs >= 10 for e in table.entries)
+    LatencyPredictor(table).require(tiny.all_blocks())
+
+
+def test_build_resumes_after_interruption_without_losing_entries(target, tiny, monkeypatch):
+    real = MeasureSession.measure
+    calls = {"n": 0}
+
+    def flaky(self, items):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while the third block was measured
+        return real(self, items)
+
+    monkeypatch.setattr(MeasureSession, "measure", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(target, [tiny], progress=False)
+    saved = LatencyTable.load(target.table_path)
+    assert len(saved.entries) == 2 and saved.calibration is None
+
+    monkeypatch.setattr(MeasureSession, "measure", real)
+    result = build_table(target, [tiny], progress=False)
+    total = len(tiny.all_blocks())
+    assert (result.measured, result.reused) == (total - 2, 2)
+    again = build_table(target, [tiny], progress=False)
+    assert again.measured == 0, "a complete, calibrated table is not measured again"
+
+
+def test_stale_entries_are_measured_again(target, tiny):
+    build_table(target, [tiny], progress=False)
+    data = json.loads(target.table_path.read_text())
+    data["entries"][0]["fingerprint"] = "other-version"
+    target.table_path.write_text(json.dumps(data))
+    assert build_table(target, [tiny], progress=False).measured == 1
+
+
+def test_validate_reports_out_of_sample_errors_and_writes_back(target, tiny, tmp_path):
+    build_table(target, [tiny], progress=False)
+    report = validate_table(target, tiny, samples=4, json_path=tmp_path / "v.json", progress=False)
+    table = LatencyTable.load(target.table_path)
+    fitted = {s.subnet_id for s in table.calibration.samples}
+    assert report.samples == 4 and not fitted & {r.subnet_id for r in report.rows}
+    assert 0 <= report.within_5pct <= report.within_10pct <= 1
+    assert report.worst_pct_error >= report.median_abs_pct_error >= 0
+    assert table.validation is not None and table.validation.n_samples == 4
+    written = json.loads((tmp_path / "v.json").read_text())
+    assert {"median_abs_pct_error", "within_5pct", "within_10pct", "worst_pct_error", "rows"} <= set(written)
+    assert len(written["rows"]) == 4

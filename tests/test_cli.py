@@ -1,0 +1,63 @@
+"""Bad input: a named error, one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_target_exits_2_listing_known_targets():
+    assert_one_line_error(run_cli("deploy", "--target", "pixel99"), "unknown target 'pixel99'", "host-cpu-ort")
+
+
+def test_invalid_target_name_exits_2():
+    assert_one_line_error(run_cli("deploy", "--target", "Host_CPU"), "invalid")
+
+
+def test_unknown_model_exits_2_listing_known_models():
+    assert_one_line_error(
+        run_cli("tables", "build", "--target", "host-cpu-ort", "--model", "gpt5"),
+        "unknown model 'gpt5'",
+        "matformer_vit_mnist",
+    )
+
+
+def test_debug_flag_shows_the_traceback():
+    proc = run_cli("--debug", "deploy", "--target", "pixel99")
+    assert proc.returncode != 0 and "UnknownTargetError" in proc.stderr
+
+
+@pytest.mark.parametrize("budget", ["0.0001"])
+def test_select_infeasible_budget_names_fastest_row(tmp_path, budget):
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,latency_ms,accuracy\na,2.0,0.9\nb,1.0,0.8\n")
+    assert_one_line_error(run_cli("select", "--candidates", str(csv), "--budget-ms", budget), "b", "1 ms")
+
+
+def test_select_prints_best_row_within_budget(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,latency_ms,accuracy,note\na,2.0,0.9,big\nb,1.0,0.8,small\nc,1.2,0.85,mid\n")
+    out = tmp_path / "choice.json"
+    proc = run_cli("select", "--candidates", str(csv), "--budget-ms", "1.5", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert '"id": "c"' in out.read_text() and '"note": "mid"' in out.read_text()

@@ -1,0 +1,78 @@
+"""End to end on the shipped model, table and target, into a throwaway root (real ORT, real measurement)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from deploy.errors import CheckpointError, NoFeasibleSubnetError, ParityError, TableIncompleteError
+from deploy.pipeline import deploy
+
+pytestmark = pytest.mark.slow
+
+
+def edit_target(root, **changes) -> None:
+    path = root / "targets" / "host-cpu-ort.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_deploy_host_cpu_ort_writes_artifact_manifest_report_and_plot(shipped):
+    result = deploy("host-cpu-ort", progress=False)
+    out = shipped / "dist" / "host-cpu-ort"
+    assert result.out_dir == out
+    for name in ("model.onnx", "manifest.json", "report.md", "pareto.png"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["target"] == "host-cpu-ort" and m["backend"] == "onnxruntime"
+    assert m["subnet"]["id"] == result.selection.choice.config.id
+    assert m["latency"]["predicted_ms"] <= m["latency"]["budget_ms"]
+    assert m["latency"]["measured_ms"] > 0 and m["latency"]["method"] == "measured"
+    assert m["latency"]["table"]["protocol"]["rounds"] >= 1
+    assert m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"] == 1e-4
+    assert (
+        0.5 < m["accuracy"]["artifact_test"] <= 1 and abs(m["accuracy"]["artifact_test"] - m["accuracy"]["test"]) < 0.01
+    )
+    assert len(m["checkpoint_sha256"]) == 64 and len(m["artifact"]["sha256"]) == 64
+    assert {"torch", "onnxruntime"} <= set(m["versions"])
+    # the full model does not fit the shipped budget: selection had to matter
+    assert m["subnet"]["config"] != result.selection.front[-1].config.to_json() or len(result.selection.front) == 1
+
+    again = deploy("host-cpu-ort", progress=False, measure=False)
+    assert again.manifest["hub_entry"] == m["hub_entry"]
+
+
+def test_deploy_with_incomplete_table_names_missing_blocks(shipped):
+    path = shipped / "latency_tables" / "host-cpu-ort.json"
+    data = json.loads(path.read_text())
+    data["entries"] = data["entries"][1:]
+    path.write_text(json.dumps(data))
+    with pytest.raises(TableIncompleteError, match=r"lacks 1 block\(s\).*make latency-tables TARGET=host-cpu-ort"):
+        deploy("host-cpu-ort", progress=False)
+
+
+def test_deploy_with_infeasible_budget_names_fastest_subnet(shipped):
+    edit_target(shipped, budget_ms=0.001)
+    with pytest.raises(NoFeasibleSubnetError, match="fastest"):
+        deploy("host-cpu-ort", progress=False)
+
+
+def test_parity_failure_raises_and_keeps_previous_dist(shipped):
+    out = shipped / "dist" / "host-cpu-ort"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    edit_target(shipped, parity_atol=1e-30)
+    with pytest.raises(ParityError, match="max abs diff"):
+        deploy("host-cpu-ort", progress=False, measure=False)
+    assert (out / "manifest.json").read_text() == "{}"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".host-cpu-ort")]
+
+
+def test_checkpoint_of_another_variant_is_rejected(shipped):
+    ckpt = shipped / "checkpoints" / "matformer_vit_mnist.safetensors"
+    ckpt.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError):
+        deploy("host-cpu-ort", progress=False)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
+from deploy.targets import known_targets, load_target
+
+GOOD = """name: t1
+device: {name: test box}
+backend: onnxruntime
+threads: 2
+budget_ms: 1.5
+model: matformer_vit_tiny
+"""
+
+
+def test_every_shipped_target_loads():
+    names = known_targets()
+    assert "host-cpu-ort" in names
+    for name in names:
+        target = load_target(name)
+        assert target.name == name and target.budget_ms > 0
+
+
+def test_unknown_target_lists_known_ones(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD)
+    with pytest.raises(UnknownTargetError, match="unknown target 'nope'; known targets: t1"):
+        load_target("nope")
+
+
+def test_target_name_with_bad_characters_is_rejected():
+    with pytest.raises(InvalidTargetNameError, match="lower-case letters, digits and '-'"):
+        load_target("../etc/passwd")
+
+
+def test_malformed_yaml_names_file_and_line(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text("name: t1\ndevice: {name: [unclosed\n")
+    with pytest.raises(ConfigFileError, match=r"t1.yaml: malformed YAML at line \d+"):
+        load_target("t1")
+
+
+def test_unknown_field_names_the_field(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "budget: 3\n")
+    with pytest.raises(ConfigFileError, match="field 'budget'"):
+        load_target("t1")
+
+
+def test_wrong_type_names_the_field(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("budget_ms: 1.5", "budget_ms: fast"))
+    with pytest.raises(ConfigFileError, match="field 'budget_ms'"):
+        load_target("t1")
+
+
+def test_name_must_match_file(tmp_root):
+    (tmp_root / "targets" / "t2.yaml").write_text(GOOD)
+    with pytest.raises(ConfigFileError, match=r"'name' is 't1' but the file is t2\.yaml"):
+        load_target("t2")

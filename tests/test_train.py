@@ -1,0 +1,57 @@
+"""Training: a few steps of the tiny variant end to end, and the schedule and augmentation helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deploy import checkpoint
+from deploy.train import lr_factor, shift, train
+
+
+def test_train_tiny_few_steps_writes_checkpoint_that_loads_back_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
+    threads_before = torch.get_num_threads()
+    result = train(
+        "matformer_vit_tiny", out_stem=tmp_path / "tiny", max_steps=6, cache_samples=20, progress=False, threads=1
+    )
+    assert result.steps == 6 and not result.stopped_by_time
+    assert torch.get_num_threads() == threads_before  # train() restores the caller's setting
+    assert result.checkpoint == tmp_path / "tiny.safetensors"
+    assert result.config.is_file() and result.accuracy_cache.is_file()
+
+    loaded, info = checkpoint.load("matformer_vit_tiny", result.checkpoint)
+    trained = result.supernet
+    x = trained.example_input(seed=3).repeat(4, 1, 1, 1)
+    for config in (None, trained.smallest(), trained.space().decode((0, 4, 1))):
+        assert torch.equal(loaded(x, config), trained(x, config))
+    assert info.sha256 == result.sha256
+
+    assert set(result.val) == {"full", "smallest", "uniform_8", "uniform_16", "uniform_32", "uniform_64"}
+    assert result.val["full"] == result.val["uniform_64"] and all(0 <= v <= 1 for v in result.test.values())
+    assert info.meta["accuracy"]["val"] == result.val and info.meta["steps"] == 6
+    assert info.meta["checkpoint_choice"] == "last"
+    cache = json.loads(result.accuracy_cache.read_text())
+    assert cache["checkpoint_sha256"] == info.sha256 and len(cache["entries"]) == 25  # 20 + 5 named
+
+
+def test_shift_keeps_shape_and_content_within_max_shift():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 14, 14] = 5.0
+    out = shift(x, 2, gen)
+    assert out.shape == x.shape
+    for img in out:
+        r, c = (img[0] == 5.0).nonzero()[0].tolist()
+        assert abs(r - 14) <= 2 and abs(c - 14) <= 2
+    assert shift(x, 0, gen) is x
+
+
+def test_lr_factor_warms_up_then_anneals_to_zero():
+    assert lr_factor(0.0, 0.1) == pytest.approx(1e-3)
+    assert lr_factor(0.05, 0.1) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0.5, 0.1) > lr_factor(0.8, 0.1)
