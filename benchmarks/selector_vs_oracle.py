@@ -191,14 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    pieces = "real"
-    try:
-        if args.proxy:
-            raise ImportError("--proxy given")
-        space, latency_fn, accuracy_fn, budgets, note = real_pieces(args.target)
-    except (ImportError, DeployError) as exc:
-        pieces = "proxy"
-        space, latency_fn, accuracy_fn, budgets, note = proxy_pieces(f"{type(exc).__name__}: {exc}")
+    # The real pieces or, only when asked, the labelled proxy: never a silent fallback.
+    pieces = "proxy" if args.proxy else "real"
+    if args.proxy:
+        space, latency_fn, accuracy_fn, budgets, note = proxy_pieces("--proxy given")
+    else:
+        try:
+            space, latency_fn, accuracy_fn, budgets, note = real_pieces(args.target)
+        except DeployError as exc:
+            raise SystemExit(f"error: {exc}") from None
 
     seeds = list(range(args.seeds))
     evolution = EvolutionParams()

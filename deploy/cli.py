@@ -126,7 +126,7 @@ def tables_validate(
         f"median_abs_pct_error {report.median_abs_pct_error:.2f}%  within_5pct {report.within_5pct:.2f}  "
         f"within_10pct {report.within_10pct:.2f}  worst_pct_error {report.worst_pct_error:.1f}%  "
         f"(same-window {report.same_window_median_abs_pct_error:.2f}%; repeatability of the measurement "
-        f"itself {report.repeatability_pct:.2f}%)"
+        f"itself {report.repeatability_pct:.2f}%; blocks now {report.drift_pct:+.1f}% vs the table)"
     )
     if json_out:
         _say(f"wrote {json_out}")

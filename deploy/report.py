@@ -183,7 +183,8 @@ def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> N
     val_line = (
         f"{val['median_abs_pct_error']:.1f}% median abs error, {val['within_10pct']:.0%} within ±10%, "
         f"{val['within_5pct']:.0%} within ±5% on {val['n_samples']} random subnets "
-        f"(repeatability of the measurement itself: {val['repeatability_pct']:.1f}%; {val['date']})"
+        f"(repeatability of the measurement itself: {val['repeatability_pct']:.1f}%; blocks then ran "
+        f"{val.get('drift_pct', 0.0):+.1f}% vs the table; {val['date']})"
         if val
         else "not validated yet (`elastic-deploy tables validate`)"
     )

@@ -53,6 +53,7 @@ class ValidationReport:
     worst_pct_error: float
     same_window_median_abs_pct_error: float
     repeatability_pct: float
+    drift_pct: float  # median over blocks of (now − table) / table: how the machine's speed moved
     rows: tuple[SampleRow, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class ValidationReport:
             worst_pct_error=self.worst_pct_error,
             same_window_median_abs_pct_error=self.same_window_median_abs_pct_error,
             repeatability_pct=self.repeatability_pct,
+            drift_pct=self.drift_pct,
             host=self.host,
         )
 
@@ -162,6 +164,8 @@ def validate_table(
         abs(r.measured_ms - r.measured_again_ms) / ((r.measured_ms + r.measured_again_ms) / 2) * 100 for r in rows
     ]
     summary = summarize([r.pct_error for r in rows])
+    stored = predictor.table.index()
+    drift = float(np.median([(window[k].median_ms - stored[k].median_ms) / stored[k].median_ms for k in keys]) * 100)
     report = ValidationReport(
         target=target.name,
         samples=n,
@@ -170,6 +174,7 @@ def validate_table(
         host=session.runner.describe(),
         same_window_median_abs_pct_error=summarize([r.same_window_pct_error for r in rows])["median_abs_pct_error"],
         repeatability_pct=float(np.median(repeat)),
+        drift_pct=drift,
         rows=tuple(rows),
         **summary,
     )

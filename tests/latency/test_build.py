@@ -82,6 +82,7 @@ def test_validate_reports_out_of_sample_errors_and_writes_back(target, tiny, tmp
     assert report.samples == 4 and not fitted & {r.subnet_id for r in report.rows}
     assert 0 <= report.within_5pct <= report.within_10pct <= 1
     assert report.worst_pct_error >= report.median_abs_pct_error >= 0
+    assert report.repeatability_pct >= 0 and abs(report.drift_pct) < 1000
     assert table.validation is not None and table.validation.n_samples == 4
     written = json.loads((tmp_path / "v.json").read_text())
     assert {"median_abs_pct_error", "within_5pct", "within_10pct", "worst_pct_error", "rows"} <= set(written)
