@@ -340,6 +340,7 @@ def select(
         raise NoFeasibleSubnetError(_infeasible_message(space, score, cands))
 
     choice = feasible[0]
+    finalist_ids: set[str] = set()
     if exact_accuracy is not None:
         rescored = {
             c.config: Candidate(
@@ -349,10 +350,12 @@ def select(
         }
         choice = min(rescored.values(), key=_rank_key)
         cands = [rescored.get(c.config, c) for c in cands]
+        finalist_ids = {c.id for c in rescored}
 
-    seen = _sample(cands, MAX_SEEN, evolution.seed)
-    if choice not in seen:
-        seen.append(choice)
+    # The sample for plots always holds the finalists (exactly evaluated) and the choice.
+    exact = [c for c in cands if c.config.id in finalist_ids and c is not choice]
+    rest = [c for c in cands if c.config.id not in finalist_ids and c is not choice]
+    seen = _sample(rest, max(MAX_SEEN - len(exact) - 1, 0), evolution.seed) + exact + [choice]
     selection = Selection(
         choice=choice,
         front=pareto_front(cands),

@@ -115,9 +115,7 @@ def test_evolutionary_equals_exhaustive_on_small_space(tiny_space: SearchSpace) 
     params = EvolutionParams(population=16, generations=10, parents=4, seed=3)
     for budget in _budgets(tiny_space):
         exact = select(tiny_space, latency_fn, accuracy_fn, Constraints(budget), method="exhaustive")
-        evo = select(
-            tiny_space, latency_fn, accuracy_fn, Constraints(budget), method="evolutionary", evolution=params
-        )
+        evo = select(tiny_space, latency_fn, accuracy_fn, Constraints(budget), method="evolutionary", evolution=params)
         assert evo.choice.config == exact.choice.config
 
 
@@ -136,9 +134,7 @@ def test_evolutionary_is_deterministic_per_seed(mnist_space: SearchSpace) -> Non
     params = EvolutionParams(population=24, generations=6, parents=6, seed=11)
 
     def run(p: EvolutionParams) -> Selection:
-        return select(
-            mnist_space, latency_fn, accuracy_fn, Constraints(budget), method="evolutionary", evolution=p
-        )
+        return select(mnist_space, latency_fn, accuracy_fn, Constraints(budget), method="evolutionary", evolution=p)
 
     a, b = run(params), run(params)
     other = run(EvolutionParams(population=24, generations=6, parents=6, seed=12))
@@ -154,9 +150,7 @@ def test_evolutionary_scores_at_most_the_generation_bound(mnist_space: SearchSpa
         EvolutionParams(population=20, generations=5, parents=5),
     ):
         latency, calls = counting(latency_fn)
-        sel = select(
-            mnist_space, latency, accuracy_fn, Constraints(budget), method="evolutionary", evolution=params
-        )
+        sel = select(mnist_space, latency, accuracy_fn, Constraints(budget), method="evolutionary", evolution=params)
         assert calls[0] == sel.evaluated <= params.max_evaluations()
         if params.generations:
             assert sel.evaluated > params.population  # later generations did add new configs
@@ -178,9 +172,7 @@ def test_max_params_excludes_larger_subnets(tiny_space: SearchSpace) -> None:
     budget = _budgets(tiny_space)[4]
     free = select(tiny_space, latency_fn, accuracy_fn, Constraints(budget), params=params_fn)
     cap = free.choice.params - 1  # type: ignore[operator]
-    capped = select(
-        tiny_space, latency_fn, accuracy_fn, Constraints(budget, max_params=cap), params=params_fn
-    )
+    capped = select(tiny_space, latency_fn, accuracy_fn, Constraints(budget, max_params=cap), params=params_fn)
     assert capped.choice.params is not None and capped.choice.params <= cap
     assert capped.choice.config == brute_force(tiny_space, budget, max_params=cap)
     assert capped.choice.accuracy < free.choice.accuracy
@@ -232,9 +224,7 @@ def test_finalists_rescored_with_exact_accuracy_change_choice(tiny_space: Search
         calls[0] += 1
         return exact(config)
 
-    sel = select(
-        tiny_space, latency_fn, accuracy_fn, Constraints(budget), exact_accuracy=counted_exact, finalists=4
-    )
+    sel = select(tiny_space, latency_fn, accuracy_fn, Constraints(budget), exact_accuracy=counted_exact, finalists=4)
     assert calls[0] == 4
     assert sel.choice.config != misleading
     assert sel.choice.accuracy_source == "exact"
@@ -283,3 +273,18 @@ def test_selection_json_round_trips(tiny_space: SearchSpace) -> None:
 def test_unknown_method_raises_listing_known(tiny_space: SearchSpace) -> None:
     with pytest.raises(UnknownNameError, match="exhaustive"):
         select(tiny_space, latency_fn, accuracy_fn, Constraints(1.0), method="random")
+
+
+def test_seen_sample_keeps_every_finalist_when_space_is_large(mnist_space: SearchSpace) -> None:
+    lo, hi = latency_fn(build("matformer_vit_mnist").smallest())[0], 4.0
+    sel = select(
+        mnist_space,
+        latency_fn,
+        accuracy_fn,
+        Constraints(budget_ms=(lo + hi) / 2),
+        exact_accuracy=lambda c: accuracy_fn(c) - 0.001,
+        finalists=8,
+    )
+    exact = [c for c in sel.seen if c.accuracy_source == "exact"]
+    assert len(sel.seen) <= 2000 < sel.evaluated
+    assert len(exact) == 8 and sel.choice in exact
