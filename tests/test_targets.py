@@ -55,3 +55,16 @@ def test_name_must_match_file(tmp_root):
     (tmp_root / "targets" / "t2.yaml").write_text(GOOD)
     with pytest.raises(ConfigFileError, match=r"'name' is 't1' but the file is t2\.yaml"):
         load_target("t2")
+
+
+def test_every_shipped_target_has_a_table_covering_its_model():
+    from deploy.latency.predictor import LatencyPredictor
+    from deploy.latency.table import LatencyTable
+    from deploy.supernets import build
+
+    for name in known_targets():
+        target = load_target(name)
+        table = LatencyTable.load(target.table_path, name)
+        assert table.provenance.target == name and table.provenance.threads == target.threads
+        assert table.calibration is not None and table.validation is not None
+        LatencyPredictor(table).require(build(target.model).all_blocks())
