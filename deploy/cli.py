@@ -86,7 +86,8 @@ def tables_build(
     result = build_table(t, [supernet], rebuild=rebuild)
     cal = result.calibration
     _say(
-        f"[bold green]wrote[/] {result.path}: {result.measured} blocks measured, {result.reused} reused; "
+        (f"[bold green]wrote[/] {result.path}: " if result.measured else f"{result.path} is up to date: ")
+        + f"{result.measured} blocks measured, {result.reused} reused; "
         f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
         f"Next: `elastic-deploy tables validate --target {target} --samples 20`"
     )
@@ -153,13 +154,13 @@ def select_cmd(
 
 @app.command()
 def train(
-    model: ModelOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="model variant to train")] = "matformer_vit_mnist",
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
 ) -> None:
     """Train a model variant here (CPU) and write its checkpoint under checkpoints/."""
     from deploy.train import train as run_train
 
-    result = run_train(model or "matformer_vit_mnist", seed=seed)
+    result = run_train(model, seed=seed)
     _say(f"[bold green]trained[/] {result}")
 
 
