@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 TARGET ?= host-cpu-ort
 MODEL  ?=
 SAMPLES ?= 20
+BENCH_FLAGS ?=
 
 # The target's backend decides which optional toolchain to install.
 BACKEND := $(shell sed -n 's/^backend:[[:space:]]*//p' targets/$(TARGET).yaml 2>/dev/null)
@@ -16,10 +17,13 @@ EXTRAS_tensorrt    := data,tensorrt
 EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: deploy latency-tables validate-tables train test lint benchmarks clean
+.PHONY: deploy bench latency-tables validate-tables train test lint benchmarks clean
 
 deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
+
+bench: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m deploy bench --target $(TARGET) $(BENCH_FLAGS)
 
 latency-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables build --target $(TARGET) $(MODEL_FLAG)

@@ -70,6 +70,34 @@ def deploy(
     )
 
 
+@app.command("bench")
+def bench_cmd(
+    target: TargetOpt,
+    dist: Annotated[Path | None, typer.Option(help="folder holding manifest.json (default dist/<target>)")] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="store this run as bench/baselines/<target>.json")
+    ] = False,
+    sustained: Annotated[
+        float, typer.Option("--sustained", min=0, help="keep measuring this many seconds and report drift")
+    ] = 0.0,
+    tolerance: Annotated[
+        float | None, typer.Option("--tolerance", min=0, help="allowed % between measured and predicted")
+    ] = None,
+) -> None:
+    """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
+    from deploy.bench import bench as run_bench
+
+    result = run_bench(
+        target,
+        dist_dir=dist,
+        update_baseline=update_baseline,
+        sustained_s=sustained,
+        tolerance_pct=tolerance,
+        say=_say,
+    )
+    _say(f"[bold green]bench passed[/]: {result.md_path}")
+
+
 @tables_app.command("build")
 def tables_build(
     target: TargetOpt,

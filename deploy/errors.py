@@ -67,3 +67,7 @@ class MeasurementError(DeployError):
 
 class RunnerError(DeployError):
     """A runner could not reach or use the machine it measures on."""
+
+
+class BenchGateError(DeployError):
+    """A benchmark of a deployed artifact failed its gate (budget, prediction tolerance or baseline)."""

@@ -72,6 +72,7 @@ class Target(_Strict):
     model: str
     parity_atol: float = Field(1e-4, gt=0)
     measurement: MeasurementSpec = MeasurementSpec()
+    bench_tolerance_pct: float | None = Field(None, gt=0)  # `bench` gate on |measured - predicted|; default 15
 
     @property
     def table_path(self) -> Path:
