@@ -17,7 +17,7 @@ EXTRAS_tensorrt    := data,tensorrt
 EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: deploy bench latency-tables validate-tables train test lint benchmarks clean
+.PHONY: deploy bench latency-tables validate-tables train test lint benchmarks clean ssh-tools
 
 deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
@@ -34,12 +34,20 @@ validate-tables: $(VENV)/.installed-$(EXTRAS)
 train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks
 	$(PY) -m pytest -q
 
 benchmarks: $(VENV)/.installed-dev
 	$(PY) benchmarks/selector_vs_oracle.py
+
+# The ssh runner tests start a real sshd on 127.0.0.1; install OpenSSH only where it is missing (they
+# skip, naming openssh-server, where it cannot be installed).
+ssh-tools:
+	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || \
+	  { command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; } || \
+	  echo "note: could not install openssh-server; the ssh runner tests will be skipped"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -32,6 +32,7 @@ class RunnerSpec(_Strict):
     user: str | None = None
     port: int | None = None
     key_path: str | None = None
+    python: str | None = "python3"  # remote interpreter that has elastic-deploy installed (ssh runner)
     serial: str | None = None
     benchmark_binary: str | None = None
     cpu_mask: str | None = None

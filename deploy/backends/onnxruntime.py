@@ -13,7 +13,6 @@ import numpy as np
 
 from deploy.backends.base import Artifact
 from deploy.errors import BackendUnavailableError, DeployError, UnsupportedOpError
-from deploy.hub import find_op
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -40,6 +39,8 @@ def _ort() -> Any:
 
 def _load_error(path: Path, exc: Exception) -> DeployError:
     text = str(exc)
+    from deploy.hub import find_op  # here, not at the top: the hub imports torch, remote_bench must not
+
     op = find_op(text)
     if op:
         return UnsupportedOpError(

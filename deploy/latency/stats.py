@@ -37,6 +37,7 @@ class LatencyStats:
     round_medians_ms: tuple[float, ...] = field(default=())
     cv: float = 0.0  # coefficient of variation of the round medians (repeatability across rounds)
     where: str = ""  # runner and host that measured it
+    trimmed: int = 0  # of the n_runs timed runs, how many were dropped as outliers (above Q3 + 3·IQR)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

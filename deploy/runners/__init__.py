@@ -14,6 +14,7 @@ RUNNERS: Registry[type[Runner]] = Registry(
     "runner",
     {
         "local": "deploy.runners.local:LocalRunner",
+        "ssh": "deploy.runners.ssh:SshRunner",
     },
 )
 
