@@ -123,3 +123,28 @@ def sshd(tmp_path_factory) -> Iterator[SshServer]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """ORT artifacts of the tiny variant's largest and smallest subnets, with their reference inputs."""
+    import torch
+
+    from deploy import hub
+    from deploy.backends import get_backend
+    from deploy.supernets import build
+    from deploy.targets import DeviceInfo, Target
+
+    torch.manual_seed(0)
+    supernet = build("matformer_vit_tiny").eval()
+    target = Target(name="t", device=DeviceInfo(name="here"), backend="onnxruntime", budget_ms=5.0,
+                    model="matformer_vit_tiny")
+    backend = get_backend("onnxruntime")
+    cache = tmp_path_factory.mktemp("cache")
+    items = []
+    for config in (supernet.largest(), supernet.smallest()):
+        entry = hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id},
+                                  cache, with_program=False)
+        artifact = backend.compile(entry, target, cache / "artifacts" / entry.key)
+        items.append((artifact, entry.reference_inputs()))
+    return backend, items

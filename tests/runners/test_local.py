@@ -2,35 +2,12 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-import torch
-
-from deploy import hub
-from deploy.backends import get_backend
 from deploy.latency.stats import MeasureProtocol
 from deploy.runners import get_runner
 from deploy.runners.local import LocalRunner
-from deploy.supernets import build
-from deploy.targets import DeviceInfo, RunnerSpec, Target
+from deploy.targets import RunnerSpec
 
 QUICK = MeasureProtocol(warmup_runs=3, min_runs=10, min_time_s=0.01, rounds=2, cv_max=1.0, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    torch.manual_seed(0)
-    supernet = build("matformer_vit_tiny").eval()
-    target = Target(name="t", device=DeviceInfo(name="here"), backend="onnxruntime", budget_ms=5.0,
-                    model="matformer_vit_tiny")
-    backend = get_backend("onnxruntime")
-    cache = tmp_path_factory.mktemp("cache")
-    items = []
-    for config in (supernet.largest(), supernet.smallest()):
-        entry = hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id},
-                                  cache, with_program=False)
-        artifact = backend.compile(entry, target, cache / "artifacts" / entry.key)
-        items.append((artifact, entry.reference_inputs()))
-    return backend, items
 
 
 def test_local_runner_benchmarks_an_ort_artifact(artifacts):

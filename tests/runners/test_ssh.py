@@ -7,10 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
-from deploy import hub
-from deploy.backends import get_backend
 from deploy.checkpoint import sha256_file
 from deploy.errors import RunnerError
 from deploy.latency.build import build_table
@@ -20,7 +17,6 @@ from deploy.remote_bench import main as remote_bench_main
 from deploy.runners import get_runner
 from deploy.runners import ssh as ssh_module
 from deploy.runners.ssh import SshRunner
-from deploy.supernets import build
 from deploy.targets import DeviceInfo, MeasurementSpec, RunnerSpec, Target
 
 QUICK = MeasureProtocol(warmup_runs=2, min_runs=10, min_time_s=0.0, rounds=2, cv_max=1.0, max_retries=0)
@@ -35,23 +31,6 @@ def remote_root(tmp_path, monkeypatch):
     root = tmp_path / "remote-home"
     monkeypatch.setattr(ssh_module, "REMOTE_ROOT", root)
     return root
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    torch.manual_seed(0)
-    supernet = build("matformer_vit_tiny").eval()
-    target = Target(name="t", device=DeviceInfo(name="here"), backend="onnxruntime", budget_ms=5.0,
-                    model="matformer_vit_tiny")
-    backend = get_backend("onnxruntime")
-    cache = tmp_path_factory.mktemp("cache")
-    items = []
-    for config in (supernet.largest(), supernet.smallest()):
-        entry = hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id},
-                                  cache, with_program=False)
-        artifact = backend.compile(entry, target, cache / "artifacts" / entry.key)
-        items.append((artifact, entry.reference_inputs()))
-    return backend, items
 
 
 def spec_for(server, **overrides) -> RunnerSpec:
