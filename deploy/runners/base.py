@@ -40,3 +40,17 @@ class Runner(Protocol):
         on_progress: Progress | None = None,
     ) -> list[LatencyStats]:
         """Stats for each (artifact, inputs), in order, measured interleaved in the same time window."""
+
+
+class SingleFromMany:
+    """Mixin: `benchmark` is `benchmark_many` of one item, so a runner implements only the latter."""
+
+    def benchmark(
+        self,
+        backend: Backend,
+        artifact: Artifact,
+        inputs: Mapping[str, np.ndarray],
+        protocol: MeasureProtocol,
+        on_progress: Progress | None = None,
+    ) -> LatencyStats:
+        return self.benchmark_many(backend, [(artifact, inputs)], protocol, on_progress)[0]  # type: ignore[attr-defined]

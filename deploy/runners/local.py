@@ -6,7 +6,7 @@ import functools
 import os
 import platform
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,8 @@ import numpy as np
 from deploy.backends.base import Artifact, Backend
 from deploy.latency.measure import measure_interleaved
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.runners.base import Progress, SingleFromMany
 from deploy.targets import RunnerSpec
-
-Progress = Callable[[str], None]
 
 
 @functools.cache
@@ -39,7 +38,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class LocalRunner:
+class LocalRunner(SingleFromMany):
     name = "local"
 
     def __init__(self, spec: RunnerSpec | None = None) -> None:
@@ -52,16 +51,6 @@ class LocalRunner:
 
     def describe(self) -> str:
         return f"{self.hostname} ({cpu_model()}, {usable_cores()} cores)"
-
-    def benchmark(
-        self,
-        backend: Backend,
-        artifact: Artifact,
-        inputs: Mapping[str, np.ndarray],
-        protocol: MeasureProtocol,
-        on_progress: Progress | None = None,
-    ) -> LatencyStats:
-        return self.benchmark_many(backend, [(artifact, inputs)], protocol, on_progress)[0]
 
     def benchmark_many(
         self,

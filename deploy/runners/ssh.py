@@ -16,7 +16,7 @@ import json
 import logging
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,11 +27,11 @@ from deploy.backends.base import Artifact, Backend
 from deploy.checkpoint import sha256_file
 from deploy.errors import RunnerError
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.runners.base import Progress, SingleFromMany
 from deploy.targets import RunnerSpec
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 REMOTE_ROOT = PurePosixPath(".cache/elastic-deploy/remote")  # relative to the remote home directory
 SHA_PREFIX = 16
 CONNECT_TIMEOUT_S = 10
@@ -45,7 +45,7 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-class SshRunner:
+class SshRunner(SingleFromMany):
     name = "ssh"
 
     def __init__(self, spec: RunnerSpec, cache_dir: Path | None = None) -> None:
@@ -135,16 +135,6 @@ class SshRunner:
             name = proc.stdout.strip() or self.host
             self._described = f"{self.user}@{self.host}:{self.port} ({name})"
         return self._described
-
-    def benchmark(
-        self,
-        backend: Backend,
-        artifact: Artifact,
-        inputs: Mapping[str, np.ndarray],
-        protocol: MeasureProtocol,
-        on_progress: Progress | None = None,
-    ) -> LatencyStats:
-        return self.benchmark_many(backend, [(artifact, inputs)], protocol, on_progress)[0]
 
     def upload(self, artifacts: Sequence[Artifact]) -> list[PurePosixPath]:
         """Remote paths of the artifacts, copying those not already there with the same sha256."""
