@@ -40,7 +40,7 @@ UNREACHABLE = ("Connection refused", "timed out", "No route", "Could not resolve
 _STAT_FIELDS = {f.name for f in dataclasses.fields(LatencyStats)}
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
@@ -115,7 +115,7 @@ class SshRunner(SingleFromMany):
             )
         if any(s in err for s in UNREACHABLE):
             raise RunnerError(
-                f"cannot reach {self.host} port {self.port} while {what} ({_first_line(err)}): check the host is up "
+                f"cannot reach {self.host} port {self.port} while {what} ({_last_line(err)}): check the host is up "
                 "and sshd listens there, or fix runner.host/port in the target"
             )
         if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
@@ -125,7 +125,7 @@ class SshRunner(SingleFromMany):
             )
         if proc.returncode == SSH_FAILED:
             raise RunnerError(
-                f"ssh to {self.address} failed while {what} ({_first_line(err) or 'exit 255'}); "
+                f"ssh to {self.address} failed while {what} ({_last_line(err) or 'exit 255'}); "
                 f"try `ssh -p {self.port} {self.user}@{self.host}` by hand"
             )
 
@@ -204,7 +204,7 @@ class SshRunner(SingleFromMany):
             )
         if proc.returncode == 127 or (proc.returncode != 0 and not proc.stdout.strip() and "not found" in err):
             raise RunnerError(
-                f"remote python '{self.python}' was not found on {self.address} ({_first_line(err)}): install "
+                f"remote python '{self.python}' was not found on {self.address} ({_last_line(err)}): install "
                 "Python 3 with elastic-deploy there or set runner.python in the target"
             )
         return proc
@@ -216,7 +216,7 @@ class SshRunner(SingleFromMany):
         except json.JSONDecodeError:
             result = None
         if not isinstance(result, dict):
-            detail = _first_line(proc.stderr) or _first_line(proc.stdout) or f"exit {proc.returncode}"
+            detail = _last_line(proc.stderr) or _last_line(proc.stdout) or f"exit {proc.returncode}"
             raise RunnerError(
                 f"the benchmark on {self.address} printed no result ({detail}); run "
                 f"`{self.python} -m deploy.remote_bench --help` there to check the install"
