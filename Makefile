@@ -13,11 +13,17 @@ BACKEND := $(shell sed -n 's/^backend:[[:space:]]*//p' targets/$(TARGET).yaml 2>
 EXTRAS_onnxruntime := data
 EXTRAS_tflite      := data,tflite
 EXTRAS_coreml      := data,coreml
-EXTRAS_tensorrt    := data,tensorrt
+# TensorRT installs only where there is an NVIDIA driver; elsewhere a deploy packages the ONNX.
+comma := ,
+HAS_GPU := $(shell command -v nvidia-smi 2>/dev/null)
+EXTRAS_tensorrt    := $(if $(HAS_GPU),data$(comma)tensorrt,data)
+EXTRAS_torch_cuda  := data
 EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)
+# Tests run the real converters that install on Linux (LiteRT, coremltools); TensorRT needs a GPU.
+TEST_EXTRAS := dev,tflite,coreml
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: deploy bench latency-tables validate-tables train test lint benchmarks clean ssh-tools
+.PHONY: deploy bench latency-tables estimate-tables validate-tables train test lint benchmarks clean ssh-tools
 
 deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
@@ -28,13 +34,17 @@ bench: $(VENV)/.installed-$(EXTRAS)
 latency-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables build --target $(TARGET) $(MODEL_FLAG)
 
+# For a device nobody has attached: the source target's measured table scaled by an anchor factor.
+estimate-tables: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m deploy tables estimate --target $(TARGET)
+
 validate-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) --json latency_tables/$(TARGET).validation.json
 
 train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG)
 
-test: $(VENV)/.installed-dev ssh-tools
+test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks
 	$(PY) -m pytest -q
 

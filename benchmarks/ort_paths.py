@@ -81,9 +81,7 @@ LABELS = {
     RAW: "legacy opset 17, no onnxslim, ORT",
     OURS_AGAIN: "ours, measured again",
 }
-SHORT = {
-    OURS: "ours", EAGER: "torch eager", DYNAMO: "dynamo→ORT", RAW: "no-slim→ORT", OURS_AGAIN: "ours again"
-}
+SHORT = {OURS: "ours", EAGER: "torch eager", DYNAMO: "dynamo→ORT", RAW: "no-slim→ORT", OURS_AGAIN: "ours again"}
 
 # --quick: a smoke test of the whole script, not figures to quote.
 QUICK = MeasureProtocol(warmup_runs=5, min_runs=10, min_time_s=0.05, rounds=3, cv_max=0.10, max_retries=0)
@@ -97,6 +95,7 @@ def full_protocol(target: Target) -> MeasureProtocol:
     with min_runs 50 and 2 retries it alone would take 10+ minutes.
     """
     return dataclasses.replace(target.measurement.protocol(), min_runs=10, max_retries=1)
+
 
 Call = Callable[[], object]
 
@@ -201,8 +200,13 @@ def eager_call(module: nn.Module, x: torch.Tensor) -> Call:
 
 
 def add_ours(
-    sub: Subnet, x: torch.Tensor, identity: dict[str, str], target: Target, backend: OnnxRuntimeBackend,
-    work: Path, reference: np.ndarray,
+    sub: Subnet,
+    x: torch.Tensor,
+    identity: dict[str, str],
+    target: Target,
+    backend: OnnxRuntimeBackend,
+    work: Path,
+    reference: np.ndarray,
 ) -> None:
     with quiet():
         entry = hub.get_or_export(sub.module, x, identity, cache_dir=work / "hub", with_program=False)
@@ -218,7 +222,11 @@ def add_ours(
 
 
 def add_raw(
-    sub: Subnet, x: torch.Tensor, target: Target, backend: OnnxRuntimeBackend, work: Path,
+    sub: Subnet,
+    x: torch.Tensor,
+    target: Target,
+    backend: OnnxRuntimeBackend,
+    work: Path,
     reference: np.ndarray,
 ) -> None:
     """The hub's first export step alone: legacy exporter, opset 17, constant folding, no onnxslim."""
@@ -227,13 +235,23 @@ def add_raw(
     start = time.perf_counter()
     with quiet():
         torch.onnx.export(
-            sub.module, (x,), str(path), dynamo=False, do_constant_folding=True, opset_version=hub.OPSET,
-            input_names=[hub.INPUT_NAME], output_names=["logits"],
+            sub.module,
+            (x,),
+            str(path),
+            dynamo=False,
+            do_constant_folding=True,
+            opset_version=hub.OPSET,
+            input_names=[hub.INPUT_NAME],
+            output_names=["logits"],
         )
     sub.convert_s[RAW] = time.perf_counter() - start
     artifact = Artifact(
-        path=path, backend=backend.name, precision="fp32", input_names=(hub.INPUT_NAME,),
-        output_names=("logits",), options=backend.session_options(target.threads),
+        path=path,
+        backend=backend.name,
+        precision="fp32",
+        input_names=(hub.INPUT_NAME,),
+        output_names=("logits",),
+        options=backend.session_options(target.threads),
     )
     feed = {hub.INPUT_NAME: x.numpy()}
     sub.parity[RAW] = max_abs_diff(backend.run(artifact, feed)[0], reference)
@@ -250,8 +268,15 @@ def add_dynamo(sub: Subnet, x: torch.Tensor, threads: int, work: Path, reference
     start = time.perf_counter()
     with quiet():
         torch.onnx.export(
-            sub.module, (x,), str(path), dynamo=True, opset_version=DYNAMO_OPSET, external_data=False,
-            input_names=[hub.INPUT_NAME], output_names=["logits"], verbose=False,
+            sub.module,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=DYNAMO_OPSET,
+            external_data=False,
+            input_names=[hub.INPUT_NAME],
+            output_names=["logits"],
+            verbose=False,
         )
     sub.convert_s[DYNAMO] = time.perf_counter() - start
     extra = sorted(p.name for p in path.parent.iterdir() if p != path)
@@ -297,9 +322,9 @@ def prepare(
 # --- measuring and summarising -------------------------------------------------------------------
 
 
-def measure_all(subnets: Sequence[Subnet], protocol: MeasureProtocol, where: str, console: Console) -> dict[
-    str, LatencyStats
-]:
+def measure_all(
+    subnets: Sequence[Subnet], protocol: MeasureProtocol, where: str, console: Console
+) -> dict[str, LatencyStats]:
     calls = {f"{s.label}|{path}": call for s in subnets for path, call in s.calls.items()}
     # One warning per noisy item would flood the console; the tables show every item's round CV.
     measure_log = logging.getLogger("deploy.latency.measure")
@@ -316,9 +341,7 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else math.nan
 
 
-def summarize(
-    subnets: Sequence[Subnet], stats: Mapping[str, LatencyStats], cv_max: float
-) -> dict[str, Any]:
+def summarize(subnets: Sequence[Subnet], stats: Mapping[str, LatencyStats], cv_max: float) -> dict[str, Any]:
     rows = []
     for s in subnets:
         lat = {path: stats[f"{s.label}|{path}"] for path in s.calls}
@@ -343,8 +366,7 @@ def summarize(
         )
     others = (EAGER, DYNAMO, RAW, OURS_AGAIN)
     ratios = {p: geomean([r["ratio_vs_ours"][p] for r in rows]) for p in others}
-    ranges = {p: [min(r["ratio_vs_ours"][p] for r in rows), max(r["ratio_vs_ours"][p] for r in rows)]
-              for p in others}
+    ranges = {p: [min(r["ratio_vs_ours"][p] for r in rows), max(r["ratio_vs_ours"][p] for r in rows)] for p in others}
     cvs = [cv for r in rows for cv in r["round_cv"].values()]
     return {
         "rows": rows,
@@ -386,9 +408,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"each item ≥ {proto['min_runs']} runs and ≥ {proto['min_time_s']} s per round after "
         f"{proto['warmup_runs']} warm-up runs; items with round CV > {proto['cv_max']:.0%} re-measured up to "
         f"{proto['max_retries']} times. Median over all timed runs. All ORT paths timed with IOBinding "
-        "(inputs/outputs bound once). Versions: "
-        + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-        + ".",
+        "(inputs/outputs bound once). Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
         "",
         "## Median latency (ms) and round CV",
         "",
@@ -415,8 +435,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(
         "| **geomean** (range) | "
         + " | ".join(
-            f"**{fmt_ratio(g[p])}** ({rng[p][0]:.2f}–{rng[p][1]:.2f})"
-            for p in (EAGER, DYNAMO, RAW, OURS_AGAIN)
+            f"**{fmt_ratio(g[p])}** ({rng[p][0]:.2f}–{rng[p][1]:.2f})" for p in (EAGER, DYNAMO, RAW, OURS_AGAIN)
         )
         + " |"
     )
@@ -464,9 +483,7 @@ def print_tables(result: dict[str, Any], console: Console) -> None:
     for p in (*PATHS, OURS_AGAIN):
         table.add_column(SHORT[p], justify="right")
     for r in s["rows"]:
-        table.add_row(
-            r["subnet"], *(f"{r['median_ms'][p]:.3f} ({r['round_cv'][p]:.1%})" for p in (*PATHS, OURS_AGAIN))
-        )
+        table.add_row(r["subnet"], *(f"{r['median_ms'][p]:.3f} ({r['round_cv'][p]:.1%})" for p in (*PATHS, OURS_AGAIN)))
     console.print(table)
     ratios = Table(title="ratio vs ours (> 1: ours is faster)")
     ratios.add_column("subnet")

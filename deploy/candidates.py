@@ -24,9 +24,7 @@ def _number(path: Path, line: int, column: str, text: str | None) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise ConfigFileError(
-            f"{path}: row at line {line}, column '{column}': {text!r} is not a finite number; fix it"
-        )
+        raise ConfigFileError(f"{path}: row at line {line}, column '{column}': {text!r} is not a finite number; fix it")
     return value
 
 

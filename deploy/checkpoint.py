@@ -43,6 +43,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_tree(path: Path) -> str:
+    """sha256 of a file, or of a folder (e.g. an .mlpackage): its relative paths and file digests."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def default_path(variant: str) -> Path:
     return paths.checkpoints_dir() / f"{variant}{SUFFIX}"
 

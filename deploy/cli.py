@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from deploy.errors import DeployError
@@ -61,12 +62,17 @@ def deploy(
     """Pick the best subnet within the target's budget and package its compiled artifact."""
     from deploy.pipeline import deploy as run_deploy
 
-    result = run_deploy(target, model, out_dir=out, measure=measure, say=_say)
+    result = run_deploy(target, model, out_dir=out, measure=measure, say=lambda m: _say(escape(m)))
     lat = result.manifest["latency"]
     _say(
         f"[bold green]done[/]: {result.out_dir}/report.md — predicted {lat['predicted_ms']:.3f} ms"
         + (f", measured {lat['measured_ms']:.3f} ms" if lat["measured_ms"] is not None else "")
-        + f", budget {lat['budget_ms']} ms. Next: `make test`, or ship {result.manifest['artifact']['path']}"
+        + f", budget {lat['budget_ms']} ms. Next: "
+        + (
+            f"on the device, `{build}`"
+            if (build := result.manifest["validation"].get("build_on_device"))
+            else f"`make test`, or ship {result.manifest['artifact']['path']}"
+        )
     )
 
 
@@ -121,6 +127,29 @@ def tables_build(
     )
 
 
+@tables_app.command("estimate")
+def tables_estimate(target: TargetOpt) -> None:
+    """Write an ESTIMATED table: the source target's measured table scaled by the anchor-derived factor."""
+    from deploy.latency.estimate import estimate_table
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    result = estimate_table(t)
+    spec = t.estimate
+    assert spec is not None
+    anchor = (
+        f" ({spec.anchor.model}: {spec.anchor.device_ms} ms on {spec.anchor.device}, "
+        f"{result.anchor_source_ms:.3f} ms measured on {spec.source_target})"
+        if spec.anchor is not None and result.anchor_source_ms is not None
+        else ""
+    )
+    _say(
+        f"[bold yellow]wrote ESTIMATED[/] {result.path}: {result.entries} blocks of {spec.source_target} × "
+        f"{result.factor:.4g}{anchor}; expected error ±{spec.expected_error_pct:.0f}%. "
+        f"Measure it for real on the device with `make latency-tables TARGET={target}` once one is attached"
+    )
+
+
 @tables_app.command("validate")
 def tables_validate(
     target: TargetOpt,
@@ -159,6 +188,50 @@ def tables_validate(
     )
     if json_out:
         _say(f"wrote {json_out}")
+
+
+@app.command("compile")
+def compile_cmd(
+    onnx: Annotated[Path, typer.Argument(help="model.onnx from a deploy (references.npz beside it is used)")],
+    target: TargetOpt,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: beside the ONNX)")] = None,
+) -> None:
+    """Compile a packaged ONNX for the target's backend on the device (e.g. a TensorRT engine on a Jetson)."""
+    from deploy.compile import compile_onnx
+
+    result = compile_onnx(onnx, target, out_dir=out)
+    _say(f"[bold green]compiled[/] {result.artifact.path} ({escape(result.summary)})")
+
+
+@app.command("convert")
+def convert_cmd(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="MODULE:FACTORY, a zero-argument callable returning an nn.Module")
+    ],
+    target: TargetOpt,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's input_shape)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default dist/<target>-<factory>)")] = None,
+    measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
+) -> None:
+    """Convert a plain torch model (no subnet selection) for the target, validate it and package it."""
+    from deploy.convert import convert
+
+    result = convert(
+        model, target, input_shape=input_shape, out_dir=out, measure=measure, say=lambda m: _say(escape(m))
+    )
+    m = result.manifest
+    parity = m["validation"]["parity"] or m["validation"]["onnx_parity_onnxruntime"]
+    measured = m["latency"]["measured_ms"]
+    build = m["validation"].get("build_on_device")
+    _say(
+        f"[bold green]done[/]: {escape(str(result.out_dir))}/ — parity {parity['max_abs_diff']:.2e}"
+        + (f", measured {measured:.3f} ms" if measured is not None else "")
+        + ". Next: "
+        + (f"on the device, `{escape(build)}`" if build else f"ship {escape(m['artifact']['path'])}")
+    )
 
 
 @app.command("select")
@@ -226,5 +299,5 @@ def main(argv: list[str] | None = None) -> None:
     except DeployError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -61,6 +61,14 @@ class UnsupportedOpError(DeployError):
     """A converter met an operator it cannot handle."""
 
 
+class UnsupportedPrecisionError(DeployError):
+    """A target asks for a precision its backend cannot produce."""
+
+
+class DataShapeError(DeployError):
+    """Data handed to a converter (e.g. a representative or calibration dataset) has the wrong shape."""
+
+
 class MeasurementError(DeployError):
     """A latency measurement that could not be made or stayed too noisy."""
 

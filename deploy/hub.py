@@ -264,7 +264,13 @@ def _add_program(entry: HubEntry, module: nn.Module, example: torch.Tensor) -> H
     seconds = _save_program(module, example, program_path)
     meta = {**entry.meta, "program_seconds": round(seconds, 3)}
     updated = HubEntry(
-        entry.key, entry.dir, entry.onnx_path, program_path, entry.input_names, entry.output_names, meta,
+        entry.key,
+        entry.dir,
+        entry.onnx_path,
+        program_path,
+        entry.input_names,
+        entry.output_names,
+        meta,
         entry.reused,
     )
     atomic_write_json(entry.dir / ENTRY_FILE, _entry_json(updated))
@@ -279,12 +285,8 @@ def _save_program(module: nn.Module, example: torch.Tensor, path: Path) -> float
         except Exception as exc:
             op = find_op(str(exc))
             if op:
-                raise UnsupportedOpError(
-                    f"torch.export cannot trace op '{op}'; rewrite it in the module"
-                ) from exc
-            raise ExportError(
-                f"torch.export failed: {_first_line(exc)}; export with with_program=False"
-            ) from exc
+                raise UnsupportedOpError(f"torch.export cannot trace op '{op}'; rewrite it in the module") from exc
+            raise ExportError(f"torch.export failed: {_first_line(exc)}; export with with_program=False") from exc
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -366,9 +368,7 @@ def _build(
         slim = onnxslim.slim(raw)
         onnx.checker.check_model(slim, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(
-            f"the ONNX export of hub entry {key} fails the onnx checker: {_first_line(exc)}"
-        ) from exc
+        raise ExportError(f"the ONNX export of hub entry {key} fails the onnx checker: {_first_line(exc)}") from exc
     onnx.save_model(slim, str(onnx_path), save_as_external_data=False)
     raw_path.unlink()
     export_seconds = time.perf_counter() - start

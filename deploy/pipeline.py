@@ -10,18 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from deploy import hub, paths
 from deploy.accuracy import EvalOracle, build_accuracy_model, describe, user_cache_path
+from deploy.artifact_check import check_artifact, package_onnx
 from deploy.backends import get_backend
 from deploy.checkpoint import load as load_checkpoint
-from deploy.checkpoint import sha256_file
+from deploy.checkpoint import sha256_tree
 from deploy.data import load_splits
+from deploy.errors import BackendUnavailableError
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable
-from deploy.parity import check_parity
 from deploy.report import plot_pareto, write_manifest, write_report
 from deploy.runners import get_runner
 from deploy.select import Constraints, Selection, select
@@ -29,6 +27,8 @@ from deploy.space import SubnetConfig
 from deploy.targets import Target, load_target
 
 log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 256  # int8 calibration / representative dataset, from the training split
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,12 @@ def safety_margin_pct(table: LatencyTable) -> float:
     """Budget margin from the table's out-of-sample error (p90), or the calibration fit if unvalidated."""
     if table.validation is not None:
         return table.validation.p90_abs_pct_error
+    source_p90 = (table.provenance.estimate or {}).get("source_validation_p90_pct")
+    if source_p90 is not None:  # estimated: the source's own error; the device factor's error is systematic
+        return float(source_p90)
     if table.calibration is not None:
         return 2 * table.calibration.residual_pct
     return 25.0
-
-
-def artifact_accuracy(run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of the compiled artifact itself, one image at a time (as it is deployed: batch 1)."""
-    correct = 0
-    for i in range(len(x)):
-        logits = run(x[i : i + 1].numpy())
-        correct += int(np.argmax(logits) == int(y[i]))
-    return correct / len(x)
 
 
 def deploy(
@@ -110,36 +104,63 @@ def deploy(
 
     # 4. compile into a staging folder, swapped into place at the end (a failed deploy leaves the old one)
     backend = get_backend(target.backend)
+    splits = load_splits()
+    calibration = splits.train.x[:CALIBRATION_IMAGES].numpy()  # int8: representative data, training split
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir.parent))
     try:
-        artifact = backend.compile(entry, target, staging)
+        deferred = build_command = None
+        try:
+            artifact = backend.compile(entry, target, staging, calibration=calibration)
+        except BackendUnavailableError as exc:
+            deferred = str(exc)
+            artifact = package_onnx(entry, staging)
+            build_command = f"elastic-deploy compile --target {target.name} {out_dir / artifact.path.name}"
+            say(f"{backend.name} cannot build here ({deferred.rstrip('.')}); packaged the hub's ONNX instead")
 
-        # 5. validate: parity against the hub references, then accuracy of the artifact itself
-        refs_in, refs_out = entry.reference_inputs(), entry.reference_outputs()
-        outputs = backend.run(artifact, refs_in)
-        parity = check_parity(outputs, refs_out, target.parity_atol)
-        parity.raise_if_failed(f"{backend.name} artifact of {choice.config.id}")
-        say(f"parity: max abs diff {parity.max_abs_diff:.2e} ≤ {target.parity_atol:.0e}")
-
-        splits = load_splits()
-        input_name = artifact.input_names[0]
-        artifact_test = artifact_accuracy(
-            lambda x: backend.run(artifact, {input_name: x})[0], splits.test.x, splits.test.y
+        # 5. validate: parity and accuracy of the artifact where it runs, its structure where it cannot
+        check = check_artifact(
+            backend,
+            artifact,
+            entry,
+            target,
+            splits.test,
+            deferred_reason=deferred,
+            build_command=build_command,
+            work_dir=staging / ".onnx-check",
         )
+        shutil.rmtree(staging / ".onnx-check", ignore_errors=True)
+        if check.parity is not None:
+            say(f"parity: max abs diff {check.parity.max_abs_diff:.2e} ≤ {target.parity_atol:.0e}")
+        else:
+            say(f"not run here: {check.not_run_reason}")
+            say(
+                f"checked instead: the hub's ONNX on onnxruntime matches torch (max abs diff "
+                f"{check.onnx_parity.max_abs_diff:.2e}); {artifact.path.name} spec "  # type: ignore[union-attr]
+                + ("matches the hub entry" if not check.spec_problems else f"problems: {check.spec_problems}")
+            )
         test_cache = user_cache_path(variant, ckpt.sha256, "test")
         test_acc = EvalOracle(supernet, splits.test.x, splits.test.y, test_cache, ckpt.sha256, "test")(choice.config)
-        say(f"test accuracy: torch subnet {test_acc:.2%}, compiled artifact {artifact_test:.2%}")
+        artifact_test = check.artifact_test_accuracy
+        say(
+            f"test accuracy: torch subnet {test_acc:.2%}, compiled artifact "
+            + (f"{artifact_test:.2%}" if artifact_test is not None else "not measured here (it cannot run here)")
+        )
 
         measured = None
-        if measure:
+        not_measured = None
+        if not measure:
+            not_measured = "--no-measure"
+        elif check.ran_here or target.runner.kind != "local":
             runner = get_runner(target.runner)
-            measured = runner.benchmark(backend, artifact, refs_in, target.measurement.protocol())
+            measured = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
             err = (choice.latency_ms - measured.median_ms) / measured.median_ms * 100
             say(
                 f"measured {measured.median_ms:.3f} ms (p90 {measured.p90_ms:.3f}, cv {measured.cv:.1%}, "
                 f"{measured.n_runs} runs on {measured.where}); prediction off by {err:+.1f}%"
             )
+        else:
+            not_measured = f"the artifact cannot run on this machine ({check.not_run_reason})"
 
         manifest = write_manifest(
             staging,
@@ -148,17 +169,18 @@ def deploy(
             selection=selection,
             ckpt=ckpt,
             artifact=artifact,
-            artifact_sha256=sha256_file(artifact.path),
+            artifact_sha256=sha256_tree(artifact.path),
             table=table,
             margin_pct=margin,
             measured=measured,
+            not_measured=not_measured,
             accuracy={
                 "val": choice.accuracy,
                 "test": test_acc,
                 "artifact_test": artifact_test,
                 "predictor": describe(accuracy),
             },
-            parity=parity,
+            check=check,
             hub_key=entry.key,
             versions={**entry.meta.get("versions", {}), backend.name: backend.version()},
             out_dir=out_dir,
@@ -172,4 +194,6 @@ def deploy(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json, report.md, pareto.png)")
+    if build_command:
+        say(f"next, on the device: {build_command}")
     return DeployResult(out_dir, manifest, selection)

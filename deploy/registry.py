@@ -25,8 +25,7 @@ class Registry(Generic[T]):
     def register(self, name: str, target: str) -> None:
         if name in self._entries:
             raise DuplicateNameError(
-                f"{self.kind} '{name}' is registered twice ({self._entries[name]} and {target}); "
-                "rename one of them"
+                f"{self.kind} '{name}' is registered twice ({self._entries[name]} and {target}); rename one of them"
             )
         if ":" not in target:
             raise ValueError(f"registry target must be 'module:attribute', got {target!r}")
@@ -43,9 +42,7 @@ class Registry(Generic[T]):
 
     def target(self, name: str) -> str:
         if name not in self._entries:
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; known: {', '.join(self.names()) or '(none)'}"
-            )
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names()) or '(none)'}")
         return self._entries[name]
 
     def load(self, name: str) -> T:

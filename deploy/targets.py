@@ -60,13 +60,52 @@ class MeasurementSpec(_Strict):
         )
 
 
+class CoreMLOptions(_Strict):
+    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
+    minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS16"
+
+
+class TensorRTOptions(_Strict):
+    workspace_mib: int = Field(1024, ge=16)
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    calibration_images: int = Field(256, ge=8)  # int8 entropy calibration, drawn from the training split
+    warmup_runs: int = Field(50, ge=0)  # benchmark like trtexec: warm-up, then ≥min_runs and ≥min_time_s
+    min_runs: int = Field(200, ge=1)
+    min_time_s: float = Field(1.0, ge=0)
+
+
+class AnchorSpec(_Strict):
+    """A published latency of a model we can rebuild (deploy/anchors.py) and measure on the source."""
+
+    model: str  # name in deploy.anchors.ANCHORS
+    device: str
+    device_ms: float = Field(gt=0)
+    source: str  # where the figure was published (repository @ commit, file)
+
+
+class EstimateSpec(_Strict):
+    """How this target's ESTIMATED table is made: a measured table scaled by one factor.
+
+    factor = anchor.device_ms / (anchor measured on the source target) × correction, or `factor`
+    given directly (with its derivation) where no anchor was published for the device.
+    """
+
+    source_target: str  # a target whose table is measured (same block keys)
+    anchor: AnchorSpec | None = None
+    correction: float = Field(1.0, gt=0)  # e.g. a newer chip than the anchor's device
+    factor: float | None = Field(None, gt=0)  # used when there is no anchor
+    derivation: str  # the reasoning behind correction / factor, in words
+    expected_error_pct: float = Field(gt=0)
+    expected_error: str  # what the expected error rests on
+
+
 class Target(_Strict):
     name: str
     description: str = ""
     device: DeviceInfo
     backend: str
     runner: RunnerSpec = RunnerSpec()
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8_dynamic", "int8"] = "fp32"  # int8 = full integer
     threads: int = Field(1, ge=1)
     budget_ms: float = Field(gt=0)
     max_params: int | None = Field(None, gt=0)
@@ -74,6 +113,9 @@ class Target(_Strict):
     parity_atol: float = Field(1e-4, gt=0)
     measurement: MeasurementSpec = MeasurementSpec()
     bench_tolerance_pct: float | None = Field(None, gt=0)  # `bench` gate on |measured - predicted|; default 15
+    coreml: CoreMLOptions = CoreMLOptions()  # used by the coreml backend only
+    tensorrt: TensorRTOptions = TensorRTOptions()  # used by the tensorrt backend only
+    estimate: EstimateSpec | None = None  # present when no device is at hand to measure the table
 
     @property
     def table_path(self) -> Path:

@@ -45,3 +45,9 @@ def shipped(tmp_root) -> Path:
     """A throwaway root holding copies of the shipped host target, its table and the checkpoints."""
     copy_shipped(tmp_root, "targets/host-cpu-ort.yaml", "latency_tables/host-cpu-ort.json", "checkpoints")
     return tmp_root
+
+
+@pytest.fixture
+def ship_files(tmp_root):
+    """Copy shipped files (targets, tables, checkpoints; paths relative to the repo) into tmp_root."""
+    return lambda *relpaths: copy_shipped(tmp_root, *relpaths)

@@ -40,9 +40,7 @@ def test_select_from_csv_returns_largest_when_budget_is_loose(tmp_path: Path) ->
 
 def test_select_from_csv_uses_named_columns(tmp_path: Path) -> None:
     text = "name,p50,top1\na,1.0,0.5\nb,2.0,0.6\nc,3.0,0.7\n"
-    row = select_from_csv(
-        write(tmp_path, text), 2.0, latency_column="p50", accuracy_column="top1", id_column="name"
-    )
+    row = select_from_csv(write(tmp_path, text), 2.0, latency_column="p50", accuracy_column="top1", id_column="name")
     assert row["name"] == "b"
 
 

@@ -9,6 +9,10 @@ BACKENDS: Registry[type[Backend]] = Registry(
     "backend",
     {
         "onnxruntime": "deploy.backends.onnxruntime:OnnxRuntimeBackend",
+        "tflite": "deploy.backends.tflite:TFLiteBackend",
+        "coreml": "deploy.backends.coreml:CoreMLBackend",
+        "tensorrt": "deploy.backends.tensorrt:TensorRTBackend",
+        "torch_cuda": "deploy.backends.torch_cuda:TorchCudaBackend",
     },
 )
 

@@ -26,14 +26,50 @@ class Artifact:
     options: Mapping[str, Any] = field(default_factory=dict)  # e.g. threads, optimisation level
 
 
+def check_precision(backend_name: str, supported: tuple[str, ...], target: Target) -> None:
+    """Raise UnsupportedPrecisionError naming what the backend can do and the file to change."""
+    if target.precision not in supported:
+        from deploy.errors import UnsupportedPrecisionError
+
+        raise UnsupportedPrecisionError(
+            f"target {target.name} asks for precision {target.precision} but the {backend_name} backend "
+            f"supports {', '.join(supported)}; set precision in targets/{target.name}.yaml to one of them"
+        )
+
+
 class Backend(Protocol):
+    """compile / run / timed_call, plus what the pipeline must know where a runtime cannot run here.
+
+    A backend whose runtime has its own device clock (CUDA events) may also define
+    `device_timed_call(artifact, inputs) -> Callable[[], float]` (one run, returning its duration in
+    ms on the device's clock) and `device_clock() -> str` (e.g. "CUDA events on NVIDIA H100"); the
+    local runner then times with it instead of the host's wall clock around `timed_call`.
+    `needs_program` says whether compile reads the hub's torch.export program (else only its ONNX).
+    """
+
     name: str
+    precisions: tuple[str, ...]  # what compile accepts as target.precision
+    needs_program: bool  # compile reads entry.load_program() (the hub must export it), not only the ONNX
 
     def version(self) -> str:
         """Version of the runtime/converter (recorded in tables and manifests)."""
 
-    def compile(self, entry: HubEntry, target: Target, out_dir: Path) -> Artifact:
-        """Convert the hub entry into this backend's artifact under out_dir."""
+    def runs_here(self) -> str | None:
+        """None when artifacts can run on this machine; else why not and what would make it possible."""
+
+    def inspect(self, artifact: Artifact) -> dict[str, Any]:
+        """Structural facts for the manifest, read back from the artifact file itself:
+        inputs/outputs (names, shapes, dtypes), precision, and op counts by type."""
+
+    def compile(
+        self, entry: HubEntry, target: Target, out_dir: Path, calibration: np.ndarray | None = None
+    ) -> Artifact:
+        """Convert the hub entry into this backend's artifact under out_dir.
+
+        `calibration` (N × the entry's input shape, float32) feeds int8 quantisation (TFLite's
+        representative dataset, TensorRT's entropy calibrator); the pipeline passes training-split
+        images. When None, backends that need it use the entry's reference inputs (enough for latency
+        tables, whose numbers do not depend on the values). A wrong shape raises DataShapeError."""
 
     def run(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the artifact once here; raises BackendUnavailableError where its runtime cannot run here."""

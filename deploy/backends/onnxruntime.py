@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.backends.base import Artifact
+from deploy.backends.base import Artifact, check_precision
 from deploy.errors import BackendUnavailableError, DeployError, UnsupportedOpError
 from deploy.io import atomic_write_bytes
 
@@ -51,8 +51,37 @@ def _load_error(path: Path, exc: Exception) -> DeployError:
     return DeployError(f"onnxruntime could not load {path}: {first}; delete the hub entry and re-export")
 
 
+def onnx_summary(path: Path, precision: str) -> dict[str, Any]:
+    """I/O spec and op counts of an ONNX file (what the manifest records for any ONNX artifact)."""
+    from collections import Counter
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+            out.append({"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {
+        "format": f"ONNX opset {max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}",
+        "precision": precision,
+        "inputs": spec(model.graph.input),
+        "outputs": spec(model.graph.output),
+        "ops": dict(sorted(ops.items())),
+        "n_ops": sum(ops.values()),
+    }
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precisions = PRECISIONS
+    needs_program = False
 
     def __init__(self) -> None:
         self._sessions: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -60,6 +89,16 @@ class OnnxRuntimeBackend:
 
     def version(self) -> str:
         return str(_ort().__version__)
+
+    def runs_here(self) -> str | None:
+        try:
+            _ort()
+        except BackendUnavailableError as exc:
+            return str(exc)
+        return None
+
+    def inspect(self, artifact: Artifact) -> dict[str, Any]:
+        return onnx_summary(Path(artifact.path), artifact.precision)
 
     @staticmethod
     def session_options(threads: int) -> dict[str, Any]:
@@ -72,12 +111,10 @@ class OnnxRuntimeBackend:
             "providers": ["CPUExecutionProvider"],
         }
 
-    def compile(self, entry: HubEntry, target: Target, out_dir: Path) -> Artifact:
-        if target.precision not in PRECISIONS:
-            raise DeployError(
-                f"target {target.name} asks for precision {target.precision} but the onnxruntime backend "
-                f"supports {', '.join(PRECISIONS)} here; set precision: fp32 in targets/{target.name}.yaml"
-            )
+    def compile(
+        self, entry: HubEntry, target: Target, out_dir: Path, calibration: np.ndarray | None = None
+    ) -> Artifact:
+        check_precision(self.name, self.precisions, target)
         ort = _ort()  # fail on a missing runtime before writing anything
         path = Path(out_dir) / MODEL_FILE
         atomic_write_bytes(path, entry.onnx_path.read_bytes())
@@ -129,9 +166,7 @@ class OnnxRuntimeBackend:
     def _feed(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in artifact.input_names if n not in inputs]
         if missing:
-            raise DeployError(
-                f"inputs for {artifact.path} lack {missing}; it takes {list(artifact.input_names)}"
-            )
+            raise DeployError(f"inputs for {artifact.path} lack {missing}; it takes {list(artifact.input_names)}")
         return {n: np.ascontiguousarray(inputs[n]) for n in artifact.input_names}
 
     def run(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -72,15 +72,20 @@ def stats_from_rounds(rounds_ms: Sequence[Sequence[float]], where: str = "") -> 
     )
 
 
-def _call_checked(name: str, call: Callable[[], object]) -> None:
+def _call_checked(name: str, call: Callable[[], object]) -> object:
     try:
-        call()
+        return call()
     except Exception as exc:
         raise MeasurementError(f"measuring '{name}' failed: {exc}; run it once on its own to debug") from exc
 
 
-def _batch(name: str, call: Callable[[], object], min_runs: int, min_time_ns: int) -> list[float]:
-    """One round of one item: at least min_runs runs and min_time_ns, each timed alone (ms)."""
+def _batch(
+    name: str, call: Callable[[], object], min_runs: int, min_time_ns: int, self_timed: bool = False
+) -> list[float]:
+    """One round of one item: at least min_runs runs and min_time_ns, each timed alone (ms).
+
+    A self-timed call returns its own duration in ms from the device's clock (CUDA events), which
+    is what counts then; the host clock still bounds the round's length."""
     clock = time.perf_counter_ns
     times: list[int] = []
     gc_was_enabled = gc.isenabled()
@@ -89,9 +94,9 @@ def _batch(name: str, call: Callable[[], object], min_runs: int, min_time_ns: in
         start = clock()
         for _ in range(MAX_RUNS_PER_ROUND):  # bounded: min_time_s on a sub-µs call stops here
             t0 = clock()
-            _call_checked(name, call)
+            device_ms = _call_checked(name, call)
             t1 = clock()
-            times.append(t1 - t0)
+            times.append(int(float(device_ms) * 1e6) if self_timed else t1 - t0)  # type: ignore[arg-type]
             if len(times) >= min_runs and t1 - start >= min_time_ns:
                 break
     finally:
@@ -119,6 +124,7 @@ def measure_interleaved(
     on_progress: Progress | None = None,
     seed: int = 0,
     where: str = "",
+    self_timed: bool = False,
 ) -> dict[str, LatencyStats]:
     """Measure every call in the same time window: each round runs every call's batch, in shuffled order.
 
@@ -126,7 +132,8 @@ def measure_interleaved(
     share its time window: many short rounds, every item in each. While some item's median is not
     precise enough (round CV / √rounds > protocol.cv_max), ALL items get another `rounds` rounds,
     pooled with the earlier ones (re-measuring only the noisy ones would put them in another window),
-    up to protocol.max_retries times.
+    up to protocol.max_retries times. With `self_timed`, each call returns its own duration in ms
+    (a device clock), as a backend's `device_timed_call` does.
     """
     _check(protocol)
     names = list(calls)
@@ -151,7 +158,7 @@ def measure_interleaved(
             tag = f" (retry {attempt}/{protocol.max_retries})" if attempt else ""
             for i, name in enumerate(order, 1):
                 progress(f"round {r + 1}/{protocol.rounds}{tag}: {name} [{i}/{len(order)}]")
-                samples[name].append(_batch(name, calls[name], protocol.min_runs, min_time_ns))
+                samples[name].append(_batch(name, calls[name], protocol.min_runs, min_time_ns, self_timed))
         stats = {name: stats_from_rounds(samples[name], where) for name in names}
         noisy = [name for name in names if relative_standard_error(stats[name]) > protocol.cv_max]
         if not noisy:

@@ -34,7 +34,17 @@ class MeasureSession:
 
     @classmethod
     def open(cls, target: Target, cache_dir: Path | None = None) -> MeasureSession:
-        return cls(target, get_backend(target.backend), get_runner(target.runner), cache_dir or paths.cache_dir())
+        backend = get_backend(target.backend)
+        reason = backend.runs_here()
+        if reason and target.runner.kind == "local":
+            from deploy.errors import BackendUnavailableError
+
+            estimate = f", or write an estimated one: `elastic-deploy tables estimate --target {target.name}`"
+            raise BackendUnavailableError(
+                f"cannot measure {target.name} on this machine: {reason}; run this on the device itself"
+                + (estimate if target.estimate is not None else "")
+            )
+        return cls(target, backend, get_runner(target.runner), cache_dir or paths.cache_dir())
 
     def fingerprint(self) -> str:
         """What a table entry was measured with; an entry with another fingerprint is stale."""
@@ -50,7 +60,8 @@ class MeasureSession:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
     def compile(self, module: nn.Module, example: torch.Tensor, identity: Mapping[str, str]) -> Measurable:
-        entry = hub.get_or_export(module, example, identity, cache_dir=self.cache_dir, with_program=False)
+        with_program = bool(getattr(self.backend, "needs_program", False))
+        entry = hub.get_or_export(module, example, identity, cache_dir=self.cache_dir, with_program=with_program)
         out_dir = self.cache_dir / "artifacts" / self.target.name / entry.key
         artifact = self.backend.compile(entry, self.target, out_dir)
         return artifact, entry.reference_inputs()

@@ -54,6 +54,7 @@ class Provenance(_Strict):
     protocol: Protocol
     method: Literal["measured", "estimated"]
     estimation: str | None = None  # for estimated tables: how
+    estimate: dict | None = None  # for estimated tables: source table, anchor figures, factor, expected error
     versions: dict[str, str] = Field(default_factory=dict)
 
 

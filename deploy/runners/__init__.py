@@ -15,6 +15,7 @@ RUNNERS: Registry[type[Runner]] = Registry(
     {
         "local": "deploy.runners.local:LocalRunner",
         "ssh": "deploy.runners.ssh:SshRunner",
+        "adb": "deploy.runners.adb:AdbRunner",
     },
 )
 

@@ -59,10 +59,13 @@ class LocalRunner(SingleFromMany):
         protocol: MeasureProtocol,
         on_progress: Progress | None = None,
     ) -> list[LatencyStats]:
+        # A backend with a device clock (CUDA events) times each run itself; others use the host clock.
+        device_timed = getattr(backend, "device_timed_call", None)
+        make_call = device_timed or backend.timed_call
         # Keys carry the position: the same artifact may appear twice (to measure repeatability).
-        calls = {
-            f"{i}:{artifact.path}": backend.timed_call(artifact, inputs)
-            for i, (artifact, inputs) in enumerate(items)
-        }
-        stats = measure_interleaved(calls, protocol, on_progress=on_progress, where=self.where)
+        calls = {f"{i}:{artifact.path}": make_call(artifact, inputs) for i, (artifact, inputs) in enumerate(items)}
+        where = f"{self.where} ({backend.device_clock()})" if device_timed else self.where  # type: ignore[attr-defined]
+        stats = measure_interleaved(
+            calls, protocol, on_progress=on_progress, where=where, self_timed=device_timed is not None
+        )
         return [stats[key] for key in calls]

@@ -251,6 +251,4 @@ def mnist() -> MatFormerViT:
 
 def tiny() -> MatFormerViT:
     """For tests: same family, small enough to build and export in a second."""
-    return MatFormerViT(
-        "matformer_vit_tiny", MatFormerViTDims(patch=7, dim=16, depth=3, heads=2, ffn_max=64)
-    )
+    return MatFormerViT("matformer_vit_tiny", MatFormerViTDims(patch=7, dim=16, depth=3, heads=2, ffn_max=64))

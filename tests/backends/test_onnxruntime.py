@@ -32,8 +32,9 @@ def entry(tmp_path_factory):
     supernet = build("matformer_vit_tiny").eval()
     config = supernet.largest()
     cache = tmp_path_factory.mktemp("cache")
-    return hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache,
-                             with_program=False)
+    return hub.get_or_export(
+        supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache, with_program=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,8 @@ def test_run_raises_naming_missing_inputs(compiled):
 def test_compile_raises_unsupported_op_naming_the_op(tmp_path):
     node = helper.make_node("NoSuchOpHere", ["input"], ["output"])
     graph = helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
     )

@@ -137,14 +137,16 @@ def artifacts(tmp_path_factory):
 
     torch.manual_seed(0)
     supernet = build("matformer_vit_tiny").eval()
-    target = Target(name="t", device=DeviceInfo(name="here"), backend="onnxruntime", budget_ms=5.0,
-                    model="matformer_vit_tiny")
+    target = Target(
+        name="t", device=DeviceInfo(name="here"), backend="onnxruntime", budget_ms=5.0, model="matformer_vit_tiny"
+    )
     backend = get_backend("onnxruntime")
     cache = tmp_path_factory.mktemp("cache")
     items = []
     for config in (supernet.largest(), supernet.smallest()):
-        entry = hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id},
-                                  cache, with_program=False)
+        entry = hub.get_or_export(
+            supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache, with_program=False
+        )
         artifact = backend.compile(entry, target, cache / "artifacts" / entry.key)
         items.append((artifact, entry.reference_inputs()))
     return backend, items

@@ -34,8 +34,14 @@ def remote_root(tmp_path, monkeypatch):
 
 
 def spec_for(server, **overrides) -> RunnerSpec:
-    fields = {"kind": "ssh", "host": server.host, "user": server.user, "port": server.port,
-              "key_path": str(server.key), "python": server.python}
+    fields = {
+        "kind": "ssh",
+        "host": server.host,
+        "user": server.user,
+        "port": server.port,
+        "key_path": str(server.key),
+        "python": server.python,
+    }
     return RunnerSpec(**{**fields, **overrides})
 
 
@@ -121,8 +127,16 @@ def test_ssh_runner_reports_remote_benchmark_errors_on_one_line(sshd, artifacts,
 
 
 def ssh_target(server, **runner) -> Target:
-    return Target(name="over-ssh", device=DeviceInfo(name="sshd on 127.0.0.1"), backend="onnxruntime", threads=1,
-                  budget_ms=1.0, model="matformer_vit_tiny", measurement=FAST, runner=spec_for(server, **runner))
+    return Target(
+        name="over-ssh",
+        device=DeviceInfo(name="sshd on 127.0.0.1"),
+        backend="onnxruntime",
+        threads=1,
+        budget_ms=1.0,
+        model="matformer_vit_tiny",
+        measurement=FAST,
+        runner=spec_for(server, **runner),
+    )
 
 
 def test_table_build_through_ssh_produces_a_complete_calibrated_table(sshd, tiny, tmp_root):
@@ -156,8 +170,18 @@ def test_table_build_keeps_earlier_entries_when_the_host_drops_mid_build(sshd, t
 def test_remote_bench_prints_one_json_line_with_stats_per_item(artifacts, capsys):
     _, (large, small) = artifacts
     protocol = json.dumps(QUICK.to_json())
-    code = remote_bench_main(["--artifact", str(large[0].path), "--items", f"{small[0].path},{small[0].path}",
-                              "--threads", "1", "--protocol", protocol])
+    code = remote_bench_main(
+        [
+            "--artifact",
+            str(large[0].path),
+            "--items",
+            f"{small[0].path},{small[0].path}",
+            "--threads",
+            "1",
+            "--protocol",
+            protocol,
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(lines) == 1
     result = json.loads(lines[0])
