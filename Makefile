@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 TARGET ?= host-cpu-ort
 MODEL  ?=
 SAMPLES ?= 20
+PRECISION ?=
 BENCH_FLAGS ?=
 
 # The target's backend decides which optional toolchain to install.
@@ -39,7 +40,8 @@ estimate-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables estimate --target $(TARGET)
 
 validate-tables: $(VENV)/.installed-$(EXTRAS)
-	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) --json latency_tables/$(TARGET).validation.json
+	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) $(if $(PRECISION),--precision $(PRECISION)) \
+	  --json latency_tables/$(TARGET)$(if $(PRECISION),.$(PRECISION)).validation.json
 
 train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG)

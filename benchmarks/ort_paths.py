@@ -27,10 +27,8 @@ Writes benchmarks/results/ort_paths.json and ort_paths.md (or under --out).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
-import io
 import logging
 import math
 import os
@@ -39,14 +37,14 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from paths_common import MODEL, geomean, load_supernet, pick_subnets, quiet
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -60,14 +58,12 @@ from deploy.latency.measure import measure_interleaved
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.runners.local import LocalRunner
 from deploy.space import SubnetConfig
-from deploy.supernets import Supernet, build
+from deploy.supernets import Supernet
 from deploy.targets import Target, load_target
 
 log = logging.getLogger("benchmarks.ort_paths")
 
-MODEL = "matformer_vit_mnist"
 RESULTS = Path(__file__).resolve().parent / "results"
-INIT_SEED = 0  # random init when no checkpoint exists
 SUBNET_SEED = 0  # the random subnets
 RANDOM_SUBNETS = 3
 DYNAMO_OPSET = 18
@@ -116,50 +112,7 @@ class Subnet:
 # --- the supernet and its subnets ----------------------------------------------------------------
 
 
-def load_supernet() -> tuple[Supernet, str]:
-    """Trained weights when the checkpoint exists, else a seeded random init (latency ignores values)."""
-    from deploy.checkpoint import default_path, load
-
-    path = default_path(MODEL)
-    if path.is_file():
-        net, info = load(MODEL)
-        return net.eval(), f"trained checkpoint {path.name} (sha256 {info.sha256[:12]})"
-    torch.manual_seed(INIT_SEED)
-    return build(MODEL).eval(), (
-        f"seeded random init (torch.manual_seed({INIT_SEED})): no {path.name} found; latency does not "
-        "depend on weight values (parity figures depend on them only slightly)"
-    )
-
-
-def pick_subnets(net: Supernet, n_random: int, seed: int) -> list[tuple[str, SubnetConfig]]:
-    picked = [("smallest", net.smallest()), ("largest", net.largest())]
-    seen = {c.id for _, c in picked}
-    rng = np.random.default_rng(seed)
-    for _ in range(1000):
-        if len(picked) == 2 + n_random:
-            break
-        config = net.sample(rng)
-        if config.id not in seen:
-            seen.add(config.id)
-            picked.append((f"random-{len(picked) - 1}", config))
-    return picked
-
-
 # --- the paths -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """The exporters print progress and warn a lot; none of it is a result here."""
-    torch_onnx = logging.getLogger("torch.onnx")
-    level = torch_onnx.level
-    torch_onnx.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping ..."
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch_onnx.setLevel(level)
 
 
 def max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
@@ -335,10 +288,6 @@ def measure_all(
             return measure_interleaved(calls, protocol, on_progress=status.update, seed=0, where=where)
     finally:
         measure_log.setLevel(level)
-
-
-def geomean(values: Sequence[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else math.nan
 
 
 def summarize(subnets: Sequence[Subnet], stats: Mapping[str, LatencyStats], cv_max: float) -> dict[str, Any]:

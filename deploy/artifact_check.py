@@ -12,7 +12,9 @@ Three situations, each recorded as what was and was not done:
 
 from __future__ import annotations
 
+import importlib
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploy.backends.base import Artifact, Backend
-from deploy.errors import ParityError
+from deploy.errors import BackendUnavailableError, ParityError, RunnerError
 from deploy.io import atomic_write_bytes
 from deploy.parity import ParityReport, check_parity
+from deploy.runners import get_runner
 
 if TYPE_CHECKING:
     from deploy.data import Split
     from deploy.hub import HubEntry
+    from deploy.latency.stats import LatencyStats
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,15 @@ def artifact_accuracy(run: Callable[[np.ndarray], np.ndarray], split: Split) -> 
     return correct / len(split.x)
 
 
+def parity_tolerance(backend: Backend, target: Target) -> float:
+    """The target's parity_atol for its primary precision; for the other precisions it lists, the
+    backend's documented tolerance for that precision (quantised logits move by far more than 1e-4)."""
+    if target.precision == target.search_precisions[0]:
+        return target.parity_atol
+    documented = getattr(importlib.import_module(type(backend).__module__), "PARITY_ATOL", {})
+    return max(target.parity_atol, float(documented.get(target.precision, target.parity_atol)))
+
+
 def check_artifact(
     backend: Backend,
     artifact: Artifact,
@@ -129,7 +142,9 @@ def check_artifact(
     reason = deferred_reason or backend.runs_here()
     if reason is None:
         parity = check_parity(
-            backend.run(artifact, entry.reference_inputs()), entry.reference_outputs(), target.parity_atol
+            backend.run(artifact, entry.reference_inputs()),
+            entry.reference_outputs(),
+            parity_tolerance(backend, target),
         )
         parity.raise_if_failed(f"{backend.name} artifact {artifact.path.name}")
         inspection = backend.inspect(artifact)
@@ -155,3 +170,70 @@ def check_artifact(
             f"{backend.name} artifact {artifact.path.name} does not match the hub entry: {'; '.join(problems)}"
         )
     return ArtifactCheck(status, False, reason, None, onnx_parity, problems, inspection, None, build_command)
+
+
+def build_and_check(
+    backend: Backend,
+    entry: HubEntry,
+    target: Target,
+    staging: Path,
+    final_dir: Path,
+    test: Split | None,
+    say: Callable[[str], None],
+    calibration: np.ndarray | None = None,
+) -> tuple[Artifact, ArtifactCheck]:
+    """Compile into `staging` (or package the ONNX where the backend cannot build here), validate it
+    as far as this machine allows, and say what was and was not checked."""
+    deferred = build_command = None
+    try:
+        artifact = backend.compile(entry, target, staging, calibration=calibration)
+    except BackendUnavailableError as exc:
+        deferred = str(exc)
+        artifact = package_onnx(entry, staging)
+        build_command = f"elastic-deploy compile --target {target.name} {final_dir / artifact.path.name}"
+        say(f"{backend.name} cannot build here ({deferred.rstrip('.')}); packaged the hub's ONNX instead")
+    work = staging / ".onnx-check"
+    try:
+        check = check_artifact(
+            backend, artifact, entry, target, test, deferred_reason=deferred, build_command=build_command, work_dir=work
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if check.parity is not None:
+        say(f"parity: max abs diff {check.parity.max_abs_diff:.2e} ≤ {check.parity.tolerance:.0e}")
+    else:
+        onnx_diff = check.onnx_parity.max_abs_diff if check.onnx_parity else float("nan")
+        say(f"not run here: {check.not_run_reason}")
+        say(
+            f"checked instead: the hub's ONNX on onnxruntime matches torch (max abs diff {onnx_diff:.2e}); "
+            f"{artifact.path.name} spec "
+            + ("matches the hub entry" if not check.spec_problems else f"problems: {list(check.spec_problems)}")
+        )
+    return artifact, check
+
+
+def measure_artifact(
+    backend: Backend,
+    artifact: Artifact,
+    entry: HubEntry,
+    target: Target,
+    check: ArtifactCheck,
+    measure: bool,
+    say: Callable[[str], None],
+) -> tuple[LatencyStats | None, str | None]:
+    """(stats, None) where the target's runner could measure the artifact, else (None, why not)."""
+    if not measure:
+        return None, "--no-measure"
+    if not check.ran_here and target.runner.kind == "local":
+        return None, f"the artifact cannot run on this machine ({check.not_run_reason})"
+    runner = get_runner(target.runner)
+    try:
+        stats = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
+    except RunnerError as exc:
+        if target.runner.kind == "local":
+            raise
+        # No device attached is normal for a deploy: the artifact is built and validated here.
+        reason = f"not measured on the device ({exc})"
+        say(f"{reason}; measure it later with `make bench TARGET={target.name}`")
+        return None, reason
+    return stats, None

@@ -26,7 +26,7 @@ import numpy as np
 
 from deploy import paths
 from deploy.backends import Artifact, Backend, get_backend
-from deploy.checkpoint import sha256_file
+from deploy.checkpoint import sha256_tree
 from deploy.errors import BenchGateError, ConfigFileError, DeployError
 from deploy.io import atomic_write_json, atomic_write_text, read_json
 from deploy.latency.stats import LatencyStats, MeasureProtocol
@@ -129,22 +129,29 @@ def load_artifact(manifest: dict[str, Any], folder: Path) -> tuple[Artifact, dic
         raise DeployError(
             f"artifact {path} named by {folder / 'manifest.json'} is missing; run `make deploy TARGET={target}`"
         )
-    digest = sha256_file(path)
+    digest = sha256_tree(path)
     if digest != entry["sha256"]:
         raise DeployError(
             f"artifact {path} has sha256 {digest[:12]}… but the manifest says {entry['sha256'][:12]}…; "
             f"it was changed after deploying: run `make deploy TARGET={target}` again"
         )
-    if manifest["backend"] != "onnxruntime":
+    if entry.get("status") == "deferred":
         raise DeployError(
-            f"bench reads ONNX artifacts only, {target} uses {manifest['backend']}; bench it on its device"
+            f"{target}'s artifact was not compiled here ({path.name} is the ONNX to build on the device); "
+            f"bench it on the device after `elastic-deploy compile --target {target} {path}`"
         )
-    specs, output_names = _onnx_io(path)
+    if "inputs" in entry:  # any backend: the hub's I/O, recorded by the deploy
+        specs = {i["name"]: (tuple(i["shape"]), np.dtype(i["dtype"])) for i in entry["inputs"]}
+        output_names = tuple(entry["output_names"])
+    elif path.suffix == ".onnx":  # manifests from before the I/O was recorded
+        specs, output_names = _onnx_io(path)
+    else:
+        raise DeployError(f"{folder / 'manifest.json'} does not record the artifact's inputs; deploy again")
     rng = np.random.default_rng(INPUT_SEED)
     inputs = {name: rng.standard_normal(shape).astype(dtype) for name, (shape, dtype) in specs.items()}
     artifact = Artifact(
         path=path,
-        backend=manifest["backend"],
+        backend=entry.get("backend", manifest["backend"]),
         precision=manifest["precision"],
         input_names=tuple(specs),
         output_names=output_names,

@@ -32,6 +32,10 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (a file in targets/)")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", help="one of the target's precisions (default: all for build, the first for validate)"),
+]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="model variant (default: the target's)")]
 
 
@@ -109,45 +113,52 @@ def tables_build(
     target: TargetOpt,
     model: ModelOpt = None,
     rebuild: Annotated[bool, typer.Option(help="measure every entry again")] = False,
+    precision: PrecisionOpt = None,
 ) -> None:
-    """Measure every block the target's model can produce; resumes where an interrupted build stopped."""
+    """Measure every block the target's model can produce (one table per precision the target lists);
+    resumes where an interrupted build stopped."""
     from deploy.checkpoint import load as load_checkpoint
     from deploy.latency.build import build_table
     from deploy.targets import load_target
 
     t = load_target(target)
     supernet, _ = load_checkpoint(model or t.model)
-    result = build_table(t, [supernet], rebuild=rebuild)
-    cal = result.calibration
-    _say(
-        (f"[bold green]wrote[/] {result.path}: " if result.measured else f"{result.path} is up to date: ")
-        + f"{result.measured} blocks measured, {result.reused} reused; "
-        f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
-        f"Next: `elastic-deploy tables validate --target {target} --samples 20`"
-    )
+    for p in [precision] if precision else t.search_precisions:
+        result = build_table(t.at_precision(p), [supernet], rebuild=rebuild)
+        cal = result.calibration
+        _say(
+            (f"[bold green]wrote[/] {result.path}: " if result.measured else f"{result.path} is up to date: ")
+            + f"{result.measured} blocks measured, {result.reused} reused; "
+            f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
+            f"Next: `elastic-deploy tables validate --target {target} --precision {p} --samples 20`"
+        )
 
 
 @tables_app.command("estimate")
 def tables_estimate(target: TargetOpt) -> None:
     """Write an ESTIMATED table: the source target's measured table scaled by the anchor-derived factor."""
-    from deploy.latency.estimate import estimate_table
+    from deploy.errors import ConfigFileError
+    from deploy.latency.estimate import estimate_tables
     from deploy.targets import load_target
 
     t = load_target(target)
-    result = estimate_table(t)
     spec = t.estimate
-    assert spec is not None
-    anchor = (
-        f" ({spec.anchor.model}: {spec.anchor.device_ms} ms on {spec.anchor.device}, "
-        f"{result.anchor_source_ms:.3f} ms measured on {spec.source_target})"
-        if spec.anchor is not None and result.anchor_source_ms is not None
-        else ""
-    )
-    _say(
-        f"[bold yellow]wrote ESTIMATED[/] {result.path}: {result.entries} blocks of {spec.source_target} × "
-        f"{result.factor:.4g}{anchor}; expected error ±{spec.expected_error_pct:.0f}%. "
-        f"Measure it for real on the device with `make latency-tables TARGET={target}` once one is attached"
-    )
+    if spec is None:
+        raise ConfigFileError(
+            f"target {target} has no 'estimate' section; measure its table on the device with "
+            f"`make latency-tables TARGET={target}` instead"
+        )
+    for result in estimate_tables(t):
+        anchor = (
+            f" ({spec.anchor.model} measured at {result.anchor_source_ms:.3f} ms on {spec.source_target})"
+            if spec.anchor is not None and result.anchor_source_ms is not None
+            else ""
+        )
+        _say(
+            f"[bold yellow]wrote ESTIMATED[/] {result.path}: {result.entries} {result.precision} blocks of "
+            f"{spec.source_target} × {result.factor:.4g}{anchor}; expected error ±{spec.expected_error_pct:.0f}%"
+        )
+    _say(f"Measure it for real on the device with `make latency-tables TARGET={target}` once one is attached")
 
 
 @tables_app.command("validate")
@@ -158,6 +169,7 @@ def tables_validate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     model: ModelOpt = None,
     write_back: Annotated[bool, typer.Option(help="store the figures in the table (sets the budget margin)")] = True,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Measure random subnets end to end and report how far the table's prediction is from them."""
     from deploy.checkpoint import load as load_checkpoint
@@ -165,6 +177,7 @@ def tables_validate(
     from deploy.targets import load_target
 
     t = load_target(target)
+    t = t.at_precision(precision) if precision else t
     supernet, _ = load_checkpoint(model or t.model)
     report = validate_table(t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back)
     table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
@@ -184,7 +197,8 @@ def tables_validate(
         f"median_abs_pct_error {report.median_abs_pct_error:.2f}%  within_5pct {report.within_5pct:.2f}  "
         f"within_10pct {report.within_10pct:.2f}  worst_pct_error {report.worst_pct_error:.1f}%  "
         f"(same-window {report.same_window_median_abs_pct_error:.2f}%; repeatability of the measurement "
-        f"itself {report.repeatability_pct:.2f}%; blocks now {report.drift_pct:+.1f}% vs the table)"
+        f"itself {report.repeatability_pct:.2f}%; blocks now {report.drift_pct:+.1f}% vs the table; the raw "
+        f"block sum without calibration is off by {report.block_sum_median_pct_error:+.1f}% (median))"
     )
     if json_out:
         _say(f"wrote {json_out}")
@@ -223,11 +237,13 @@ def convert_cmd(
         model, target, input_shape=input_shape, out_dir=out, measure=measure, say=lambda m: _say(escape(m))
     )
     m = result.manifest
-    parity = m["validation"]["parity"] or m["validation"]["onnx_parity_onnxruntime"]
+    parity = m["validation"]["parity"]
+    onnx = m["validation"]["onnx_parity_onnxruntime"]
+    checked = f"parity {parity['max_abs_diff']:.2e}" if parity else f"ONNX parity {onnx['max_abs_diff']:.2e}"
     measured = m["latency"]["measured_ms"]
     build = m["validation"].get("build_on_device")
     _say(
-        f"[bold green]done[/]: {escape(str(result.out_dir))}/ — parity {parity['max_abs_diff']:.2e}"
+        f"[bold green]done[/]: {escape(str(result.out_dir))}/ — {checked}"
         + (f", measured {measured:.3f} ms" if measured is not None else "")
         + ". Next: "
         + (f"on the device, `{escape(build)}`" if build else f"ship {escape(m['artifact']['path'])}")
@@ -267,15 +283,25 @@ def train(
 
 @app.command()
 def targets() -> None:
-    """List the targets and their backend, budget and default model."""
+    """List the targets: backend, precisions, budget, default model, and whether its latencies are measured."""
+    from deploy.latency.table import LatencyTable
     from deploy.targets import known_targets, load_target
 
     table = Table(title="targets")
-    for col in ("name", "device", "backend", "budget ms", "model"):
+    for col in ("name", "device", "backend", "precisions", "budget ms", "model", "latency table"):
         table.add_column(col)
     for name in known_targets():
         t = load_target(name)
-        table.add_row(t.name, t.device.name, t.backend, f"{t.budget_ms}", t.model)
+        try:
+            lat = LatencyTable.load(t.table_path, name)
+            v = lat.validation
+            method = lat.provenance.method.upper() if lat.provenance.method == "estimated" else "measured"
+            status = method + (f", {v.median_abs_pct_error:.1f}% median error" if v else "")
+        except DeployError as exc:
+            status = f"[red]{type(exc).__name__}[/]"
+        table.add_row(
+            t.name, t.device.name, t.backend, ", ".join(t.search_precisions), f"{t.budget_ms}", t.model, status
+        )
     console.print(table)
 
 

@@ -8,7 +8,6 @@ blocks. There are no labels for an arbitrary model, so validation is parity (and
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 import shutil
@@ -23,13 +22,12 @@ import torch
 from torch import nn
 
 from deploy import hub, paths
-from deploy.artifact_check import check_artifact, package_onnx
+from deploy.artifact_check import build_and_check, measure_artifact
 from deploy.backends import get_backend
 from deploy.checkpoint import sha256_tree
-from deploy.errors import BackendUnavailableError, DeployError
+from deploy.errors import DeployError
 from deploy.io import atomic_write_json
 from deploy.latency.table import now_iso
-from deploy.runners import get_runner
 from deploy.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -71,12 +69,8 @@ def _import(module_name: str) -> Any:
 
 
 def _callables(module: Any) -> str:
-    names = [
-        n
-        for n, v in vars(module).items()
-        if not n.startswith("_") and callable(v) and getattr(v, "__module__", None) == module.__name__
-    ]
-    return ", ".join(sorted(names)[:10]) or "(none)"
+    own = (n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", None) == module.__name__)
+    return ", ".join(sorted(n for n in own if not n.startswith("_"))[:10]) or "(none)"
 
 
 def load_model(spec: str) -> tuple[nn.Module, Callable[[], Any]]:
@@ -126,10 +120,6 @@ def resolve_shape(text: str | None, model: nn.Module, factory: Callable[[], Any]
     )
 
 
-def example_input(shape: Sequence[int]) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(EXAMPLE_SEED))
-
-
 def _dry_run(model: nn.Module, example: torch.Tensor, spec: str) -> None:
     # One forward first so a wrong shape reads as such, not as an exporter failure.
     shape = ",".join(map(str, example.shape))
@@ -137,10 +127,8 @@ def _dry_run(model: nn.Module, example: torch.Tensor, spec: str) -> None:
         with torch.inference_mode():
             model(example)
     except Exception as exc:
-        raise DeployError(
-            f"{spec} fails on an input of shape {shape} ({_first_line(exc)}); pass the shape it expects with "
-            "--input-shape"
-        ) from exc
+        msg = f"{spec} fails on an input of shape {shape} ({_first_line(exc)}); pass its shape with --input-shape"
+        raise DeployError(msg) from exc
 
 
 def convert(
@@ -157,7 +145,7 @@ def convert(
     model, factory = load_model(model_spec)
     model.eval()
     shape = resolve_shape(input_shape, model, factory, model_spec)
-    example = example_input(shape)
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(EXAMPLE_SEED))
     _dry_run(model, example, model_spec)
     out_dir = Path(out_dir or paths.dist_dir() / f"{target.name}-{model_spec.partition(':')[2].split('.')[-1]}")
     n_params = sum(p.numel() for p in model.parameters())
@@ -181,57 +169,16 @@ def convert(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        deferred = build_command = None
-        try:
-            artifact = backend.compile(entry, target, staging)
-        except BackendUnavailableError as exc:
-            deferred = str(exc)
-            artifact = package_onnx(entry, staging)
-            build_command = f"elastic-deploy compile --target {target.name} {out_dir / artifact.path.name}"
-            say(f"{backend.name} cannot build here ({deferred.rstrip('.')}); packaged the hub's ONNX instead")
-
-        check = check_artifact(
-            backend,
-            artifact,
-            entry,
-            target,
-            None,  # no labels: parity and structure only
-            deferred_reason=deferred,
-            build_command=build_command,
-            work_dir=staging / ".onnx-check",
-        )
-        shutil.rmtree(staging / ".onnx-check", ignore_errors=True)
-        if check.parity is not None:
-            say(f"parity: max abs diff {check.parity.max_abs_diff:.2e} ≤ {target.parity_atol:.0e}")
-        else:
-            onnx_diff = check.onnx_parity.max_abs_diff if check.onnx_parity else float("nan")
-            say(f"not run here: {check.not_run_reason}")
-            say(
-                f"checked instead: the hub's ONNX on onnxruntime matches torch (max abs diff {onnx_diff:.2e}); "
-                f"{artifact.path.name} spec "
-                + ("matches the hub entry" if not check.spec_problems else f"problems: {list(check.spec_problems)}")
-            )
-
-        measured = not_measured = None
-        if not measure:
-            not_measured = "--no-measure"
-        elif check.ran_here or target.runner.kind != "local":
-            runner = get_runner(target.runner)
-            measured = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
+        artifact, check = build_and_check(backend, entry, target, staging, out_dir, None, say)  # no labels
+        measured, not_measured = measure_artifact(backend, artifact, entry, target, check, measure, say)
+        if measured is not None:
             say(
                 f"measured {measured.median_ms:.3f} ms (p90 {measured.p90_ms:.3f}, cv {measured.cv:.1%}, "
                 f"{measured.n_runs} runs on {measured.where})"
             )
-        else:
-            not_measured = f"the artifact cannot run on this machine ({check.not_run_reason})"
 
         manifest: dict[str, Any] = {
-            "model": {
-                "spec": model_spec,
-                "class": f"{type(model).__module__}.{type(model).__qualname__}",
-                "params": n_params,
-                "factory_source": _source_file(factory),
-            },
+            "model": {"spec": model_spec, "class": type(model).__qualname__, "params": n_params},
             "input_shape": list(shape),
             "example_input": f"torch.randn(seed {EXAMPLE_SEED})",
             "target": target.name,
@@ -252,11 +199,7 @@ def convert(
                 "not_measured_reason": not_measured,
             },
             "hub_entry": entry.key,
-            "versions": {
-                **entry.meta.get("versions", {}),
-                "torch": torch.__version__,
-                backend.name: backend.version(),
-            },
+            "versions": {**entry.meta.get("versions", {}), "torch": torch.__version__, backend.name: backend.version()},
             "created": now_iso(),
         }
         atomic_write_json(staging / "manifest.json", manifest)
@@ -267,13 +210,6 @@ def convert(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json)")
-    if build_command:
-        say(f"next, on the device: {build_command}")
+    if check.build_on_device:
+        say(f"next, on the device: {check.build_on_device}")
     return ConvertResult(out_dir, manifest)
-
-
-def _source_file(factory: Callable[[], Any]) -> str | None:
-    try:
-        return inspect.getsourcefile(factory)
-    except TypeError:  # builtins and C extensions have no source file
-        return None

@@ -12,18 +12,15 @@ from typing import Any
 
 from deploy import hub, paths
 from deploy.accuracy import EvalOracle, build_accuracy_model, describe, user_cache_path
-from deploy.artifact_check import check_artifact, package_onnx
+from deploy.artifact_check import build_and_check, measure_artifact
 from deploy.backends import get_backend
 from deploy.checkpoint import load as load_checkpoint
 from deploy.checkpoint import sha256_tree
 from deploy.data import load_splits
-from deploy.errors import BackendUnavailableError
-from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable
+from deploy.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
 from deploy.report import plot_pareto, write_manifest, write_report
-from deploy.runners import get_runner
-from deploy.select import Constraints, Selection, select
-from deploy.space import SubnetConfig
+from deploy.select import Selection
 from deploy.targets import Target, load_target
 
 log = logging.getLogger(__name__)
@@ -36,18 +33,6 @@ class DeployResult:
     out_dir: Path
     manifest: dict[str, Any]
     selection: Selection
-
-
-def safety_margin_pct(table: LatencyTable) -> float:
-    """Budget margin from the table's out-of-sample error (p90), or the calibration fit if unvalidated."""
-    if table.validation is not None:
-        return table.validation.p90_abs_pct_error
-    source_p90 = (table.provenance.estimate or {}).get("source_validation_p90_pct")
-    if source_p90 is not None:  # estimated: the source's own error; the device factor's error is systematic
-        return float(source_p90)
-    if table.calibration is not None:
-        return 2 * table.calibration.residual_pct
-    return 25.0
 
 
 def deploy(
@@ -63,34 +48,25 @@ def deploy(
     target: Target = load_target(target_name)
     variant = model or target.model
     out_dir = out_dir or paths.dist_dir() / target.name
-    table = LatencyTable.load(target.table_path, target.name)
-    if table.provenance.method == "estimated":
-        say(f"ESTIMATED latency table for {target.name}: {table.provenance.estimation}")
+    primary = LatencyTable.load(target.table_path, target.name)
+    if primary.provenance.method == "estimated":
+        say(f"ESTIMATED latency table for {target.name}: {primary.provenance.estimation}")
     supernet, ckpt = load_checkpoint(variant)
     supernet.eval()
-    predictor = LatencyPredictor(table)
-    predictor.require(supernet.all_blocks())
+    splits = load_splits()
+    calibration = splits.train.x[:CALIBRATION_IMAGES].numpy()  # int8: representative data, training split
 
-    # 1. select
+    # 1. select a subnet per precision the target lists, then the (subnet, precision) pair
     accuracy = build_accuracy_model(supernet, ckpt, progress=progress)
-    margin = safety_margin_pct(table)
-    constraints = Constraints(budget_ms=target.budget_ms, margin_pct=margin, max_params=target.max_params)
-
-    def latency(config: SubnetConfig) -> tuple[float, float]:
-        p = predictor.predict(supernet.blocks(config))
-        return p.ms, p.std_ms
-
-    selection = select(
-        supernet.space(),
-        latency,
-        accuracy.surrogate,
-        constraints,
-        params=supernet.param_count,
-        exact_accuracy=accuracy.exact,
-    )
+    if len(target.search_precisions) > 1:
+        say(f"selecting per precision ({', '.join(target.search_precisions)}), then measuring each artifact:")
+    chosen, options = choose_precision(target, supernet, ckpt, accuracy, splits, calibration, cache_dir, say)
+    target = target.at_precision(chosen.precision)
+    table, selection, margin = chosen.table, chosen.selection, chosen.margin_pct
+    assert table is not None and selection is not None
     choice = selection.choice
     say(
-        f"selected {choice.config.id} {choice.config}: predicted {choice.latency_ms:.3f} ± "
+        f"selected {choice.config.id} {choice.config} at {target.precision}: predicted {choice.latency_ms:.3f} ± "
         f"{choice.latency_std_ms:.3f} ms (budget {target.budget_ms} ms − {margin:.1f}% margin), "
         f"val accuracy {choice.accuracy:.2%} ({selection.method}, {selection.evaluated} evaluated)"
     )
@@ -104,41 +80,13 @@ def deploy(
 
     # 4. compile into a staging folder, swapped into place at the end (a failed deploy leaves the old one)
     backend = get_backend(target.backend)
-    splits = load_splits()
-    calibration = splits.train.x[:CALIBRATION_IMAGES].numpy()  # int8: representative data, training split
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir.parent))
     try:
-        deferred = build_command = None
-        try:
-            artifact = backend.compile(entry, target, staging, calibration=calibration)
-        except BackendUnavailableError as exc:
-            deferred = str(exc)
-            artifact = package_onnx(entry, staging)
-            build_command = f"elastic-deploy compile --target {target.name} {out_dir / artifact.path.name}"
-            say(f"{backend.name} cannot build here ({deferred.rstrip('.')}); packaged the hub's ONNX instead")
-
-        # 5. validate: parity and accuracy of the artifact where it runs, its structure where it cannot
-        check = check_artifact(
-            backend,
-            artifact,
-            entry,
-            target,
-            splits.test,
-            deferred_reason=deferred,
-            build_command=build_command,
-            work_dir=staging / ".onnx-check",
+        # 5. validate: parity and accuracy where the artifact runs here, its structure where it cannot
+        artifact, check = build_and_check(
+            backend, entry, target, staging, out_dir, splits.test, say, calibration=calibration
         )
-        shutil.rmtree(staging / ".onnx-check", ignore_errors=True)
-        if check.parity is not None:
-            say(f"parity: max abs diff {check.parity.max_abs_diff:.2e} ≤ {target.parity_atol:.0e}")
-        else:
-            say(f"not run here: {check.not_run_reason}")
-            say(
-                f"checked instead: the hub's ONNX on onnxruntime matches torch (max abs diff "
-                f"{check.onnx_parity.max_abs_diff:.2e}); {artifact.path.name} spec "  # type: ignore[union-attr]
-                + ("matches the hub entry" if not check.spec_problems else f"problems: {check.spec_problems}")
-            )
         test_cache = user_cache_path(variant, ckpt.sha256, "test")
         test_acc = EvalOracle(supernet, splits.test.x, splits.test.y, test_cache, ckpt.sha256, "test")(choice.config)
         artifact_test = check.artifact_test_accuracy
@@ -147,20 +95,13 @@ def deploy(
             + (f"{artifact_test:.2%}" if artifact_test is not None else "not measured here (it cannot run here)")
         )
 
-        measured = None
-        not_measured = None
-        if not measure:
-            not_measured = "--no-measure"
-        elif check.ran_here or target.runner.kind != "local":
-            runner = get_runner(target.runner)
-            measured = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
+        measured, not_measured = measure_artifact(backend, artifact, entry, target, check, measure, say)
+        if measured is not None:
             err = (choice.latency_ms - measured.median_ms) / measured.median_ms * 100
             say(
                 f"measured {measured.median_ms:.3f} ms (p90 {measured.p90_ms:.3f}, cv {measured.cv:.1%}, "
                 f"{measured.n_runs} runs on {measured.where}); prediction off by {err:+.1f}%"
             )
-        else:
-            not_measured = f"the artifact cannot run on this machine ({check.not_run_reason})"
 
         manifest = write_manifest(
             staging,
@@ -179,8 +120,12 @@ def deploy(
                 "test": test_acc,
                 "artifact_test": artifact_test,
                 "predictor": describe(accuracy),
+                "precisions": [o.to_json() for o in options],
             },
             check=check,
+            inputs=[
+                {"name": n, "shape": list(v.shape), "dtype": str(v.dtype)} for n, v in entry.reference_inputs().items()
+            ],
             hub_key=entry.key,
             versions={**entry.meta.get("versions", {}), backend.name: backend.version()},
             out_dir=out_dir,
@@ -194,6 +139,6 @@ def deploy(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json, report.md, pareto.png)")
-    if build_command:
-        say(f"next, on the device: {build_command}")
+    if check.build_on_device:
+        say(f"next, on the device: {check.build_on_device}")
     return DeployResult(out_dir, manifest, selection)

@@ -44,6 +44,7 @@ def write_manifest(
     not_measured: str | None,
     accuracy: dict[str, Any],
     check: ArtifactCheck,
+    inputs: list[dict[str, Any]],
     hub_key: str,
     versions: dict[str, str],
     out_dir: Path,
@@ -66,7 +67,10 @@ def write_manifest(
             "path": str(out_dir / artifact.path.name),
             "sha256": artifact_sha256,
             "format": artifact.backend,
+            "backend": artifact.backend,
             "status": check.status,
+            "inputs": inputs,
+            "output_names": list(artifact.output_names),
             "options": dict(artifact.options),
         },
         "hub_entry": hub_key,
@@ -184,6 +188,31 @@ def _parity_row(par: dict[str, Any] | None, check: dict[str, Any]) -> str:
     )
 
 
+def _precision_rows(options: list[dict[str, Any]]) -> list[str]:
+    """The (subnet, precision) candidates, each with its compiled artifact's measured accuracy."""
+    if len(options) < 2:
+        return []
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2%}"
+
+    rows = [
+        "## Precisions (best subnet per precision, artifact accuracy measured)",
+        "",
+        "| precision | subnet | predicted ms | torch val | artifact val | drop (pp) | artifact test | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for o in options:
+        drop = "—" if o["accuracy_drop_pp"] is None else f"{o['accuracy_drop_pp']:+.2f}"
+        ms = "—" if o["predicted_ms"] is None else f"{o['predicted_ms']:.3f}"
+        rows.append(
+            f"| {o['precision']} | {o['subnet'] or '—'} | {ms} | {pct(o['torch_val_accuracy'])} | "
+            f"{pct(o['artifact_val_accuracy'])} | {drop} | {pct(o['artifact_test_accuracy'])} | "
+            f"{'rejected: ' + o['rejected'] if o['rejected'] else 'ok'} |"
+        )
+    return [*rows, ""]
+
+
 def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> None:
     lat, acc, prov = manifest["latency"], manifest["accuracy"], manifest["latency"]["table"]
     par, check = manifest["parity"], manifest["validation"]
@@ -226,6 +255,7 @@ def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> N
         f"| selection | {selection.method} over {selection.space_size:,} subnets, {selection.evaluated:,} evaluated, "
         f"{selection.feasible:,} feasible, {selection.elapsed_s:.2f} s |",
         "",
+        *_precision_rows(acc.get("precisions") or []),
         "![accuracy vs latency](pareto.png)",
         "",
         "## Pareto front (predicted latency, val accuracy)",

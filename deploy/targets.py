@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deploy import paths
 from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
@@ -79,7 +79,8 @@ class AnchorSpec(_Strict):
 
     model: str  # name in deploy.anchors.ANCHORS
     device: str
-    device_ms: float = Field(gt=0)
+    device_ms: float = Field(gt=0)  # at the target's first precision
+    device_ms_by_precision: dict[str, float] = Field(default_factory=dict)  # other precisions' published figures
     source: str  # where the figure was published (repository @ commit, file)
 
 
@@ -106,6 +107,10 @@ class Target(_Strict):
     backend: str
     runner: RunnerSpec = RunnerSpec()
     precision: Literal["fp32", "fp16", "int8_dynamic", "int8"] = "fp32"  # int8 = full integer
+    # Precisions the selector may choose among (elastic precision); the first is `precision`, whose
+    # table is <name>.json; the others' are <name>.<precision>.json. None: `precision` only.
+    precisions: tuple[Literal["fp32", "fp16", "int8_dynamic", "int8"], ...] | None = None
+    max_accuracy_drop_pp: float = Field(1.0, ge=0)  # a precision losing more val accuracy is rejected
     threads: int = Field(1, ge=1)
     budget_ms: float = Field(gt=0)
     max_params: int | None = Field(None, gt=0)
@@ -117,9 +122,32 @@ class Target(_Strict):
     tensorrt: TensorRTOptions = TensorRTOptions()  # used by the tensorrt backend only
     estimate: EstimateSpec | None = None  # present when no device is at hand to measure the table
 
+    @model_validator(mode="after")
+    def _primary_precision_first(self) -> Target:
+        if self.precisions is not None and (not self.precisions or self.precisions[0] != self.precision):
+            raise ValueError(f"precisions must start with precision ({self.precision}), got {list(self.precisions)}")
+        return self
+
+    @property
+    def search_precisions(self) -> tuple[str, ...]:
+        return tuple(self.precisions or (self.precision,))
+
+    def at_precision(self, precision: str) -> Target:
+        """This target compiled and measured at another of its precisions (its own table path)."""
+        if precision not in self.search_precisions:
+            from deploy.errors import UnsupportedPrecisionError
+
+            raise UnsupportedPrecisionError(
+                f"target {self.name} does not list precision {precision}; it has {', '.join(self.search_precisions)} "
+                f"(add it to precisions in targets/{self.name}.yaml)"
+            )
+        return self.model_copy(update={"precision": precision})
+
     @property
     def table_path(self) -> Path:
-        return paths.tables_dir() / f"{self.name}.json"
+        primary = self.search_precisions[0]
+        suffix = "" if self.precision == primary else f".{self.precision}"
+        return paths.tables_dir() / f"{self.name}{suffix}.json"
 
 
 def check_name(name: str) -> str:

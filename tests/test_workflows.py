@@ -162,7 +162,9 @@ def test_latency_tables_builds_validates_and_opens_a_pull_request_with_both_file
 def test_validate_tables_make_target_calls_tables_validate_with_json():
     text = (ROOT / "Makefile").read_text()
     recipe = text.split("\nvalidate-tables:", 1)[1].split("\n\n", 1)[0]
-    assert "tables validate" in recipe and "--json latency_tables/$(TARGET).validation.json" in recipe
+    # one validation file per (target, precision); the first precision's is <target>.validation.json
+    assert "tables validate" in recipe and "--json latency_tables/$(TARGET)$(if $(PRECISION),.$(PRECISION))" in recipe
+    assert ".validation.json" in recipe and "--precision $(PRECISION)" in recipe
 
 
 def test_ci_run_calls_make_test():

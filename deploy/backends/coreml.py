@@ -202,6 +202,7 @@ def check_spec(artifact: Artifact, entry: HubEntry, summary: Mapping[str, Any] |
 class CoreMLBackend:
     name = "coreml"
     precisions = PRECISIONS
+    needs_program = True  # coremltools converts the torch.export program
 
     def __init__(self) -> None:
         self._models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

@@ -194,6 +194,7 @@ class _Loaded:
 class TensorRTBackend:
     name = "tensorrt"
     precisions = PRECISIONS
+    needs_program = False  # the ONNX parser reads the hub ONNX
 
     def __init__(self) -> None:
         self._engines: OrderedDict[tuple[Any, ...], _Loaded] = OrderedDict()

@@ -196,6 +196,7 @@ def _tensor_spec(detail: Mapping[str, Any]) -> dict[str, Any]:
 class TFLiteBackend:
     name = "tflite"
     precisions = PRECISIONS
+    needs_program = True  # litert-torch converts the torch.export program
 
     def __init__(self) -> None:
         self._interpreters: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

@@ -7,8 +7,8 @@ no figure was published for the device, the target gives the factor and its deri
 
 How good can one factor be? benchmarks/estimate_transfer.py measures it on NAS-Bench-201's 15,625
 cells timed on many devices (../shared/datasets): with a factor from one anchor cell, GPU→GPU
-transfers are off by a median 2.6-3.5%, desktop CPU→phone CPU by 13-36%, and a factor from GPU clock ratios by 28-35%. The factor itself adds its
-own error; each target states the total it expects, and the table carries it.
+transfers are off by a median 2.6-3.5%, desktop CPU→phone CPU by 13-36%; a factor from GPU clock
+ratios was itself off by 28-35%. Each target states the total error it expects; the table carries it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class EstimateResult:
     factor: float
     anchor_source_ms: float | None
     entries: int
+    precision: str = "fp32"
+    where: str = ""
 
 
 def measure_anchor(source: Target, anchor: str, cache_dir: Path | None = None) -> tuple[float, str]:
@@ -48,18 +50,38 @@ def estimation_text(target: Target, factor: float, anchor_source_ms: float | Non
     assert spec is not None
     if spec.anchor is not None:
         a = spec.anchor
+        device_ms = a.device_ms_by_precision.get(target.precision, a.device_ms)
+        own = target.precision == target.search_precisions[0] or target.precision in a.device_ms_by_precision
         how = (
-            f"block latencies of the measured {spec.source_target} table × {factor:.4g} = {a.model} published "
-            f"{a.device_ms} ms on {a.device} ({a.source}) / {anchor_source_ms:.3f} ms measured on "
+            f"{target.precision} block latencies of the measured {spec.source_target} table × {factor:.4g} = "
+            f"{a.model} published {device_ms} ms on {a.device} ({a.source}) / {anchor_source_ms:.3f} ms measured on "
             f"{spec.source_target} ({where}) × correction {spec.correction} ({spec.derivation})"
+            + ("" if own else f"; no published {target.precision} figure, so the first precision's factor is reused")
         )
     else:
         how = f"block latencies of the measured {spec.source_target} table × {factor:.4g} ({spec.derivation})"
     return f"{how}. Expected error ±{spec.expected_error_pct:.0f}%: {spec.expected_error}"
 
 
-def estimate_table(target: Target, *, cache_dir: Path | None = None, path: Path | None = None) -> EstimateResult:
-    """Write the target's ESTIMATED table from its source target's measured table (atomically)."""
+def estimate_tables(target: Target, *, cache_dir: Path | None = None) -> list[EstimateResult]:
+    """One ESTIMATED table per precision the target lists. A precision with its own published anchor
+    figure gets its own factor; the others reuse the first precision's (the device/host speed ratio)."""
+    results: list[EstimateResult] = []
+    for p in target.search_precisions:
+        first = results[0] if results else None
+        results.append(estimate_table(target.at_precision(p), cache_dir=cache_dir, fallback=first))
+    return results
+
+
+def estimate_table(
+    target: Target,
+    *,
+    cache_dir: Path | None = None,
+    path: Path | None = None,
+    fallback: EstimateResult | None = None,
+) -> EstimateResult:
+    """Write the target's ESTIMATED table (at target.precision) from its source target's measured table
+    at the same precision (atomically)."""
     from deploy.errors import ConfigFileError
 
     spec = target.estimate
@@ -69,15 +91,21 @@ def estimate_table(target: Target, *, cache_dir: Path | None = None, path: Path 
             f"`make latency-tables TARGET={target.name}` instead"
         )
     source = load_target(spec.source_target)
+    if target.precision in source.search_precisions:  # same precision where the source measured it
+        source = source.at_precision(target.precision)
     table = LatencyTable.load(source.table_path, source.name)
     if table.provenance.method != "measured":
         raise ConfigFileError(
             f"{source.table_path} is {table.provenance.method}; an estimate must start from a measured table"
         )
     anchor_ms, where = None, table.provenance.host
-    if spec.anchor is not None:
+    primary = target.precision == target.search_precisions[0]
+    if spec.anchor is not None and (primary or target.precision in spec.anchor.device_ms_by_precision):
+        device_ms = spec.anchor.device_ms if primary else spec.anchor.device_ms_by_precision[target.precision]
         anchor_ms, where = measure_anchor(source, spec.anchor.model, cache_dir)
-        factor = spec.anchor.device_ms / anchor_ms * spec.correction
+        factor = device_ms / anchor_ms * spec.correction
+    elif spec.anchor is not None and fallback is not None:
+        factor, anchor_ms, where = fallback.factor, fallback.anchor_source_ms, fallback.where
     elif spec.factor is not None:
         factor = spec.factor * spec.correction
     else:
@@ -121,7 +149,8 @@ def estimate_table(target: Target, *, cache_dir: Path | None = None, path: Path 
             date=now_iso(),
             protocol=prov.protocol,
             method="estimated",
-            estimation=estimation_text(target, factor, anchor_ms, where),
+            estimation=estimation_text(target, factor, anchor_ms, where)
+            + ("" if source.precision == target.precision else f" (source measured at {source.precision})"),
             estimate={
                 "source_target": source.name,
                 "source_table_date": prov.date,
@@ -142,4 +171,4 @@ def estimate_table(target: Target, *, cache_dir: Path | None = None, path: Path 
     out = path or target.table_path
     estimated.save(out)
     log.info("wrote ESTIMATED %s (factor %.4g on %s)", out, factor, source.name)
-    return EstimateResult(out, factor, anchor_ms, len(entries))
+    return EstimateResult(out, factor, anchor_ms, len(entries), target.precision, where)

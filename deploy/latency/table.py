@@ -131,6 +131,7 @@ class Validation(_Strict):
     same_window_median_abs_pct_error: float  # blocks re-measured beside the subnets: model error alone
     repeatability_pct: float  # median |a−b|/mean of the same subnet measured twice: the floor
     drift_pct: float = 0.0  # blocks now vs the table's figures: the machine's speed moved this much
+    block_sum_median_pct_error: float | None = None  # raw block sum vs measured, before calibration (signed)
     host: str
 
 

@@ -37,6 +37,7 @@ class SampleRow:
     measured_cv: float
     pct_error: float  # (predicted − measured) / measured · 100, stored table
     same_window_pct_error: float  # blocks re-measured beside the subnet
+    block_sum_pct_error: float = 0.0  # the table's raw block sum, no calibration (fused runtimes: far off)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ValidationReport:
     same_window_median_abs_pct_error: float
     repeatability_pct: float
     drift_pct: float  # median over blocks of (now − table) / table: how the machine's speed moved
+    block_sum_median_pct_error: float = 0.0  # signed: what the whole-subnet calibration corrects
     rows: tuple[SampleRow, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class ValidationReport:
             same_window_median_abs_pct_error=self.same_window_median_abs_pct_error,
             repeatability_pct=self.repeatability_pct,
             drift_pct=self.drift_pct,
+            block_sum_median_pct_error=self.block_sum_median_pct_error,
             host=self.host,
         )
 
@@ -148,6 +151,7 @@ def validate_table(
         window_sum = sum(window[k].median_ms for k in blocks)
         same_window = cal.apply(window_sum, len(blocks)) if cal else window_sum
         measured = float(np.median([a.median_ms, b.median_ms]))
+        raw_sum = predictor.block_sum(blocks)
         rows.append(
             SampleRow(
                 subnet_id=config.id,
@@ -158,6 +162,7 @@ def validate_table(
                 measured_cv=a.cv,
                 pct_error=(predicted - measured) / measured * 100,
                 same_window_pct_error=(same_window - measured) / measured * 100,
+                block_sum_pct_error=(raw_sum - measured) / measured * 100,
             )
         )
     repeat = [
@@ -175,6 +180,7 @@ def validate_table(
         same_window_median_abs_pct_error=summarize([r.same_window_pct_error for r in rows])["median_abs_pct_error"],
         repeatability_pct=float(np.median(repeat)),
         drift_pct=drift,
+        block_sum_median_pct_error=float(np.median([r.block_sum_pct_error for r in rows])),
         rows=tuple(rows),
         **summary,
     )

@@ -20,6 +20,7 @@ def test_get_backend_instantiates_every_registered_backend_even_without_its_tool
     reason = backend.runs_here()
     assert reason is None or (isinstance(reason, str) and reason)
     assert backend.precisions and set(backend.precisions) <= {"fp32", "fp16", "int8", "int8_dynamic"}
+    assert isinstance(backend.needs_program, bool)
 
 
 def test_get_backend_unknown_name_lists_known_backends():

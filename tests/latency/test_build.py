@@ -11,11 +11,16 @@ from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.session import MeasureSession
 from deploy.latency.table import LatencyTable
 from deploy.latency.validate import validate_table
+from deploy.space import SubnetConfig
 from deploy.targets import DeviceInfo, MeasurementSpec, Target
 
 FAST = MeasurementSpec(
     warmup_runs=2, min_runs=5, min_time_s=0.0, rounds=2, cv_max=10.0, max_retries=0, calibration_subnets=5
 )
+
+
+def _measured(row) -> float:
+    return (row.measured_ms + row.measured_again_ms) / 2  # the median of two
 
 
 @pytest.fixture
@@ -84,6 +89,11 @@ def test_validate_reports_out_of_sample_errors_and_writes_back(target, tiny, tmp
     assert report.worst_pct_error >= report.median_abs_pct_error >= 0
     assert report.repeatability_pct >= 0 and abs(report.drift_pct) < 1000
     assert table.validation is not None and table.validation.n_samples == 4
+    for row in report.rows:  # the raw block sum is reported beside the calibrated prediction
+        index = table.index()
+        raw = sum(index[k].median_ms for k in tiny.blocks(SubnetConfig.from_json(row.config)))
+        assert row.block_sum_pct_error == pytest.approx((raw - _measured(row)) / _measured(row) * 100, rel=1e-6)
+    assert table.validation.block_sum_median_pct_error == report.block_sum_median_pct_error
     written = json.loads((tmp_path / "v.json").read_text())
     assert {"median_abs_pct_error", "within_5pct", "within_10pct", "worst_pct_error", "rows"} <= set(written)
     assert len(written["rows"]) == 4
