@@ -10,9 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from deploy.artifact_check import build_and_check, measure_artifact
 from deploy.backends import get_backend
 from deploy.checkpoint import sha256_tree
 from deploy.errors import DeployError
-from deploy.io import atomic_write_json
+from deploy.io import atomic_write_json, staged_dir
 from deploy.latency.table import now_iso
 from deploy.targets import load_target
 
@@ -166,9 +164,7 @@ def convert(
         say("int8: calibrated on the example input only (no data set for an arbitrary model); check accuracy")
 
     # Compile into a staging folder swapped into place at the end (a failed convert leaves the old one).
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         artifact, check = build_and_check(backend, entry, target, staging, out_dir, None, say)  # no labels
         measured, not_measured = measure_artifact(backend, artifact, entry, target, check, measure, say)
         if measured is not None:
@@ -203,12 +199,6 @@ def convert(
             "created": now_iso(),
         }
         atomic_write_json(staging / "manifest.json", manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json)")
     if check.build_on_device:
         say(f"next, on the device: {check.build_on_device}")

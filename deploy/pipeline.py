@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from deploy.backends import get_backend
 from deploy.checkpoint import load as load_checkpoint
 from deploy.checkpoint import sha256_tree
 from deploy.data import load_splits
+from deploy.io import staged_dir
 from deploy.latency.table import LatencyTable
 from deploy.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
 from deploy.report import plot_pareto, write_manifest, write_report
@@ -80,9 +79,7 @@ def deploy(
 
     # 4. compile into a staging folder, swapped into place at the end (a failed deploy leaves the old one)
     backend = get_backend(target.backend)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         # 5. validate: parity and accuracy where the artifact runs here, its structure where it cannot
         artifact, check = build_and_check(
             backend, entry, target, staging, out_dir, splits.test, say, calibration=calibration
@@ -132,12 +129,6 @@ def deploy(
         )
         plot_pareto(selection, target, staging / "pareto.png")
         write_report(staging, manifest, selection)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json, report.md, pareto.png)")
     if check.build_on_device:
         say(f"next, on the device: {check.build_on_device}")
