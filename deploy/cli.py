@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -108,6 +108,11 @@ def bench_cmd(
     _say(f"[bold green]bench passed[/]: {result.md_path}")
 
 
+def model_list(target: Any, model: str | None) -> tuple[str, ...]:
+    """--model if given, else every model the target serves."""
+    return (model,) if model else target.served_models
+
+
 @tables_app.command("build")
 def tables_build(
     target: TargetOpt,
@@ -115,16 +120,19 @@ def tables_build(
     rebuild: Annotated[bool, typer.Option(help="measure every entry again")] = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Measure every block the target's model can produce (one table per precision the target lists);
-    resumes where an interrupted build stopped."""
+    """Measure every block the target's models can produce (the union over the models it serves; one
+    table per precision it lists); resumes where an interrupted build stopped."""
+    from deploy.checkpoint import default_path
     from deploy.checkpoint import load as load_checkpoint
     from deploy.latency.build import build_table
+    from deploy.supernets import build
     from deploy.targets import load_target
 
     t = load_target(target)
-    supernet, _ = load_checkpoint(model or t.model)
+    # Latency does not depend on weights: a variant without a shipped checkpoint is measured untrained.
+    supernets = [load_checkpoint(m)[0] if default_path(m).exists() else build(m) for m in model_list(t, model)]
     for p in [precision] if precision else t.search_precisions:
-        result = build_table(t.at_precision(p), [supernet], rebuild=rebuild)
+        result = build_table(t.at_precision(p), supernets, rebuild=rebuild)
         cal = result.calibration
         _say(
             (f"[bold green]wrote[/] {result.path}: " if result.measured else f"{result.path} is up to date: ")
@@ -307,15 +315,23 @@ def targets() -> None:
 
 @app.command()
 def families() -> None:
-    """List the registered model variants and their search-space sizes."""
+    """List the registered families and variants: search-space size and the shipped checkpoint's accuracy."""
+    from deploy.checkpoint import default_path
+    from deploy.io import read_json
     from deploy.supernets import VARIANTS, build
 
     table = Table(title="model variants")
-    for col in ("variant", "family", "space size"):
+    for col in ("variant", "family", "space size", "shipped checkpoint: val accuracy range"):
         table.add_column(col)
     for name in VARIANTS.names():
         net = build(name)
-        table.add_row(name, net.family, f"{net.space().size():,}")
+        meta_path = default_path(name).with_suffix(".json")
+        if meta_path.exists():
+            val = read_json(meta_path).get("meta", {}).get("accuracy", {}).get("val", {})
+            acc = f"{min(val.values()):.2%} – {max(val.values()):.2%}" if val else "not recorded"
+        else:
+            acc = f"none (make train MODEL={name})"
+        table.add_row(name, net.family, f"{net.space().size():,}", acc)
     console.print(table)
 
 

@@ -114,7 +114,10 @@ class Target(_Strict):
     threads: int = Field(1, ge=1)
     budget_ms: float = Field(gt=0)
     max_params: int | None = Field(None, gt=0)
-    model: str
+    model: str  # the default model of `make deploy TARGET=…`
+    # Every model this target serves (MODEL=… may pick any); its table holds the union of their blocks,
+    # and blocks with the same key are shared across families. None: `model` only.
+    models: tuple[str, ...] | None = None
     parity_atol: float = Field(1e-4, gt=0)
     measurement: MeasurementSpec = MeasurementSpec()
     bench_tolerance_pct: float | None = Field(None, gt=0)  # `bench` gate on |measured - predicted|; default 15
@@ -127,6 +130,10 @@ class Target(_Strict):
         if self.precisions is not None and (not self.precisions or self.precisions[0] != self.precision):
             raise ValueError(f"precisions must start with precision ({self.precision}), got {list(self.precisions)}")
         return self
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.model, *(self.models or ()))))
 
     @property
     def search_precisions(self) -> tuple[str, ...]:

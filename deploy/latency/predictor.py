@@ -45,7 +45,8 @@ class LatencyPredictor:
             target = self.table.provenance.target
             raise TableIncompleteError(
                 f"latency table of '{target}' lacks {len(missing)} block(s), e.g. {missing[0]}; "
-                f"measure them with `make latency-tables TARGET={target}`"
+                f"measure them with `make latency-tables TARGET={target}` (for a model the target does not list "
+                f"yet, add it to `models:` in targets/{target}.yaml first, or pass MODEL=…)"
             )
 
     def block_sum(self, blocks: Sequence[BlockKey]) -> float:

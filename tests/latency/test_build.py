@@ -97,3 +97,20 @@ def test_validate_reports_out_of_sample_errors_and_writes_back(target, tiny, tmp
     written = json.loads((tmp_path / "v.json").read_text())
     assert {"median_abs_pct_error", "within_5pct", "within_10pct", "worst_pct_error", "rows"} <= set(written)
     assert len(written["rows"]) == 4
+
+
+def test_adding_a_model_to_a_target_measures_only_its_new_blocks(target, tiny):
+    from deploy.cli import model_list
+    from deploy.supernets import build
+
+    first = build_table(target, [tiny], progress=False)
+    assert first.measured == len(tiny.all_blocks())
+    other = build("matformer_vit_mnist")  # untrained: latency does not depend on weights
+    serving = target.model_copy(update={"models": ("matformer_vit_mnist",)})
+    assert model_list(serving, None) == ("matformer_vit_tiny", "matformer_vit_mnist")
+    assert model_list(serving, "matformer_vit_mnist") == ("matformer_vit_mnist",)
+    second = build_table(serving, [tiny, other], progress=False)
+    new = set(other.all_blocks()) - set(tiny.all_blocks())
+    assert second.measured == len(new) and second.reused == len(tiny.all_blocks())
+    table = LatencyTable.load(second.path)
+    assert set(table.index()) == set(tiny.all_blocks()) | set(other.all_blocks())
