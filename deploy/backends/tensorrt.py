@@ -218,8 +218,8 @@ class TensorRTBackend:
         reason = self.runs_here()
         if reason:
             raise BackendUnavailableError(
-                f"{reason}. An engine is specific to its GPU and TensorRT version, so build it on the device: "
-                f"elastic-deploy compile --target {target.name} {entry.onnx_path}"
+                f"{reason}. An engine is specific to its GPU and TensorRT version, so build it on the device "
+                f"from the packaged ONNX: elastic-deploy compile --target {target.name} <dist folder>/model.onnx"
             )
         trt, opts, precision = _trt(), target.tensorrt, target.precision
         builder = trt.Builder(_logger())
