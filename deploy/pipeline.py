@@ -127,7 +127,7 @@ def deploy(
             versions={**entry.meta.get("versions", {}), backend.name: backend.version()},
             out_dir=out_dir,
         )
-        plot_pareto(selection, target, staging / "pareto.png")
+        plot_pareto(selection, target, staging / "pareto.png", table.provenance.method)
         write_report(staging, manifest, selection)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json, report.md, pareto.png)")
     if check.build_on_device:

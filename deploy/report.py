@@ -120,7 +120,7 @@ def write_manifest(
     return manifest
 
 
-def plot_pareto(selection: Selection, target: Target, path: Path) -> None:
+def plot_pareto(selection: Selection, target: Target, path: Path, method: str = "measured") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     seen = [c for c in selection.seen if c.accuracy_source != "exact"]
     exact = [c for c in selection.seen if c.accuracy_source == "exact"]
@@ -163,7 +163,8 @@ def plot_pareto(selection: Selection, target: Target, path: Path) -> None:
         zorder=5,
         label=f"chosen {c.config.id}",
     )
-    ax.set_xlabel("predicted latency (ms)")
+    origin = "ESTIMATED table" if method == "estimated" else "measured table"
+    ax.set_xlabel(f"predicted latency (ms, {origin}, {target.precision})")
     ax.set_ylabel("val accuracy (%)")
     ax.set_title(f"{target.name}: accuracy vs predicted latency")
     ax.grid(alpha=0.3)
