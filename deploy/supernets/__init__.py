@@ -12,6 +12,8 @@ VARIANTS: Registry[Callable[[], Supernet]] = Registry(
     {
         "matformer_vit_mnist": "deploy.supernets.matformer_vit:mnist",
         "matformer_vit_tiny": "deploy.supernets.matformer_vit:tiny",
+        "poa_vit_mnist": "deploy.supernets.poa_vit:mnist",
+        "poa_vit_tiny": "deploy.supernets.poa_vit:tiny",
     },
 )
 
