@@ -10,6 +10,8 @@ from deploy.supernets.base import BlockKey, Supernet
 VARIANTS: Registry[Callable[[], Supernet]] = Registry(
     "model",
     {
+        "elastic_vit_mnist": "deploy.supernets.elastic_vit:mnist",
+        "elastic_vit_tiny": "deploy.supernets.elastic_vit:tiny",
         "matformer_vit_mnist": "deploy.supernets.matformer_vit:mnist",
         "matformer_vit_tiny": "deploy.supernets.matformer_vit:tiny",
         "poa_vit_mnist": "deploy.supernets.poa_vit:mnist",
