@@ -72,4 +72,5 @@ def test_every_shipped_target_has_a_table_covering_its_model():
         else:  # estimated: says how, from which measured table, and what error to expect
             assert table.provenance.estimation and target.estimate is not None
             assert table.provenance.estimate["source_target"] == target.estimate.source_target
-        LatencyPredictor(table).require(build(target.model).all_blocks())
+        for model in target.served_models:  # every model it serves, not only the default
+            LatencyPredictor(table).require(build(model).all_blocks())

@@ -55,3 +55,33 @@ def test_lr_factor_warms_up_then_anneals_to_zero():
     assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
     assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(0.5, 0.1) > lr_factor(0.8, 0.1)
+
+
+def test_train_poa_tiny_uses_an_ema_teacher_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
+    import deploy.train as train_module
+
+    monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
+    updates = []
+    real = train_module._ema_update
+    monkeypatch.setattr(train_module, "_ema_update", lambda ema, net, d: (updates.append(d), real(ema, net, d)))
+    result = train("poa_vit_tiny", out_stem=tmp_path / "poa", max_steps=4, cache_samples=5, progress=False, threads=1)
+    assert result.steps == 4 and updates == [0.99] * 4  # one EMA update per step
+    recipe = checkpoint.load("poa_vit_tiny", result.checkpoint)[1].meta["recipe"]
+    assert recipe["teacher"] == "ema" and recipe["sandwich_smallest"] is False and recipe["random_subnets"] == 1
+    assert set(result.val) >= {"full", "smallest"} and all(0 <= v <= 1 for v in result.val.values())
+
+
+def test_ema_update_moves_the_teacher_towards_the_student():
+    from deploy.supernets import build
+    from deploy.train import _ema_copy, _ema_update
+
+    torch.manual_seed(0)
+    student = build("poa_vit_tiny")
+    teacher = _ema_copy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    before = [t.clone() for t in teacher.parameters()]
+    _ema_update(teacher, student, 0.9)
+    for b, t, s in zip(before, teacher.parameters(), student.parameters(), strict=True):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s) and not t.requires_grad
