@@ -45,6 +45,22 @@ class MatFormerViTDims:
         return tuple(self.ffn_max // g for g in GRANULARITIES)
 
 
+def build_vit_block(key: BlockKey, tokens: int, family: str) -> tuple[nn.Module, torch.Tensor]:
+    """The standalone module and example input of a plain-ViT block key (shared by every family whose
+    dense model is built from these modules, so equal keys measure the same computation)."""
+    s = dict(key.shape)
+    if key.kind == "patch_embed":
+        module: nn.Module = PatchEmbed(s["channels"], s["image"], s["patch"], s["dim"])
+        shape: tuple[int, ...] = (1, s["channels"], s["image"], s["image"])
+    elif key.kind == "vit_block":
+        module, shape = Block(s["dim"], s["heads"], s["ffn"]), (1, s["tokens"], s["dim"])
+    elif key.kind == "cls_head":
+        module, shape = Head(s["dim"], s["classes"]), (1, tokens, s["dim"])
+    else:
+        raise ValueError(f"{family} has no block kind '{key.kind}'")
+    return module.eval(), torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, channels: int, image: int, patch: int, dim: int) -> None:
         super().__init__()
@@ -222,17 +238,7 @@ class MatFormerViT(Supernet):
         return [self.config(list(range(d.depth)), [w] * d.depth) for w in d.widths]
 
     def build_block(self, key: BlockKey) -> tuple[nn.Module, torch.Tensor]:
-        s = dict(key.shape)
-        if key.kind == "patch_embed":
-            module: nn.Module = PatchEmbed(s["channels"], s["image"], s["patch"], s["dim"])
-            shape: tuple[int, ...] = (1, s["channels"], s["image"], s["image"])
-        elif key.kind == "vit_block":
-            module, shape = Block(s["dim"], s["heads"], s["ffn"]), (1, s["tokens"], s["dim"])
-        elif key.kind == "cls_head":
-            module, shape = Head(s["dim"], s["classes"]), (1, self.dims.tokens, s["dim"])
-        else:
-            raise ValueError(f"{FAMILY} has no block kind '{key.kind}'")
-        return module.eval(), torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        return build_vit_block(key, self.dims.tokens, FAMILY)
 
     def param_count(self, config: SubnetConfig) -> int:
         _, ffn = self._check(config)

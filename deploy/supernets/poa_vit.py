@@ -24,7 +24,7 @@ from torch import nn
 
 from deploy.space import Gene, Genes, SearchSpace, SubnetConfig
 from deploy.supernets.base import BlockKey, Supernet
-from deploy.supernets.matformer_vit import Block, Head, PatchEmbed, ViT
+from deploy.supernets.matformer_vit import Block, Head, PatchEmbed, ViT, build_vit_block
 
 FAMILY = "poa_vit"
 Params = dict[str, torch.Tensor]
@@ -211,17 +211,7 @@ class PoaViT(Supernet):
         ]
 
     def build_block(self, key: BlockKey) -> tuple[nn.Module, torch.Tensor]:
-        s = dict(key.shape)
-        if key.kind == "patch_embed":
-            module: nn.Module = PatchEmbed(s["channels"], s["image"], s["patch"], s["dim"])
-            shape: tuple[int, ...] = (1, s["channels"], s["image"], s["image"])
-        elif key.kind == "vit_block":
-            module, shape = Block(s["dim"], s["heads"], s["ffn"]), (1, s["tokens"], s["dim"])
-        elif key.kind == "cls_head":
-            module, shape = Head(s["dim"], s["classes"]), (1, self.dims.tokens, s["dim"])
-        else:
-            raise ValueError(f"{FAMILY} has no block kind '{key.kind}'")
-        return module.eval(), torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        return build_vit_block(key, self.dims.tokens, FAMILY)
 
     def param_count(self, config: SubnetConfig) -> int:
         k, n = self._check(config)
