@@ -41,7 +41,7 @@ estimate-tables: $(VENV)/.installed-$(EXTRAS)
 
 validate-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) $(if $(PRECISION),--precision $(PRECISION)) \
-	  --json latency_tables/$(TARGET)$(if $(PRECISION),.$(PRECISION)).validation.json
+	  $(MODEL_FLAG) --json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION)).validation.json
 
 train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG)
@@ -52,6 +52,8 @@ test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 
 benchmarks: $(VENV)/.installed-dev
 	$(PY) benchmarks/selector_vs_oracle.py
+	$(PY) benchmarks/selector_vs_oracle.py --model elastic_vit_mnist
+	$(PY) benchmarks/families.py
 
 # The ssh runner tests start a real sshd on 127.0.0.1; install OpenSSH only where it is missing (they
 # skip, naming openssh-server, where it cannot be installed).

@@ -118,6 +118,9 @@ def tables_build(
     target: TargetOpt,
     model: ModelOpt = None,
     rebuild: Annotated[bool, typer.Option(help="measure every entry again")] = False,
+    recalibrate: Annotated[
+        bool, typer.Option(help="measure the calibration subnets again (the machine's speed moved); keeps the blocks")
+    ] = False,
     precision: PrecisionOpt = None,
 ) -> None:
     """Measure every block the target's models can produce (the union over the models it serves; one
@@ -132,10 +135,14 @@ def tables_build(
     # Latency does not depend on weights: a variant without a shipped checkpoint is measured untrained.
     supernets = [load_checkpoint(m)[0] if default_path(m).exists() else build(m) for m in model_list(t, model)]
     for p in [precision] if precision else t.search_precisions:
-        result = build_table(t.at_precision(p), supernets, rebuild=rebuild)
+        result = build_table(t.at_precision(p), supernets, rebuild=rebuild, recalibrate=recalibrate)
         cal = result.calibration
         _say(
-            (f"[bold green]wrote[/] {result.path}: " if result.measured else f"{result.path} is up to date: ")
+            (
+                f"[bold green]wrote[/] {result.path}: "
+                if result.measured or recalibrate
+                else f"{result.path} is up to date: "
+            )
             + f"{result.measured} blocks measured, {result.reused} reused; "
             f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
             f"Next: `elastic-deploy tables validate --target {target} --precision {p} --samples 20`"
@@ -331,7 +338,8 @@ def families() -> None:
             acc = f"{min(val.values()):.2%} – {max(val.values()):.2%}" if val else "not recorded"
         else:
             acc = f"none (make train MODEL={name})"
-        table.add_row(name, net.family, f"{net.space().size():,}", acc)
+        size = net.space_size()
+        table.add_row(name, net.family, f"{size:,}" if size < 10**7 else f"{size:.2e}", acc)
     console.print(table)
 
 

@@ -37,6 +37,10 @@ class TableIncompleteError(DeployError):
     """The latency table lacks entries for blocks the search space can produce."""
 
 
+class NothingToValidateError(DeployError):
+    """Every subnet of a small space was used for the calibration: no unseen one is left to validate on."""
+
+
 class NoFeasibleSubnetError(DeployError):
     """No subnet meets the constraints; names the fastest option and its latency."""
 

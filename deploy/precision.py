@@ -66,15 +66,17 @@ class PrecisionOption:
         }
 
 
-def safety_margin_pct(table: LatencyTable) -> float:
-    """Budget margin from the table's out-of-sample error (p90), or the calibration fit if unvalidated."""
-    if table.validation is not None:
-        return table.validation.p90_abs_pct_error
+def safety_margin_pct(table: LatencyTable, family: str | None = None) -> float:
+    """Budget margin from the table's out-of-sample error (p90, the family's own if validated), or the
+    calibration fit's if unvalidated."""
+    validation = table.validation_for(family)
+    if validation is not None:
+        return validation.p90_abs_pct_error
     source_p90 = (table.provenance.estimate or {}).get("source_validation_p90_pct")
     if source_p90 is not None:  # estimated: the source's own error; the device factor's error is systematic
         return float(source_p90)
     if table.calibration is not None:
-        return 2 * table.calibration.residual_pct
+        return 2 * table.calibration.residual_for(family)
     return 25.0
 
 
@@ -83,11 +85,11 @@ def select_at(target: Target, supernet: Supernet, accuracy: AccuracyModel) -> Pr
     table = LatencyTable.load(target.table_path, target.name)
     predictor = LatencyPredictor(table)
     predictor.require(supernet.all_blocks())
-    margin = safety_margin_pct(table)
+    margin = safety_margin_pct(table, supernet.family)
     constraints = Constraints(budget_ms=target.budget_ms, margin_pct=margin, max_params=target.max_params)
 
     def latency(config: SubnetConfig) -> tuple[float, float]:
-        p = predictor.predict(supernet.blocks(config))
+        p = predictor.predict(supernet.blocks(config), supernet.family)
         return p.ms, p.std_ms
 
     selection = select(

@@ -22,10 +22,13 @@ if TYPE_CHECKING:
     from deploy.targets import Target
 
 
-def table_provenance(table: LatencyTable) -> dict[str, Any]:
+def table_provenance(table: LatencyTable, family: str | None = None) -> dict[str, Any]:
+    """The table's provenance with its calibration and the validation figures of `family` (if it has its own)."""
     prov = table.provenance.model_dump()
     prov["calibration"] = None if table.calibration is None else table.calibration.model_dump(exclude={"samples"})
-    prov["validation"] = None if table.validation is None else table.validation.model_dump()
+    validation = table.validation_for(family)
+    prov["validation"] = None if validation is None else validation.model_dump()
+    prov["validation_family"] = family if family in table.validations else None
     return prov
 
 
@@ -93,7 +96,7 @@ def write_manifest(
             "budget_ms": target.budget_ms,
             "safety_margin_pct": margin_pct,
             "method": prov.method,
-            "table": table_provenance(table),
+            "table": table_provenance(table, choice.config.family),
         },
         "accuracy": {
             **accuracy,

@@ -46,7 +46,7 @@ class MeasurementSpec(_Strict):
     cv_max: float = Field(0.02, gt=0)  # gate on the median's relative standard error
     max_retries: int = Field(2, ge=0)
     cooldown_s: float = Field(0.0, ge=0)
-    calibration_subnets: int = Field(16, ge=2)
+    calibration_subnets: int = Field(16, ge=2)  # per model served: each family gets its own fit
 
     def protocol(self) -> MeasureProtocol:
         return MeasureProtocol(

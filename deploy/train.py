@@ -41,6 +41,8 @@ from deploy.accuracy import (
     uniform_configs,
 )
 from deploy.data import MNIST_MEAN, MNIST_STD, Splits, load_splits
+from deploy.recipes import DEFAULT_RECIPE, RECIPES, Recipe
+from deploy.sampling import make_sampler
 from deploy.space import SubnetConfig
 from deploy.supernets import Supernet, build
 
@@ -52,42 +54,6 @@ THREADS = 2
 FINAL_EVALS = 12
 SAMPLE_EVAL_COST = 0.35
 LOG_EVERY_EPOCHS = 2  # val accuracy in the log (a full-model eval costs ~5% of an epoch)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int
-    batch_size: int = 32  # more small steps beat fewer large ones in a run this short
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_frac: float = 0.05
-    kd_temperature: float = 1.5
-    kd_weight: float = 0.5  # subnet loss = (1 - w) * CE + w * T^2 * KL(full || subnet)
-    random_subnets: int = 2
-    max_shift: int = 0  # random translation by up to this many pixels (slows short runs down: off)
-    grad_clip: float = 1.0
-    pos_init_scale: float = 1.0  # 2-D sin-cos position embedding at init (0: keep the model's own)
-    # "inplace": the full model's own logits teach the subnets (MatFormer's sandwich). "ema": an EMA
-    # copy of the full model teaches the intact student and the elastic ones alike (POA).
-    teacher: str = "inplace"
-    ema_decay: float = 0.99
-    sandwich_smallest: bool = True  # train the smallest subnet every step (MatFormer), or not (POA)
-
-
-# Epochs picked so that `train()` (training + final evaluation + accuracy cache) fits in 10 minutes on
-# 2 CPU cores; the wall-clock budget is the safety net.
-RECIPES: dict[str, Recipe] = {
-    "matformer_vit_mnist": Recipe(epochs=12),  # ~29 s an epoch here: ~6 of the 9 minutes
-    "matformer_vit_tiny": Recipe(epochs=3, batch_size=64, lr=3e-3),
-    # POA: EMA teacher, intact student + one elastic student (random width and depth) per step, both
-    # distilled from the teacher. Kept from the paper: EMA teacher of the intact student, one elastic
-    # student per step, width and depth sampled uniformly. Changed: labels are in the loss as well
-    # (the paper pre-trains without labels; here there is no pre-training stage), logits instead of
-    # DINO/iBOT projection heads, and a 0.99 EMA suited to ~1,300 steps.
-    "poa_vit_mnist": Recipe(epochs=20, teacher="ema", sandwich_smallest=False, random_subnets=1),  # ~9 min
-    "poa_vit_tiny": Recipe(epochs=3, batch_size=64, lr=3e-3, teacher="ema", sandwich_smallest=False, random_subnets=1),
-}
-DEFAULT_RECIPE = Recipe(epochs=5)
 
 
 @dataclass(frozen=True)
@@ -120,9 +86,20 @@ class TrainResult:
         return "\n".join(rows)
 
 
+def middle_config(supernet: Supernet) -> SubnetConfig | None:
+    """Every gene at its middle option (None where that gene vector is invalid)."""
+    space = supernet.space()
+    genes = tuple(len(g.options) // 2 for g in space.genes)
+    return space.decode(genes) if space.is_valid(genes) else None
+
+
 def named_configs(supernet: Supernet) -> dict[str, SubnetConfig]:
-    """The configs reported after training: full, smallest and the uniform granularities."""
-    return {"full": supernet.largest(), "smallest": supernet.smallest(), **uniform_configs(supernet)}
+    """The configs reported after training: full, smallest, the uniform granularities and the middle one."""
+    named = {"full": supernet.largest(), "smallest": supernet.smallest(), **uniform_configs(supernet)}
+    middle = middle_config(supernet)
+    if middle is not None and middle.id not in {c.id for c in named.values()}:
+        named["middle"] = middle
+    return named
 
 
 def shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -171,6 +148,24 @@ def init_sincos_positions(net: Supernet, scale: float) -> None:
     with torch.no_grad():
         pos[0, 1:] = torch.cat([axis(rows), axis(cols)], dim=1) * scale
         pos[0, 0] = 0.0  # the class token's slot
+
+
+def initial_supernet(variant: str, recipe: Recipe, splits: Splits) -> Supernet:
+    """The untrained supernet as training starts it (call after seeding torch)."""
+    net = build(variant)
+    init_sincos_positions(net, recipe.pos_init_scale)
+    net.set_calibration_images(splits.train.x)  # BatchNorm families recalibrate each subnet on these
+    return net
+
+
+def fit(net: Supernet, splits: Splits, recipe: Recipe, *, seed: int = 0, max_minutes: float = 60.0) -> int:
+    """Train `net` for the recipe's epochs (no checkpoint, no final evaluation); returns the steps run.
+
+    For benchmarks that compare recipes at one training budget; `train()` is the full job.
+    """
+    steps = recipe.epochs * math.ceil(len(splits.train) / recipe.batch_size)
+    with torch_threads(THREADS):
+        return _fit(net, splits, recipe, steps, max_minutes * 60.0, seed, progress=False).steps
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -272,6 +267,7 @@ def _fit(
     n_train = len(splits.train)
     steps_per_epoch = math.ceil(n_train / recipe.batch_size)
     smallest = net.smallest()
+    sample = make_sampler(recipe.sampling, net, rng)
     ema = _ema_copy(net) if recipe.teacher == "ema" else None
     net.train()
     step, start = 0, time.monotonic()
@@ -290,7 +286,7 @@ def _fit(
                 idx = order[i : i + recipe.batch_size]
                 x, y = shift(splits.train.x[idx], recipe.max_shift, gen), splits.train.y[idx]
                 subnets = [smallest] if recipe.sandwich_smallest else []
-                subnets += [net.sample(rng) for _ in range(recipe.random_subnets)]
+                subnets += [sample() for _ in range(recipe.random_subnets)]
                 opt.zero_grad(set_to_none=True)
                 full_loss, sub_loss = _step(net, x, y, subnets, recipe, ema)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
@@ -320,27 +316,33 @@ def train(
     out_stem: Path | None = None,
     seed: int = 0,
     epochs: int | None = None,
-    max_minutes: float = 9.0,
+    max_minutes: float | None = None,
     progress: bool = True,
     max_steps: int | None = None,
     cache_samples: int = DEFAULT_SAMPLES,
     data_seed: int = 0,
     threads: int = THREADS,
+    recipe: Recipe | None = None,
 ) -> TrainResult:
     """Train `variant`, save `<out_stem>.safetensors/.json/.accuracy.json` (default checkpoints/<variant>).
 
-    `max_minutes` bounds the whole call, final evaluation and accuracy cache included; the checkpoint is
-    the last one (the cosine schedule ends at zero learning rate), not the best by val accuracy.
+    `max_minutes` (default: the recipe's) bounds the whole call, final evaluation and accuracy cache
+    included; the checkpoint is the last one (the cosine schedule ends at zero learning rate), not the
+    best by val accuracy. `recipe` replaces the variant's registered one (benchmarks compare recipes).
     """
+    recipe = recipe or RECIPES.get(variant, DEFAULT_RECIPE)
+    if epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    minutes = recipe.max_minutes if max_minutes is None else max_minutes
     with torch_threads(threads):
-        return _train(variant, out_stem, seed, epochs, max_minutes, progress, max_steps, cache_samples, data_seed)
+        return _train(variant, out_stem, seed, recipe, minutes, progress, max_steps, cache_samples, data_seed)
 
 
 def _train(
     variant: str,
     out_stem: Path | None,
     seed: int,
-    epochs: int | None,
+    recipe: Recipe,
     max_minutes: float,
     progress: bool,
     max_steps: int | None,
@@ -349,13 +351,9 @@ def _train(
 ) -> TrainResult:
     t0 = time.monotonic()
     torch.manual_seed(seed)
-    recipe = RECIPES.get(variant, DEFAULT_RECIPE)
-    if epochs is not None:
-        recipe = dataclasses.replace(recipe, epochs=epochs)
     stem = Path(out_stem) if out_stem is not None else paths.checkpoints_dir() / variant
     splits = load_splits(data_seed)
-    net = build(variant)
-    init_sincos_positions(net, recipe.pos_init_scale)
+    net = initial_supernet(variant, recipe, splits)
     steps_per_epoch = math.ceil(len(splits.train) / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     if max_steps is not None:
@@ -449,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output stem (default checkpoints/<model>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--max-minutes", type=float, default=9.0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--cache-samples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,14 @@ def test_select_prints_best_row_within_budget(tmp_path):
     proc = run_cli("select", "--candidates", str(csv), "--budget-ms", "1.5", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert '"id": "c"' in out.read_text() and '"note": "mid"' in out.read_text()
+
+
+def test_families_lists_every_variant_with_space_size_and_shipped_accuracy():
+    proc = run_cli("families", env={**os.environ, "COLUMNS": "200"})  # rich wraps cells at 80 otherwise
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    for variant in ("matformer_vit_mnist", "poa_vit_mnist", "elastic_vit_mnist", "elastic_vit_tiny"):
+        assert variant in out
+    assert "1.44e+13" in out and "15,624" in out  # elastic_vit counts distinct configs, not gene vectors
+    assert "96.93% – 98.13%" in out  # the shipped elastic_vit_mnist checkpoint's val range
+    assert "make train MODEL=elastic_vit_tiny" in out  # tiny variants ship no checkpoint

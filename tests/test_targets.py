@@ -74,3 +74,6 @@ def test_every_shipped_target_has_a_table_covering_its_model():
             assert table.provenance.estimate["source_target"] == target.estimate.source_target
         for model in target.served_models:  # every model it serves, not only the default
             LatencyPredictor(table).require(build(model).all_blocks())
+            if table.provenance.method == "measured" and len(target.served_models) > 1:
+                family = build(model).family  # each family's own figures: `make validate-tables MODEL=…`
+                assert family in table.validations, f"{name}: validate it with MODEL={model}"

@@ -162,8 +162,9 @@ def test_latency_tables_builds_validates_and_opens_a_pull_request_with_both_file
 def test_validate_tables_make_target_calls_tables_validate_with_json():
     text = (ROOT / "Makefile").read_text()
     recipe = text.split("\nvalidate-tables:", 1)[1].split("\n\n", 1)[0]
-    # one validation file per (target, precision); the first precision's is <target>.validation.json
-    assert "tables validate" in recipe and "--json latency_tables/$(TARGET)$(if $(PRECISION),.$(PRECISION))" in recipe
+    # one validation file per (target, model, precision); the default's is <target>.validation.json
+    json_path = "--json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION))"
+    assert "tables validate" in recipe and json_path in recipe and "$(MODEL_FLAG)" in recipe
     assert ".validation.json" in recipe and "--precision $(PRECISION)" in recipe
 
 

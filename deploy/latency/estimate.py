@@ -127,12 +127,20 @@ def estimate_table(
     if table.calibration is not None:
         c = table.calibration
         calibration = Calibration(
+            model=c.model,
             slope=c.slope,
             per_block_ms=c.per_block_ms * factor,
+            quad_per_ms=c.quad_per_ms / factor,  # quad · Σ² scales by factor when Σ does
             intercept_ms=c.intercept_ms * factor,
             residual_pct=c.residual_pct,
             n_subnets=c.n_subnets,
             fitted_at=c.fitted_at,
+            families={
+                name: f.model_copy(
+                    update={"per_block_ms": f.per_block_ms * factor, "quad_per_ms": f.quad_per_ms / factor}
+                )
+                for name, f in c.families.items()
+            },
         )
     source_p90 = table.validation.p90_abs_pct_error if table.validation is not None else None
     prov = table.provenance

@@ -101,20 +101,53 @@ class CalibrationSample(_Strict):
     cv: float = 0.0
 
 
-class Calibration(_Strict):
-    """measured ≈ slope · block_sum + per_block_ms · n_blocks + intercept_ms (fitted on relative error)."""
+class FamilyFit(_Strict):
+    """One family's own fit: how a runtime fuses across block boundaries differs from family to family."""
 
-    model: Literal["affine"] = "affine"
     slope: float
     per_block_ms: float
+    quad_per_ms: float = 0.0
+    residual_pct: float
+    n_subnets: int
+
+    def apply(self, block_sum_ms: float, n_blocks: int) -> float:
+        return self.slope * block_sum_ms + self.per_block_ms * n_blocks + self.quad_per_ms * block_sum_ms**2
+
+
+class Calibration(_Strict):
+    """measured ≈ slope · Σ + per_block_ms · n_blocks + quad_per_ms · Σ² + intercept_ms, Σ the block sum.
+
+    Fitted on relative error. The Σ² term is how much slower a whole subnet runs than its blocks did
+    alone as it grows (its working set outgrows the caches each block had to itself): here the ratio
+    whole / Σ rose from ~0.95 for the smallest subnets to ~1.4 for the largest. A table serving several
+    families also holds one fit per family (`families`); the union fit above is for the others.
+    """
+
+    model: Literal["affine", "quadratic"] = "quadratic"
+    slope: float
+    per_block_ms: float
+    quad_per_ms: float = 0.0
     intercept_ms: float
     residual_pct: float  # in-sample RMS relative error of the fit
     n_subnets: int
     fitted_at: str
     samples: list[CalibrationSample] = Field(default_factory=list)
+    families: dict[str, FamilyFit] = Field(default_factory=dict)
 
-    def apply(self, block_sum_ms: float, n_blocks: int) -> float:
-        return self.slope * block_sum_ms + self.per_block_ms * n_blocks + self.intercept_ms
+    def apply(self, block_sum_ms: float, n_blocks: int, family: str | None = None) -> float:
+        fit = self.families.get(family or "")
+        if fit is not None:
+            return fit.apply(block_sum_ms, n_blocks)
+        return (
+            self.slope * block_sum_ms
+            + self.per_block_ms * n_blocks
+            + self.quad_per_ms * block_sum_ms**2
+            + self.intercept_ms
+        )
+
+    def residual_for(self, family: str | None = None) -> float:
+        fit = self.families.get(family or "")
+        return fit.residual_pct if fit is not None else self.residual_pct
 
 
 class Validation(_Strict):
@@ -140,7 +173,12 @@ class LatencyTable(_Strict):
     provenance: Provenance
     entries: list[Entry] = Field(default_factory=list)
     calibration: Calibration | None = None
-    validation: Validation | None = None
+    validation: Validation | None = None  # of the target's default model
+    validations: dict[str, Validation] = Field(default_factory=dict)  # per family validated on this table
+
+    def validation_for(self, family: str | None = None) -> Validation | None:
+        """The family's own out-of-sample figures, else the default model's."""
+        return self.validations.get(family or "", self.validation)
 
     def index(self) -> dict[BlockKey, Entry]:
         return {e.key: e for e in self.entries}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
+from deploy.errors import NothingToValidateError
 from deploy.io import atomic_write_json
 from deploy.latency.build import block_identity, subnet_identity
 from deploy.latency.predictor import LatencyPredictor
@@ -122,6 +123,12 @@ def validate_table(
     predictor.require(supernet.all_blocks())
     session = MeasureSession.open(target, cache_dir)
     configs = validation_configs(supernet, table, samples, seed)
+    if len(configs) < 2:
+        raise NothingToValidateError(
+            f"{supernet.variant} has {len(configs)} subnet(s) the calibration of {target.name} did not use "
+            f"({supernet.space_size()} in its space); lower measurement.calibration_subnets in "
+            f"targets/{target.name}.yaml and rebuild, or validate on a larger variant"
+        )
     keys = sorted({k for c in configs for k in supernet.blocks(c)})
 
     with Progress(disable=not progress) as bar:
@@ -147,9 +154,9 @@ def validate_table(
     rows = []
     for config, a, b in zip(configs, first, second, strict=True):
         blocks = supernet.blocks(config)
-        predicted = predictor.predict(blocks).ms
+        predicted = predictor.predict(blocks, supernet.family).ms
         window_sum = sum(window[k].median_ms for k in blocks)
-        same_window = cal.apply(window_sum, len(blocks)) if cal else window_sum
+        same_window = cal.apply(window_sum, len(blocks), supernet.family) if cal else window_sum
         measured = float(np.median([a.median_ms, b.median_ms]))
         raw_sum = predictor.block_sum(blocks)
         rows.append(
@@ -186,7 +193,9 @@ def validate_table(
     )
     if json_path is not None:
         atomic_write_json(json_path, report.to_json())
-    if write_back:
-        table.validation = report.to_validation()
+    if write_back:  # per family; the default model's figures are also the table's headline
+        table.validations[supernet.family] = report.to_validation()
+        if supernet.variant == target.model:
+            table.validation = report.to_validation()
         table.save(target.table_path)
     return report

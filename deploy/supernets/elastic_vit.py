@@ -6,6 +6,11 @@ kernel, as OFA does); each kept transformer block its heads (first-h heads, head
 (mlp ratio × stage width, first hidden units). A stride-2 first block or a 3×3 merge conv downsamples into
 each stage. SubnetConfig: `stem` (width), `depth` and `width` (one per stage), `expand` and `kernel` (one per
 kept MBConv block) and `heads` and `ffn` (one per kept transformer block), in execution order.
+
+BatchNorm statistics are per subnet (OFA/BigNAS practice): a subnet's channels see different inputs than
+the full model's, so shared running statistics are wrong for most subnets. In eval mode, `forward` and
+`extract` use statistics recalibrated for that config on the training images the supernet keeps in its
+checkpoint (`bn_images`); training uses batch statistics as usual.
 """
 
 from __future__ import annotations
@@ -14,14 +19,26 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from deploy.space import Gene, Genes, SearchSpace, SubnetConfig
 from deploy.supernets.base import BlockKey, Supernet
+from deploy.supernets.elastic_vit_blocks import (
+    HybridViT,
+    MBConv,
+    Merge,
+    PoolHead,
+    Stem,
+    TransformerBlock,
+    block_macs,
+    block_params,
+    make_block,
+    out_size,
+)
 
 FAMILY = "elastic_vit"
+BN_CACHE = 256  # configs whose recalibrated statistics are kept (evolution search revisits its population)
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class ElasticViTDims:
     vit_heads: tuple[tuple[int, ...], ...] = ((2, 3, 4), (2, 4, 6))
     head_dim: int = 16
     mlp_ratios: tuple[int, ...] = (2, 3, 4)
+    bn_images: int = 256  # training images kept in the checkpoint to recalibrate BatchNorm per subnet
 
     @property
     def widths(self) -> tuple[tuple[int, ...], ...]:
@@ -50,112 +68,6 @@ class ElasticViTDims:
     @property
     def n_conv(self) -> int:
         return len(self.conv_widths)
-
-
-def _out(size: int, stride: int) -> int:
-    return (size - 1) // stride + 1  # odd kernels padded by k // 2
-
-
-# --- dense blocks: what extraction produces and what the supernet holds at full size ----------------------
-class Stem(nn.Sequential):
-    def __init__(self, channels: int, width: int) -> None:
-        super().__init__(nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.Hardswish())
-
-
-class MBConv(nn.Module):
-    """Inverted residual: 1×1 expand, k×k depthwise (stride), 1×1 project; residual when shapes allow."""
-
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
-        self.dw = nn.Sequential(
-            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.Hardswish(),
-        )
-        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.dw(self.expand(x)))
-        return x + y if self.residual else y
-
-
-class Merge(nn.Module):
-    """Into a transformer stage: a 3×3 conv (the stage's stride) to the embed dim, as tokens plus positions."""
-
-    def __init__(self, cin: int, dim: int, stride: int, size: int, from_tokens: bool) -> None:
-        super().__init__()
-        self.size, self.from_tokens = size, from_tokens
-        self.proj = nn.Conv2d(cin, dim, 3, stride, 1)
-        self.pos_embed = nn.Parameter(torch.zeros(1, _out(size, stride) ** 2, dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.from_tokens:  # the previous transformer stage's tokens back to a feature map
-            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.size, self.size)
-        return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
-
-
-class Attention(nn.Module):
-    # Plain matmuls (no nn.MultiheadAttention fast path): exports the same way to ONNX, LiteRT and CoreML.
-    def __init__(self, dim: int, heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
-        self.proj = nn.Linear(heads * head_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-        out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
-        return self.proj(out)
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, head_dim: int, ffn: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, head_dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, ffn)
-        self.fc2 = nn.Linear(ffn, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
-
-
-class PoolHead(nn.Module):
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(x).mean(dim=1))
-
-
-class HybridViT(nn.Sequential):
-    """The extracted dense subnet: its children are exactly the blocks of `blocks(config)`, in order."""
-
-
-def _make(key: BlockKey) -> nn.Module:
-    s = dict(key.shape)
-    if key.kind == "stem":
-        return Stem(s["channels"], s["width"])
-    if key.kind == "mbconv":
-        return MBConv(s["cin"], s["cout"], s["expand"], s["kernel"], s["stride"])
-    if key.kind == "vit_merge":
-        return Merge(s["cin"], s["dim"], s["stride"], s["size"], bool(s["from_tokens"]))
-    if key.kind == "vit_block":
-        return TransformerBlock(s["dim"], s["heads"], s["head_dim"], s["ffn"])
-    if key.kind == "pool_head":
-        return PoolHead(s["dim"], s["classes"])
-    raise ValueError(f"{FAMILY} has no block kind '{key.kind}'")
 
 
 def _cut(name: str, src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -169,38 +81,6 @@ def _cut(name: str, src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return src[index]
 
 
-def _params(key: BlockKey) -> int:
-    s = dict(key.shape)
-    if key.kind == "stem":
-        return s["channels"] * 9 * s["width"] + 2 * s["width"]
-    if key.kind == "mbconv":
-        h = s["cin"] * s["expand"]
-        return s["cin"] * h + 2 * h + h * s["kernel"] ** 2 + 2 * h + h * s["cout"] + 2 * s["cout"]
-    if key.kind == "vit_merge":
-        tokens = _out(s["size"], s["stride"]) ** 2
-        return s["cin"] * 9 * s["dim"] + s["dim"] + tokens * s["dim"]
-    if key.kind == "vit_block":
-        d, i, f = s["dim"], s["heads"] * s["head_dim"], s["ffn"]
-        return 4 * d + d * 3 * i + 3 * i + i * d + d + d * f + f + f * d + d
-    return 2 * s["dim"] + s["dim"] * s["classes"] + s["classes"]
-
-
-def _macs(key: BlockKey) -> int:
-    """Multiply-accumulates of convolutions, linears and attention matmuls (norms and activations excluded)."""
-    s = dict(key.shape)
-    if key.kind == "stem":
-        return _out(s["image"], 2) ** 2 * s["channels"] * 9 * s["width"]
-    if key.kind == "mbconv":
-        h, out = s["cin"] * s["expand"], _out(s["size"], s["stride"]) ** 2
-        return s["size"] ** 2 * s["cin"] * h + out * (h * s["kernel"] ** 2 + h * s["cout"])
-    if key.kind == "vit_merge":
-        return _out(s["size"], s["stride"]) ** 2 * s["cin"] * 9 * s["dim"]
-    if key.kind == "vit_block":
-        n, d, i, f = s["tokens"], s["dim"], s["heads"] * s["head_dim"], s["ffn"]
-        return n * (d * 3 * i + i * d + 2 * d * f) + 2 * n * n * i
-    return s["dim"] * s["classes"]
-
-
 class ElasticViT(Supernet):
     family = FAMILY
 
@@ -212,14 +92,14 @@ class ElasticViT(Supernet):
         full = max(d.depths)
         self.stem = Stem(d.channels, d.stem[-1])
         # Full-size blocks; a block's first input width is the previous stage's largest width.
-        cin, size, self.convs = d.stem[-1], _out(d.image, 2), nn.ModuleList()
+        cin, size, self.convs = d.stem[-1], out_size(d.image, 2), nn.ModuleList()
         for widths, stride in zip(d.conv_widths, d.conv_strides, strict=True):
             blocks = [
                 MBConv(cin if j == 0 else widths[-1], widths[-1], d.expands[-1], d.kernels[-1], stride if j == 0 else 1)
                 for j in range(full)
             ]
             self.convs.append(nn.ModuleList(blocks))
-            cin, size = widths[-1], _out(size, stride)
+            cin, size = widths[-1], out_size(size, stride)
         self.merges, self.vits = nn.ModuleList(), nn.ModuleList()
         for v, (widths, stride, heads) in enumerate(zip(d.vit_widths, d.vit_strides, d.vit_heads, strict=True)):
             self.merges.append(Merge(cin, widths[-1], stride, size, v > 0))
@@ -227,9 +107,13 @@ class ElasticViT(Supernet):
             self.vits.append(
                 nn.ModuleList(TransformerBlock(widths[-1], heads[-1], d.head_dim, ffn) for _ in range(full))
             )
-            cin, size = widths[-1], _out(size, stride)
+            cin, size = widths[-1], out_size(size, stride)
         self.head = PoolHead(cin, d.classes)
+        # Random until training stores real ones (set_calibration_images); saved with the weights.
+        images = torch.randn(d.bn_images, d.channels, d.image, d.image, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("bn_images", images)
         self._templates: dict[BlockKey, nn.Module] = {}  # weightless (meta) dense blocks, one per shape
+        self._bn_stats: dict[str, list[dict[str, torch.Tensor]]] = {}  # config id -> per block BN buffers
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -284,6 +168,17 @@ class ElasticViT(Supernet):
             return tuple(g.options.index(v[name]) if name in v else 0 for g, name in zip(genes, names, strict=True))
 
         return SearchSpace(FAMILY, tuple(genes), decode, encode)
+
+    def space_size(self) -> int:
+        # Per stage: its widths × Σ over depths of (per-block choices)^depth; genes past a depth repeat configs.
+        d = self.dims
+        total = len(d.stem)
+        for s, widths in enumerate(d.widths):
+            per_block = (
+                len(d.expands) * len(d.kernels) if s < d.n_conv else len(d.vit_heads[s - d.n_conv]) * len(d.mlp_ratios)
+            )
+            total *= len(widths) * sum(per_block**n for n in d.depths)
+        return total
 
     def config(
         self,
@@ -343,19 +238,19 @@ class ElasticViT(Supernet):
         c, d = self._check(config), self.dims
         depth, width = c["depth"], c["width"]
         expand, kernel, heads, ffn = (iter(c[k]) for k in ("expand", "kernel", "heads", "ffn"))
-        cin, size = c["stem"], _out(d.image, 2)
+        cin, size = c["stem"], out_size(d.image, 2)
         plan = [(BlockKey.of("stem", channels=d.channels, image=d.image, width=cin), self.stem)]
         for s, stage in enumerate(self.convs):
             for j in range(depth[s]):
                 stride = d.conv_strides[s] if j == 0 else 1
                 shape = {"expand": next(expand), "kernel": next(kernel), "stride": stride, "size": size}
                 plan.append((BlockKey.of("mbconv", cin=cin, cout=width[s], **shape), stage[j]))
-                cin, size = width[s], _out(size, stride)
+                cin, size = width[s], out_size(size, stride)
         for v, (stage, stride) in enumerate(zip(self.vits, d.vit_strides, strict=True)):
             dim = width[d.n_conv + v]
             merge = BlockKey.of("vit_merge", cin=cin, dim=dim, stride=stride, size=size, from_tokens=int(v > 0))
             plan.append((merge, self.merges[v]))
-            cin, size = dim, _out(size, stride)
+            cin, size = dim, out_size(size, stride)
             for j in range(depth[d.n_conv + v]):
                 shape = {"heads": next(heads), "head_dim": d.head_dim, "ffn": next(ffn)}
                 plan.append((BlockKey.of("vit_block", tokens=size * size, dim=dim, **shape), stage[j]))
@@ -366,23 +261,80 @@ class ElasticViT(Supernet):
         full = src.state_dict(keep_vars=True)  # live parameters: gradients reach the supernet
         return {name: _cut(name, full[name], t.shape) for name, t in like.state_dict(keep_vars=True).items()}
 
+    def _template(self, key: BlockKey) -> nn.Module:
+        if key not in self._templates:
+            with torch.device("meta"):
+                self._templates[key] = make_block(key)
+        return self._templates[key]
+
     def forward(self, x: torch.Tensor, config: SubnetConfig | None = None) -> torch.Tensor:
         # Runs the very dense blocks that extract builds, on cut weights: forward and extract cannot drift.
-        for key, src in self._plan(config or self.largest()):
-            if key not in self._templates:
-                with torch.device("meta"):
-                    self._templates[key] = _make(key)
-            template = self._templates[key].train(self.training)
-            x = functional_call(template, self._sliced(src, template), (x,))
+        config = config or self.largest()
+        plan = self._plan(config)
+        stats = None if self.training else self._calibrated(config, plan)
+        for i, (key, src) in enumerate(plan):
+            template = self._template(key).train(self.training)
+            weights = self._sliced(src, template)
+            x = functional_call(template, weights if stats is None else {**weights, **stats[i]}, (x,))
         return x
 
     def extract(self, config: SubnetConfig) -> nn.Module:
+        plan = self._plan(config)
+        stats = self._calibrated(config, plan)
         blocks = []
-        for key, src in self._plan(config):
-            dense = _make(key)
-            dense.load_state_dict(self._sliced(src, dense))
+        for (key, src), block_stats in zip(plan, stats, strict=True):
+            dense = make_block(key)
+            dense.load_state_dict({**self._sliced(src, dense), **block_stats})
             blocks.append(dense)
         return HybridViT(*blocks).eval()
+
+    # --- per-subnet BatchNorm statistics ------------------------------------------------------
+    def set_calibration_images(self, x: torch.Tensor) -> None:
+        """Keep the first `bn_images` of `x` (training images) for recalibrating BatchNorm per subnet."""
+        n = self.bn_images.shape[0]
+        if x.shape[0] < n or tuple(x.shape[1:]) != tuple(self.bn_images.shape[1:]):
+            raise ValueError(f"need {n} images of shape {tuple(self.bn_images.shape[1:])}, got {tuple(x.shape)}")
+        with torch.no_grad():
+            self.bn_images.copy_(x[:n])
+        self._bn_stats.clear()
+
+    def train(self, mode: bool = True) -> ElasticViT:
+        if mode:  # weights are about to change: recalibrated statistics go stale
+            self._bn_stats.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._bn_stats.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _calibrated(
+        self, config: SubnetConfig, plan: list[tuple[BlockKey, nn.Module]]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Each block's BatchNorm buffers measured on `bn_images` through this subnet (cached per config)."""
+        if config.id in self._bn_stats:
+            return self._bn_stats[config.id]
+        stats = []
+        # Outside inference mode: the buffers are loaded into extracted modules that may be exported.
+        with torch.inference_mode(False), torch.no_grad():
+            x = self.bn_images.clone()
+            for key, src in plan:
+                template = self._template(key)
+                norms = {n: m for n, m in template.named_modules() if isinstance(m, nn.BatchNorm2d)}
+                fresh = {}
+                for n, m in norms.items():
+                    prefix = f"{n}." if n else ""
+                    fresh[f"{prefix}running_mean"] = torch.zeros(m.num_features)
+                    fresh[f"{prefix}running_var"] = torch.ones(m.num_features)
+                    fresh[f"{prefix}num_batches_tracked"] = torch.zeros((), dtype=torch.long)
+                    m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+                x = functional_call(template.train(), {**self._sliced(src, template), **fresh}, (x,))
+                for m in norms.values():
+                    m.momentum = 0.1
+                stats.append(fresh)
+        if len(self._bn_stats) >= BN_CACHE:
+            self._bn_stats.pop(next(iter(self._bn_stats)))
+        self._bn_stats[config.id] = stats
+        return stats
 
     # --- latency blocks -----------------------------------------------------------------------
     def blocks(self, config: SubnetConfig) -> list[BlockKey]:
@@ -416,7 +368,7 @@ class ElasticViT(Supernet):
         return cover
 
     def build_block(self, key: BlockKey) -> tuple[nn.Module, torch.Tensor]:
-        module, s = _make(key), dict(key.shape)
+        module, s = make_block(key), dict(key.shape)
         if key.kind == "stem":
             shape: tuple[int, ...] = (1, s["channels"], s["image"], s["image"])
         elif key.kind == "mbconv" or (key.kind == "vit_merge" and not s["from_tokens"]):
@@ -428,11 +380,11 @@ class ElasticViT(Supernet):
         return module.eval(), torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
     def param_count(self, config: SubnetConfig) -> int:
-        return sum(_params(key) for key in self.blocks(config))
+        return sum(block_params(key) for key in self.blocks(config))
 
     def flops(self, config: SubnetConfig) -> int:
         """Multiply-accumulates of the extracted subnet at batch 1 (what complexity-aware sampling weighs)."""
-        return sum(_macs(key) for key in self.blocks(config))
+        return sum(block_macs(key) for key in self.blocks(config))
 
 
 def mnist() -> ElasticViT:

@@ -89,6 +89,7 @@ def test_validate_reports_out_of_sample_errors_and_writes_back(target, tiny, tmp
     assert report.worst_pct_error >= report.median_abs_pct_error >= 0
     assert report.repeatability_pct >= 0 and abs(report.drift_pct) < 1000
     assert table.validation is not None and table.validation.n_samples == 4
+    assert table.validations == {tiny.family: table.validation}  # per family; tiny is the target's model
     for row in report.rows:  # the raw block sum is reported beside the calibrated prediction
         index = table.index()
         raw = sum(index[k].median_ms for k in tiny.blocks(SubnetConfig.from_json(row.config)))
@@ -114,3 +115,41 @@ def test_adding_a_model_to_a_target_measures_only_its_new_blocks(target, tiny):
     assert second.measured == len(new) and second.reused == len(tiny.all_blocks())
     table = LatencyTable.load(second.path)
     assert set(table.index()) == set(tiny.all_blocks()) | set(other.all_blocks())
+
+
+def test_calibration_subnets_are_per_model_so_each_family_gets_its_own_fit(target, tiny):
+    from deploy.latency.build import calibration_configs
+    from deploy.supernets import build
+
+    other = build("poa_vit_tiny")
+    configs = calibration_configs([tiny, other], 5)
+    by_family = {}
+    for net, config in configs:
+        by_family.setdefault(net.family, []).append(config)
+    assert {f: len(c) for f, c in by_family.items()} == {tiny.family: 5, other.family: 5}
+    assert len({c.id for _, c in configs}) == len(configs)
+    result = build_table(target, [tiny, other], progress=False)
+    assert set(result.calibration.families) == {tiny.family, other.family}
+
+
+def test_recalibrate_measures_the_calibration_window_again_and_keeps_every_block(target, tiny):
+    build_table(target, [tiny], progress=False)
+    before = LatencyTable.load(target.table_path)
+    result = build_table(target, [tiny], recalibrate=True, progress=False)
+    after = LatencyTable.load(target.table_path)
+    assert result.measured == 0 and set(after.index()) == set(before.index())
+    assert after.calibration is not None and after.calibration.n_subnets == before.calibration.n_subnets
+    assert [s.measured_ms for s in after.calibration.samples] != [s.measured_ms for s in before.calibration.samples]
+
+
+def test_validate_on_a_space_the_calibration_used_up_is_a_clear_error(target):
+    from deploy.errors import NothingToValidateError
+    from deploy.supernets import build
+
+    poa = build("poa_vit_tiny")  # 9 subnets
+    serving = target.model_copy(
+        update={"model": "poa_vit_tiny", "measurement": FAST.model_copy(update={"calibration_subnets": 9})}
+    )
+    build_table(serving, [poa], progress=False)
+    with pytest.raises(NothingToValidateError, match=r"lower measurement\.calibration_subnets"):
+        validate_table(serving, poa, samples=4, progress=False)

@@ -7,7 +7,7 @@ import pytest
 from deploy.errors import ConfigFileError, TableIncompleteError, TableNotFoundError
 from deploy.latency.build import fit_calibration
 from deploy.latency.predictor import LatencyPredictor
-from deploy.latency.table import CalibrationSample, Entry, LatencyTable, Protocol, Provenance
+from deploy.latency.table import CalibrationSample, Entry, LatencyTable, Protocol, Provenance, Validation
 from deploy.supernets.base import BlockKey
 
 
@@ -65,6 +65,16 @@ def test_predictor_reports_missing_entries_with_count_example_and_command(tiny):
         predictor.require(blocks)
 
 
+def test_estimated_table_missing_entries_says_to_extend_its_source_then_estimate_again(tiny):
+    blocks = tiny.all_blocks()
+    table = make_table(blocks[:-1])
+    table.provenance = table.provenance.model_copy(update={"method": "estimated", "estimate": {"source_target": "src"}})
+    with pytest.raises(
+        TableIncompleteError, match=r"ESTIMATED .*targets/src\.yaml.*TARGET=src.*estimate-tables TARGET=t1"
+    ):
+        LatencyPredictor(table).require(blocks)
+
+
 def test_predictor_sums_blocks_and_applies_calibration(tiny):
     table = make_table(tiny.all_blocks(), ms=0.1)
     config = tiny.largest()
@@ -79,6 +89,69 @@ def test_predictor_sums_blocks_and_applies_calibration(tiny):
     assert pred.block_sum_ms == pytest.approx(0.1 * len(blocks))
     assert pred.ms == pytest.approx(table.calibration.apply(pred.block_sum_ms, len(blocks)))
     assert pred.std_ms > 0
+
+
+def _samples(family: str, slope: float, per_block: float) -> list[CalibrationSample]:
+    return [
+        CalibrationSample(
+            subnet_id=f"{family}{n}",
+            config={"family": family},
+            block_sum_ms=0.1 * n + 0.01 * (n % 3),
+            n_blocks=n,
+            measured_ms=slope * (0.1 * n + 0.01 * (n % 3)) + per_block * n,
+        )
+        for n in range(3, 10)
+    ]
+
+
+def test_calibration_fits_each_family_on_its_own_when_a_table_serves_several():
+    a, b = _samples("fam_a", 1.0, 0.0), _samples("fam_b", 2.0, 0.02)
+    cal = fit_calibration(a + b)
+    assert set(cal.families) == {"fam_a", "fam_b"} and cal.n_subnets == len(a) + len(b)
+    assert cal.families["fam_b"].slope == pytest.approx(2.0, rel=1e-6)
+    assert cal.families["fam_b"].per_block_ms == pytest.approx(0.02, rel=1e-6)
+    assert cal.families["fam_a"].residual_pct < 1e-6 < cal.residual_pct  # one line over both fits worse
+    for s in a + b:  # each family's own fit predicts its subnets exactly
+        family = s.config["family"]
+        assert cal.apply(s.block_sum_ms, s.n_blocks, family) == pytest.approx(s.measured_ms, rel=1e-6)
+    union = cal.slope * 1.0 + cal.per_block_ms * 5
+    assert cal.apply(1.0, 5, "unknown_family") == pytest.approx(union)  # no own fit: the union one
+    assert fit_calibration(a).families == {}  # one family: the union fit is its fit
+
+
+def test_calibration_captures_whole_subnets_growing_slower_than_their_blocks():
+    # Measured here: whole / Σ blocks rose from ~0.95 (smallest) to ~1.4 (largest); a Σ² term fits it.
+    samples = [
+        CalibrationSample(subnet_id=str(i), config={}, block_sum_ms=x, n_blocks=4, measured_ms=0.9 * x + 0.4 * x * x)
+        for i, x in enumerate((0.1, 0.3, 0.5, 0.8, 1.2, 1.7))
+    ]
+    cal = fit_calibration(samples)
+    assert cal.slope == pytest.approx(0.9, rel=1e-6) and cal.quad_per_ms == pytest.approx(0.4, rel=1e-6)
+    assert cal.residual_pct < 1e-6 and cal.per_block_ms >= 0
+
+
+def test_calibration_never_keeps_a_negative_term():
+    samples = [  # more blocks, *faster*: a per-block term would come out negative and is left out
+        CalibrationSample(subnet_id=str(n), config={}, block_sum_ms=0.1 * n, n_blocks=n, measured_ms=0.1 * n - 0.01 * n)
+        for n in range(2, 9)
+    ]
+    cal = fit_calibration(samples)
+    assert min(cal.slope, cal.per_block_ms, cal.quad_per_ms) >= 0
+    assert cal.apply(0.5, 5) == pytest.approx(0.45, rel=1e-3)
+
+
+def test_predictor_uses_the_familys_own_validation_error_when_the_table_has_it(tiny):
+    table = make_table(tiny.all_blocks())
+    table.calibration = fit_calibration(_samples("fam_a", 1.0, 0.0) + _samples("fam_b", 2.0, 0.02))
+    base = dict(date="d", n_samples=5, seed=0, within_5pct=1, within_10pct=1, p90_abs_pct_error=1, worst_pct_error=1)
+    more = dict(same_window_median_abs_pct_error=1, repeatability_pct=1, host="h")
+    table.validation = Validation(median_abs_pct_error=3.0, **base, **more)
+    table.validations = {"fam_b": Validation(median_abs_pct_error=8.0, **base, **more)}
+    predictor = LatencyPredictor(table)
+    assert predictor.relative_error("fam_b") == pytest.approx(0.08)
+    assert predictor.relative_error("fam_a") == pytest.approx(0.03)  # not validated alone: the headline figure
+    blocks = tiny.blocks(tiny.largest())
+    assert predictor.predict(blocks, "fam_b").ms == pytest.approx(2.0 * 0.1 * len(blocks) + 0.02 * len(blocks))
 
 
 def test_block_key_is_typed_and_ordered():

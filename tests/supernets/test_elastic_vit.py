@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from deploy.space import SubnetConfig
-from deploy.supernets.elastic_vit import Attention, ElasticViT, mnist, tiny
+from deploy.supernets.elastic_vit import ElasticViT, mnist, tiny
+from deploy.supernets.elastic_vit_blocks import Attention
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +29,6 @@ def _configs(net: ElasticViT, name: str) -> list:
 
 
 CASES = [("tiny", i) for i in range(7)] + [("mnist", i) for i in range(2)]
-
-
-def _distinct_configs(net: ElasticViT) -> int:
-    d = net.dims
-    conv = len(d.expands) * len(d.kernels)
-    total = len(d.stem)
-    for s, widths in enumerate(d.widths):
-        per_block = conv if s < d.n_conv else len(d.vit_heads[s - d.n_conv]) * len(d.mlp_ratios)
-        total *= len(widths) * sum(per_block**n for n in d.depths)
-    return total
 
 
 def _hook_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -61,10 +53,13 @@ def _hook_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def test_space_size_exceeds_50000_when_mnist(nets):
-    net = nets["mnist"]
-    assert net.space().size() > 50_000
-    assert _distinct_configs(net) > 50_000  # distinct configs, not only gene vectors
-    assert _distinct_configs(nets["tiny"]) > 1_000
+    assert nets["mnist"].space_size() > 50_000  # distinct configs, not only gene vectors
+
+
+def test_space_size_counts_each_distinct_config_once(nets):
+    space = nets["tiny"].space()  # 8,192 gene vectors: enumerate them all
+    distinct = {space.decode(g).id for g in itertools.product(*(range(len(x.options)) for x in space.genes))}
+    assert nets["tiny"].space_size() == len(distinct) < space.raw_size()
 
 
 def test_encode_decode_round_trips_configs(nets):
@@ -173,3 +168,47 @@ def test_config_rejects_unknown_ffn_width_and_foreign_family(nets):
         net.config([1, 1], [32], width=[8, 12])  # 32 = 2 × 16 is known, but this stage is 12 wide: 12 or 24
     with pytest.raises(ValueError, match="family"):
         net.extract(SubnetConfig.make("matformer_vit", {"layers": (0,), "ffn": (128,)}))
+
+
+def test_eval_uses_batchnorm_statistics_recalibrated_for_each_subnet():
+    torch.manual_seed(0)
+    net = tiny().eval()
+    images = torch.randn(net.dims.bn_images + 3, 1, 28, 28)
+    net.set_calibration_images(images)
+    for config in (net.smallest(), net.largest()):
+        dense = net.extract(config)
+        conv, bn = dense[0][0], dense[0][1]  # the stem's conv and BatchNorm
+        with torch.no_grad():
+            act = conv(images[: net.dims.bn_images])
+        assert torch.allclose(bn.running_mean, act.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert torch.allclose(bn.running_var, act.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
+    # The stem's statistics differ between the two subnets only in how many channels they keep; a later
+    # block's differ because its input differs.
+    small, large = net.extract(net.smallest()), net.extract(net.largest())
+    assert not torch.allclose(
+        small[1].project[1].running_mean, large[1].project[1].running_mean[: len(small[1].project[1].running_mean)]
+    )
+
+
+def test_recalibrated_statistics_are_recomputed_after_training_changes_weights():
+    torch.manual_seed(0)
+    net = tiny().eval()
+    x = torch.randn(4, 1, 28, 28)
+    config = net.smallest()
+    with torch.inference_mode():
+        before = net(x, config)
+    net.train()  # weights may change from here: cached statistics are dropped
+    with torch.no_grad():
+        net.stem[0].weight.mul_(2.0)
+    net.eval()
+    with torch.inference_mode():
+        after = net(x, config)
+        assert torch.allclose(after, net.extract(config)(x), atol=1e-5)
+    # A stem conv scaled by 2 is undone by recalibrated BatchNorm: the output hardly moves.
+    assert torch.allclose(before, after, atol=1e-3)
+
+
+def test_calibration_images_of_the_wrong_shape_are_rejected():
+    net = tiny()
+    with pytest.raises(ValueError, match="need 256 images"):
+        net.set_calibration_images(torch.randn(10, 1, 28, 28))
