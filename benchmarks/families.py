@@ -63,7 +63,7 @@ def family_rows(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
             {
                 "variant": variant,
                 "family": net.family,
-                "space_size": net.space_size(),
+                "space_size": net.space().size(),
                 "evaluated": len(points),
                 "accuracy_min": min(p[1] for p in points),
                 "accuracy_max": max(p[1] for p in points),

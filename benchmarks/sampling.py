@@ -7,6 +7,7 @@ option) and the largest subnet on the val and test splits. Also reports where ea
 in the FLOPs range and how far apart adjacent steps' subnets are, from the samplers alone.
 
     .venv/bin/python benchmarks/sampling.py                  # 6 epochs per run, seed 0: ~10 min here
+    .venv/bin/python benchmarks/sampling.py --seeds 1 2      # adds seeds to the results of earlier ones
     .venv/bin/python benchmarks/sampling.py --epochs 15 --seeds 0 1   # the shipped length, two seeds
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import logging
 import platform
 import statistics
@@ -79,6 +81,16 @@ def run_one(sampler: str, seed: int, epochs: int) -> dict[str, Any]:
     return row
 
 
+def earlier_runs(path: Path, epochs: int, seeds: list[int]) -> list[dict[str, Any]]:
+    """Runs of other seeds at the same length from an earlier invocation: seeds add up across runs."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("model") != MODEL or earlier.get("epochs") != epochs:
+        return []
+    return [r for r in earlier["runs"] if r["seed"] not in seeds]
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     runs, seeds = result["runs"], result["seeds"]
     lines = [
@@ -100,17 +112,22 @@ def to_markdown(result: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Mean over seeds, complexity-aware minus uniform (pp):",
+        "Complexity-aware minus uniform (pp), mean over seeds (each seed in brackets):",
         "",
         "| subnet | val | test |",
         "|---|---|---|",
     ]
     for size in SIZES:
-        deltas = {}
+        cells = []
         for split in ("val", "test"):
-            by = {s: [r[size][split] for r in runs if r["sampler"] == s] for s in SAMPLERS}
-            deltas[split] = (statistics.mean(by["complexity"]) - statistics.mean(by["uniform"])) * 100
-        lines.append(f"| {size} | {deltas['val']:+.2f} | {deltas['test']:+.2f} |")
+            acc = {(r["sampler"], r["seed"]): r[size][split] for r in runs}
+            per_seed = [
+                (acc[("complexity", s)] - acc[("uniform", s)]) * 100
+                for s in seeds
+                if ("complexity", s) in acc and ("uniform", s) in acc
+            ]
+            cells.append(f"{statistics.mean(per_seed):+.2f} ({', '.join(f'{d:+.2f}' for d in per_seed)})")
+        lines.append(f"| {size} | {cells[0]} | {cells[1]} |")
     lines += [
         "",
         f"Where the samplers put their subnets ({SCHEDULE_STEPS} draws each, FLOPs position on a log scale "
@@ -137,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runs = [run_one(sampler, seed, args.epochs) for seed in args.seeds for sampler in SAMPLERS]
+    runs = earlier_runs(args.out / "sampling.json", args.epochs, args.seeds) + runs
     result = {
         "model": MODEL,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": f"{platform.node()} ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "epochs": args.epochs,
-        "seeds": args.seeds,
+        "seeds": sorted({r["seed"] for r in runs}),
         "schedule": {name: schedule_stats(name, 0) for name in SAMPLERS},
         "runs": runs,
     }

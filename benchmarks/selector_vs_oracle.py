@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "oracle": "exhaustive" if exhaustive else f"best of {args.oracle_samples} seeded random configs",
         "pieces": pieces,
         "note": note,
-        "space_size": build(args.model).space_size(),  # distinct configs (gene vectors may repeat some)
+        "space_size": build(args.model).space().size(),  # distinct configs (gene vectors may repeat some)
         "evolution": {k: v for k, v in evolution.__dict__.items() if k != "seed"},
         "seeds": seeds,
         "budgets_ms": budgets,

@@ -338,7 +338,7 @@ def families() -> None:
             acc = f"{min(val.values()):.2%} – {max(val.values()):.2%}" if val else "not recorded"
         else:
             acc = f"none (make train MODEL={name})"
-        size = net.space_size()
+        size = net.space().size()
         table.add_row(name, net.family, f"{size:,}" if size < 10**7 else f"{size:.2e}", acc)
     console.print(table)
 

@@ -88,12 +88,16 @@ class SearchSpace:
     decode: Callable[[Genes], SubnetConfig] = field(compare=False)
     encode: Callable[[SubnetConfig], Genes] = field(compare=False)
     is_valid: Callable[[Genes], bool] = field(compare=False, default=lambda g: True)
+    # Distinct configs, for spaces whose gene vectors repeat configs (genes past a depth are ignored).
+    distinct: Callable[[], int] | None = field(compare=False, default=None)
 
     def raw_size(self) -> int:
         return int(np.prod([len(g.options) for g in self.genes], dtype=object))
 
     def size(self) -> int:
         """Number of valid configs (exact up to ENUMERATION_LIMIT raw combinations, else an upper bound)."""
+        if self.distinct is not None:
+            return self.distinct()
         if self.raw_size() > ENUMERATION_LIMIT:
             return self.raw_size()
         return sum(1 for _ in self._valid_genes())

@@ -126,7 +126,7 @@ def validate_table(
     if len(configs) < 2:
         raise NothingToValidateError(
             f"{supernet.variant} has {len(configs)} subnet(s) the calibration of {target.name} did not use "
-            f"({supernet.space_size()} in its space); lower measurement.calibration_subnets in "
+            f"({supernet.space().size()} in its space); lower measurement.calibration_subnets in "
             f"targets/{target.name}.yaml and rebuild, or validate on a larger variant"
         )
     keys = sorted({k for c in configs for k in supernet.blocks(c)})

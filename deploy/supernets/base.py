@@ -79,10 +79,6 @@ class Supernet(nn.Module, ABC):
     def param_count(self, config: SubnetConfig) -> int:
         """Analytic parameter count of the extracted subnet."""
 
-    def space_size(self) -> int:
-        """Distinct subnets in the space (families whose gene vectors repeat configs count them once)."""
-        return self.space().size()
-
     def set_calibration_images(self, x: torch.Tensor) -> None:
         """Training images for families whose subnets need their own statistics (BatchNorm); others ignore them."""
 

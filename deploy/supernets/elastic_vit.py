@@ -167,9 +167,9 @@ class ElasticViT(Supernet):
                         v[f"s{s}.b{j}.heads"], v[f"s{s}.b{j}.mlp"] = heads, ffn // w
             return tuple(g.options.index(v[name]) if name in v else 0 for g, name in zip(genes, names, strict=True))
 
-        return SearchSpace(FAMILY, tuple(genes), decode, encode)
+        return SearchSpace(FAMILY, tuple(genes), decode, encode, distinct=self._distinct_configs)
 
-    def space_size(self) -> int:
+    def _distinct_configs(self) -> int:
         # Per stage: its widths × Σ over depths of (per-block choices)^depth; genes past a depth repeat configs.
         d = self.dims
         total = len(d.stem)

@@ -53,13 +53,13 @@ def _hook_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def test_space_size_exceeds_50000_when_mnist(nets):
-    assert nets["mnist"].space_size() > 50_000  # distinct configs, not only gene vectors
+    assert nets["mnist"].space().size() > 50_000  # distinct configs, not only gene vectors
 
 
 def test_space_size_counts_each_distinct_config_once(nets):
     space = nets["tiny"].space()  # 8,192 gene vectors: enumerate them all
     distinct = {space.decode(g).id for g in itertools.product(*(range(len(x.options)) for x in space.genes))}
-    assert nets["tiny"].space_size() == len(distinct) < space.raw_size()
+    assert nets["tiny"].space().size() == len(distinct) < space.raw_size()
 
 
 def test_encode_decode_round_trips_configs(nets):
