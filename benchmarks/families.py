@@ -82,6 +82,8 @@ def plot(target: Any, row: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from deploy.report import save_figure
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ax.scatter(
         [p[0] for p in row["points"]],
@@ -98,13 +100,7 @@ def plot(target: Any, row: dict[str, Any], path: Path) -> None:
     ax.set_xlabel(f"predicted latency on {target.name} (ms, measured table{err})")
     ax.set_ylabel("val accuracy (%, real evaluation)")
     ax.set_title(f"{row['variant']}: accuracy vs predicted latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, ax, path)
 
 
 def markdown(target: Any, rows: list[dict[str, Any]]) -> str:

@@ -170,6 +170,11 @@ def plot_pareto(selection: Selection, target: Target, path: Path, method: str = 
     ax.set_xlabel(f"predicted latency (ms, {origin}, {target.precision})")
     ax.set_ylabel("val accuracy (%)")
     ax.set_title(f"{target.name}: accuracy vs predicted latency")
+    save_figure(fig, ax, path)
+
+
+def save_figure(fig: Any, ax: Any, path: Path) -> None:
+    """Grid, legend, tight layout, then write the PNG atomically and free the figure."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

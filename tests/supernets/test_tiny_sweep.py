@@ -16,11 +16,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deploy.hub import get_or_export
-from deploy.latency.build import build_table
 from deploy.latency.table import LatencyTable
 from deploy.latency.validate import validate_table
 from deploy.supernets import VARIANTS, build
-from deploy.targets import MeasurementSpec, load_target
+from deploy.targets import load_target
 
 TINY = sorted(name for name in VARIANTS.names() if name.endswith("_tiny"))
 
@@ -79,23 +78,21 @@ def test_blocks_account_for_all_compute_params_and_ops_of_the_extracted_subnet(n
         assert ops == block_ops, f"{config}: only in the subnet {ops - block_ops}, only in blocks {block_ops - ops}"
 
 
-def test_prediction_is_within_the_validated_error_of_the_host_ort_table(net, shipped):
-    # The tiny variant gets its own table on the host ORT target's backend and threads (short protocol),
-    # then random subnets the calibration did not see are measured end to end: the median error of the
-    # prediction must stay within the p90 error that `tables validate` recorded for this family on the
-    # shipped table.
-    host = load_target("host-cpu-ort")
+def test_prediction_is_within_the_validated_error_of_the_host_ort_table(net, ship_files):
+    # The family's shipped variant on the shipped host ORT table (1 thread: 0.05-0.4% repeatability
+    # here, 2 threads 0.5-2.7%): random subnets the calibration did not see, measured end to end beside
+    # their blocks, must be predicted within the p90 error `tables validate` recorded for the family.
+    # Not the tiny variant's own table: at ~0.05 ms a whole subnet runs up to 44% faster than its
+    # separately timed blocks (per-call overhead), a regime the shipped models never see.
+    ship_files("targets/host-cpu-ort-1t.yaml", "latency_tables/host-cpu-ort-1t.json")
+    host = load_target("host-cpu-ort-1t")
+    variant = next(m for m in host.served_models if build(m).family == net.family)
     shipped_figures = LatencyTable.load(host.table_path).validation_for(net.family)
-    assert shipped_figures is not None, f"validate host-cpu-ort on {net.family}: make validate-tables"
-    spec = MeasurementSpec(
-        warmup_runs=5, min_runs=10, min_time_s=0.005, rounds=6, cv_max=10.0, max_retries=0, calibration_subnets=4
-    )
-    target = host.model_copy(update={"name": "tiny-host", "model": net.variant, "models": None, "measurement": spec})
-    build_table(target, [net], progress=False)
-    report = validate_table(target, net, samples=6, write_back=False, progress=False)
-    # Same-window error: blocks re-measured beside the subnets. The stored table is seconds old, but this
-    # VM's speed moves by tens of percent between two runs (once -27% stored against -1.5% same-window).
-    # Floor 10%: tiny subnets (~0.05 ms, 4 calibration subnets, short protocol) are noisier than the
-    # validated ones (once 5.3% against a 4.9% p90); a block missing from blocks() is off by far more.
+    assert shipped_figures is not None, f"validate host-cpu-ort-1t on {variant}: make validate-tables"
+    spec = host.measurement.model_copy(update={"min_runs": 10, "rounds": 6, "max_retries": 0, "cv_max": 10.0})
+    target = host.model_copy(update={"model": variant, "measurement": spec})
+    report = validate_table(target, build(variant), samples=3, write_back=False, progress=False)
+    # Same-window error: blocks re-measured beside the subnets, so the machine's drift since the table was
+    # measured is out; floor 10% for a 3-subnet sample on a shared VM.
     bound = max(shipped_figures.p90_abs_pct_error, 3 * report.repeatability_pct, 10.0)
     assert report.same_window_median_abs_pct_error <= bound, report.rows
