@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,14 +48,16 @@ class Supernet(nn.Module, ABC):
         super().__init__()
         self.variant = variant
 
+    dims: Any  # the family's frozen dimensions dataclass (with `channels` and `image` for image models)
+
     @property
-    @abstractmethod
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input batch of size 1 (what deployed artifacts take)."""
+        return (1, self.dims.channels, self.dims.image, self.dims.image)
 
-    @abstractmethod
     def hparams(self) -> dict[str, Any]:
         """The variant's dimensions; stored beside a checkpoint and checked when it is loaded."""
+        return asdict(self.dims)
 
     @abstractmethod
     def space(self) -> SearchSpace: ...

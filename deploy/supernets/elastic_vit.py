@@ -15,7 +15,7 @@ checkpoint (`bn_images`); training uses batch statistics as usual.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -114,13 +114,6 @@ class ElasticViT(Supernet):
         self.register_buffer("bn_images", images)
         self._templates: dict[BlockKey, nn.Module] = {}  # weightless (meta) dense blocks, one per shape
         self._bn_stats: dict[str, list[dict[str, torch.Tensor]]] = {}  # config id -> per block BN buffers
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, self.dims.channels, self.dims.image, self.dims.image)
-
-    def hparams(self) -> dict[str, Any]:
-        return asdict(self.dims)
 
     # --- search space -------------------------------------------------------------------------
     def space(self) -> SearchSpace:

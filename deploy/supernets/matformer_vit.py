@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -145,13 +144,6 @@ class MatFormerViT(Supernet):
         self.embed = PatchEmbed(dims.channels, dims.image, dims.patch, dims.dim)
         self.layers = nn.ModuleList(Block(dims.dim, dims.heads, dims.ffn_max) for _ in range(dims.depth))
         self.head = Head(dims.dim, dims.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, self.dims.channels, self.dims.image, self.dims.image)
-
-    def hparams(self) -> dict[str, Any]:
-        return asdict(self.dims)
 
     # --- search space -------------------------------------------------------------------------
     def space(self) -> SearchSpace:

@@ -15,8 +15,7 @@ entry serves both families wherever the shapes agree (e.g. vit_block(tokens=50, 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,13 +123,6 @@ class PoaViT(Supernet):
             Block(dims.dim, dims.heads[-1], dims.mlp_ratio * dims.dim) for _ in range(dims.depth)
         )
         self.head = Head(dims.dim, dims.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, self.dims.channels, self.dims.image, self.dims.image)
-
-    def hparams(self) -> dict[str, Any]:
-        return asdict(self.dims)
 
     # --- search space -------------------------------------------------------------------------
     def space(self) -> SearchSpace:
