@@ -32,6 +32,7 @@ from deploy.data import load_splits
 from deploy.io import atomic_write_json, atomic_write_text
 from deploy.recipes import RECIPES
 from deploy.sampling import SAMPLERS, make_sampler
+from deploy.supernets import build
 from deploy.train import fit, initial_supernet, middle_config
 
 log = logging.getLogger("benchmarks.sampling")
@@ -44,7 +45,7 @@ SCHEDULE_STEPS = 600  # sampler-only statistics: no training involved
 
 def schedule_stats(name: str, seed: int) -> dict[str, float]:
     """Where a sampler's subnets lie in the FLOPs range, and the FLOPs ratio between adjacent steps."""
-    net = initial_supernet(MODEL, RECIPES[MODEL], load_splits(0))
+    net = build(MODEL)  # FLOPs need no weights or data
     sample = make_sampler(name, net, np.random.default_rng(seed))
     low, high = net.flops(net.smallest()), net.flops(net.largest())
     flops = np.array([net.flops(sample()) for _ in range(SCHEDULE_STEPS)], dtype=float)
