@@ -44,7 +44,7 @@ validate-tables: $(VENV)/.installed-$(EXTRAS)
 	  $(MODEL_FLAG) --json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION)).validation.json
 
 train: $(VENV)/.installed-data
-	$(PY) -m deploy train $(MODEL_FLAG)
+	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH))
 
 test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks

@@ -54,6 +54,13 @@ def sha256_tree(path: Path) -> str:
     return digest.hexdigest()
 
 
+def train_command(variant: str) -> str:
+    """The command that makes the variant's checkpoint (a tuned descendant is made from its learngene)."""
+    if variant.endswith("_tuned"):
+        return f"make train MODEL={variant.removesuffix('_tuned')} DEPTH=<depth>"
+    return f"make train MODEL={variant}"
+
+
 def default_path(variant: str) -> Path:
     return paths.checkpoints_dir() / f"{variant}{SUFFIX}"
 
@@ -101,7 +108,7 @@ def save(supernet: Supernet, stem: Path, meta: Mapping[str, Any]) -> Path:
 
 def _read_config(weights: Path, variant: str) -> dict[str, Any]:
     cfg_path = config_path(weights)
-    retrain = f"retrain with `make train MODEL={variant}`"
+    retrain = f"retrain with `{train_command(variant)}`"
     try:
         config = json.loads(cfg_path.read_text())
     except FileNotFoundError:
@@ -114,7 +121,7 @@ def _read_config(weights: Path, variant: str) -> dict[str, Any]:
 
 
 def _check_config(config: dict[str, Any], net: Supernet, cfg_path: Path) -> None:
-    retrain = f"retrain with `make train MODEL={net.variant}` or pass the matching variant"
+    retrain = f"retrain with `{train_command(net.variant)}` or pass the matching variant"
     for key, want in (("family", net.family), ("variant", net.variant)):
         if config.get(key) != want:
             raise CheckpointError(f"{cfg_path}: {key} is {config.get(key)!r}, expected {want!r}; {retrain}")
@@ -134,7 +141,7 @@ def _read_tensors(weights: Path, variant: str) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{weights}: not a readable safetensors file ({str(exc).splitlines()[0]}); loading accepts "
-            f"safetensors only: re-save it with safetensors.torch.save_file or `make train MODEL={variant}`"
+            f"safetensors only: re-save it with safetensors.torch.save_file or `{train_command(variant)}`"
         ) from None
 
 
@@ -145,10 +152,10 @@ def load(variant: str, path: Path | None = None) -> tuple[Supernet, CheckpointIn
     if weights.suffix != SUFFIX:
         raise CheckpointError(
             f"{weights}: checkpoints are loaded from {SUFFIX} files only (never pickles); "
-            f"pass <stem>{SUFFIX} or run `make train MODEL={variant}`"
+            f"pass <stem>{SUFFIX} or run `{train_command(variant)}`"
         )
     if not weights.is_file():
-        raise CheckpointError(f"{weights}: checkpoint not found; run `make train MODEL={variant}`")
+        raise CheckpointError(f"{weights}: checkpoint not found; run `{train_command(variant)}`")
     config = _read_config(weights, variant)
     _check_config(config, net, config_path(weights))
     tensors = _read_tensors(weights, variant)
@@ -156,7 +163,7 @@ def load(variant: str, path: Path | None = None) -> tuple[Supernet, CheckpointIn
     expected = net.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    fix = f"retrain with `make train MODEL={variant}`"
+    fix = f"retrain with `{train_command(variant)}`"
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise CheckpointError(f"{weights}: missing tensors {', '.join(missing[:3])}{more}; {fix}")

@@ -288,11 +288,14 @@ def select_cmd(
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="model variant to train")] = "matformer_vit_mnist",
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    depth: Annotated[
+        int | None, typer.Option(help="learngene models: fine-tune the descendant of this depth as <model>_tuned")
+    ] = None,
 ) -> None:
     """Train a model variant here (CPU) and write its checkpoint under checkpoints/."""
     from deploy.train import train as run_train
 
-    result = run_train(model, seed=seed)
+    result = run_train(model, seed=seed, depth=depth)
     _say(f"[bold green]trained[/] {result}")
 
 
@@ -323,21 +326,25 @@ def targets() -> None:
 @app.command()
 def families() -> None:
     """List the registered families and variants: search-space size and the shipped checkpoint's accuracy."""
-    from deploy.checkpoint import default_path
+    from deploy.accuracy import accuracy_cache_path
+    from deploy.checkpoint import default_path, train_command
     from deploy.io import read_json
     from deploy.supernets import VARIANTS, build
 
     table = Table(title="model variants")
-    for col in ("variant", "family", "space size", "shipped checkpoint: val accuracy range"):
+    for col in ("variant", "family", "space size", "shipped checkpoint: val accuracy range (evaluated subnets)"):
         table.add_column(col)
     for name in VARIANTS.names():
         net = build(name)
         meta_path = default_path(name).with_suffix(".json")
-        if meta_path.exists():
+        cache = accuracy_cache_path(default_path(name))
+        if meta_path.exists():  # every evaluated subnet (the cache), else the named ones of the meta
             val = read_json(meta_path).get("meta", {}).get("accuracy", {}).get("val", {})
+            if cache.exists():
+                val = {e["id"]: e["accuracy"] for e in read_json(cache).get("entries", [])} or val
             acc = f"{min(val.values()):.2%} – {max(val.values()):.2%}" if val else "not recorded"
         else:
-            acc = f"none (make train MODEL={name})"
+            acc = f"none ({train_command(name)})"
         size = net.space().size()
         table.add_row(name, net.family, f"{size:,}" if size < 10**7 else f"{size:.2e}", acc)
     console.print(table)

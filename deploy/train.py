@@ -1,17 +1,19 @@
-"""MatFormer training of a supernet on the MNIST split, then its checkpoint and accuracy cache.
+"""Training of a variant on the MNIST split, then its checkpoint and accuracy cache.
 
-Every step trains nested subnets jointly (MatFormer's sandwich): the full model on the labels, and the
-smallest subnet plus random Mix'n'Match subnets (with skipped layers) on the labels and on the full
-model's detached logits (KL distillation). The learning-rate schedule is warmup + cosine over
-`max(step fraction, time fraction)`, so a run that hits its wall-clock budget still anneals to zero.
+The recipe's procedure (PROCEDURES) says how: "supernet" trains nested subnets jointly (MatFormer's
+sandwich; POA's EMA teacher; ElasticViT's sampling): the full model on the labels, and the smallest
+subnet plus random subnets on the labels and on the full model's detached logits (KL distillation).
+SN-Net stitches (deploy/train_stitch.py) and TLEG learngenes (deploy/train_learngene.py) have their
+own. Every loop shares deploy/train_loop.py: warmup + cosine over `max(step fraction, time fraction)`,
+so a run that hits its wall-clock budget still anneals to zero.
 
     python -m deploy.train --model matformer_vit_mnist
+    python -m deploy.train --model learngene_mnist --depth 4   # fine-tune one descendant
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -19,7 +21,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +39,16 @@ from deploy.accuracy import (
     accuracy_cache_path,
     build_accuracy_model,
     evaluate,
-    progress_bar,
     uniform_configs,
 )
-from deploy.data import MNIST_MEAN, MNIST_STD, Splits, load_splits
+from deploy.data import Splits, load_splits
+from deploy.errors import UnknownNameError
 from deploy.recipes import DEFAULT_RECIPE, RECIPES, Recipe
+from deploy.registry import Registry
 from deploy.sampling import make_sampler
 from deploy.space import SubnetConfig
-from deploy.supernets import Supernet, build
+from deploy.supernets import VARIANTS, Supernet
+from deploy.train_loop import Loop, init_sincos_positions, run_steps, subnet_loss, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -102,57 +106,20 @@ def named_configs(supernet: Supernet) -> dict[str, SubnetConfig]:
     return named
 
 
-def shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels, filling with the background value."""
-    if max_shift <= 0:
-        return x
-    s = max_shift
-    background = (0.0 - MNIST_MEAN) / MNIST_STD
-    padded = F.pad(x, (s, s, s, s), value=background)
-    dx, dy = torch.randint(0, 2 * s + 1, (2, x.shape[0]), generator=gen).tolist()
-    h, w = x.shape[-2:]
-    return torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(zip(dy, dx, strict=True))])
+def tuned_variant(model: str, depth: int | None) -> tuple[str, dict[str, int]]:
+    """`make train MODEL=m DEPTH=L`: the variant that fine-tunes m's depth-L descendant, and its factory kwargs."""
+    if depth is None:
+        return model, {}
+    tuned = f"{model}_tuned"
+    if tuned not in VARIANTS:
+        have = ", ".join(v.removesuffix("_tuned") for v in VARIANTS.names() if v.endswith("_tuned"))
+        raise UnknownNameError(f"DEPTH fine-tunes one descendant of a learngene model; {model} has none (try: {have})")
+    return tuned, {"depth": depth}
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` torch CPU threads, then restore the caller's setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def init_sincos_positions(net: Supernet, scale: float) -> None:
-    """Start the position embedding at a 2-D sin-cos grid (MAE-style) instead of near zero.
-
-    A ViT whose positions start at std 0.02 first sees a bag of patches and spends most of a short run
-    discovering where they are; with the grid given, a 300-step run gains ~6 pp on MNIST val.
-    """
-    embed = getattr(net, "embed", None)
-    pos = getattr(embed, "pos_embed", None)
-    if scale <= 0 or not isinstance(pos, torch.nn.Parameter) or pos.shape[-1] % 4:
-        return
-    dim, side = pos.shape[-1], math.isqrt(pos.shape[1] - 1)
-    if side * side != pos.shape[1] - 1:
-        return
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
-
-    def axis(p: torch.Tensor) -> torch.Tensor:
-        angles = p.reshape(-1, 1).float() * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    with torch.no_grad():
-        pos[0, 1:] = torch.cat([axis(rows), axis(cols)], dim=1) * scale
-        pos[0, 0] = 0.0  # the class token's slot
-
-
-def initial_supernet(variant: str, recipe: Recipe, splits: Splits) -> Supernet:
+def initial_supernet(variant: str, recipe: Recipe, splits: Splits, factory_kwargs: dict | None = None) -> Supernet:
     """The untrained supernet as training starts it (call after seeding torch)."""
-    net = build(variant)
+    net = VARIANTS.load(variant)(**(factory_kwargs or {}))
     init_sincos_positions(net, recipe.pos_init_scale)
     net.set_calibration_images(splits.train.x)  # BatchNorm families recalibrate each subnet on these
     return net
@@ -165,20 +132,8 @@ def fit(net: Supernet, splits: Splits, recipe: Recipe, *, seed: int = 0, max_min
     """
     steps = recipe.epochs * math.ceil(len(splits.train) / recipe.batch_size)
     with torch_threads(THREADS):
-        return _fit(net, splits, recipe, steps, max_minutes * 60.0, seed, progress=False).steps
-
-
-def lr_factor(progress: float, warmup: float) -> float:
-    if progress < warmup:
-        return max(progress / warmup, 1e-3)
-    p = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def _subnet_loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, r: Recipe) -> torch.Tensor:
-    t = r.kd_temperature
-    kd = F.kl_div(F.log_softmax(logits / t, dim=1), F.softmax(teacher / t, dim=1), reduction="batchmean")
-    return (1.0 - r.kd_weight) * F.cross_entropy(logits, y) + r.kd_weight * t * t * kd
+        procedure = PROCEDURES.load(recipe.procedure)
+        return procedure(net, splits, recipe, steps, max_minutes * 60.0, seed, False).steps
 
 
 def _step(
@@ -197,11 +152,11 @@ def _step(
     else:  # POA: the EMA teacher teaches the intact student too
         with torch.no_grad():
             teacher = ema(x)
-        full_loss = _subnet_loss(logits, y, teacher, r)
+        full_loss = subnet_loss(logits, y, teacher, r)
     full_loss.backward()
     sub_total = 0.0
     for config in subnets:
-        loss = _subnet_loss(net(x, config), y, teacher, r)
+        loss = subnet_loss(net(x, config), y, teacher, r)
         loss.backward()
         sub_total += float(loss.detach())
     return float(full_loss.detach()), sub_total / max(1, len(subnets))
@@ -250,65 +205,63 @@ def _ema_update(ema: Supernet, net: Supernet, decay: float) -> None:
         be.copy_(b)
 
 
-@dataclass(frozen=True)
-class _Loop:
-    steps: int
-    stopped_by_time: bool
-    seconds: float
-
-
-def _fit(
+def fit_supernet(
     net: Supernet, splits: Splits, recipe: Recipe, total_steps: int, train_s: float, seed: int, progress: bool
-) -> _Loop:
-    """The sandwich training loop; the schedule anneals by `max(step, time)` fraction."""
+) -> Loop:
+    """The sandwich training loop (MatFormer, POA, ElasticViT); the schedule anneals by `max(step, time)`."""
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    n_train = len(splits.train)
-    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    steps_per_epoch = math.ceil(len(splits.train) / recipe.batch_size)
     smallest = net.smallest()
     sample = make_sampler(recipe.sampling, net, rng)
     ema = _ema_copy(net) if recipe.teacher == "ema" else None
-    net.train()
-    step, start = 0, time.monotonic()
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"train {net.variant}", total=total_steps)
-        while step < total_steps:
-            order = torch.randperm(n_train, generator=gen)
-            for i in range(0, n_train, recipe.batch_size):
-                elapsed = time.monotonic() - start
-                if elapsed >= train_s:
-                    net.eval()
-                    return _Loop(step, True, elapsed)
-                frac = max(step / total_steps, elapsed / train_s)
-                for group in opt.param_groups:
-                    group["lr"] = recipe.lr * lr_factor(frac, recipe.warmup_frac)
-                idx = order[i : i + recipe.batch_size]
-                x, y = shift(splits.train.x[idx], recipe.max_shift, gen), splits.train.y[idx]
-                subnets = [smallest] if recipe.sandwich_smallest else []
-                subnets += [sample() for _ in range(recipe.random_subnets)]
-                opt.zero_grad(set_to_none=True)
-                full_loss, sub_loss = _step(net, x, y, subnets, recipe, ema)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-                opt.step()
-                if ema is not None:
-                    _ema_update(ema, net, recipe.ema_decay)
-                step += 1
-                bar.update(task, completed=step, description=f"loss {full_loss:.3f}/{sub_loss:.3f}")
-                if step % (LOG_EVERY_EPOCHS * steps_per_epoch) == 0 or step == total_steps:
-                    log.info(
-                        "step %d (epoch %.2f): loss full %.3f subnets %.3f; val full %.2f%% smallest %.2f%%",
-                        step,
-                        step / steps_per_epoch,
-                        full_loss,
-                        sub_loss,
-                        100 * evaluate(net, splits.val.x, splits.val.y, None),
-                        100 * evaluate(net, splits.val.x, splits.val.y, smallest),
-                    )
-                if step >= total_steps:
-                    break
-    net.eval()
-    return _Loop(step, False, time.monotonic() - start)
+    last: list[float] = [0.0, 0.0]
+
+    def step_fn(x: torch.Tensor, y: torch.Tensor) -> str:
+        subnets = [smallest] if recipe.sandwich_smallest else []
+        subnets += [sample() for _ in range(recipe.random_subnets)]
+        last[:] = _step(net, x, y, subnets, recipe, ema)
+        return f"loss {last[0]:.3f}/{last[1]:.3f}"
+
+    def after_step(step: int) -> None:
+        if ema is not None:
+            _ema_update(ema, net, recipe.ema_decay)
+        if step % (LOG_EVERY_EPOCHS * steps_per_epoch) == 0 or step == total_steps:
+            log.info(
+                "step %d (epoch %.2f): loss full %.3f subnets %.3f; val full %.2f%% smallest %.2f%%",
+                step,
+                step / steps_per_epoch,
+                last[0],
+                last[1],
+                100 * evaluate(net, splits.val.x, splits.val.y, None),
+                100 * evaluate(net, splits.val.x, splits.val.y, smallest),
+            )
+            net.train()
+
+    return run_steps(
+        net,
+        net.parameters(),
+        step_fn,
+        splits,
+        recipe,
+        total_steps,
+        train_s,
+        seed,
+        progress,
+        f"train {net.variant}",
+        after_step,
+    )
+
+
+# How a variant is trained (Recipe.procedure): name -> "module:function" with _fit's signature.
+PROCEDURES: Registry[Callable[..., Loop]] = Registry(
+    "training procedure",
+    {
+        "supernet": "deploy.train:fit_supernet",
+        "stitch": "deploy.train_stitch:fit",
+        "learngene": "deploy.train_learngene:fit",
+        "finetune": "deploy.train_learngene:finetune",
+    },
+)
 
 
 def train(
@@ -323,19 +276,24 @@ def train(
     data_seed: int = 0,
     threads: int = THREADS,
     recipe: Recipe | None = None,
+    depth: int | None = None,
 ) -> TrainResult:
     """Train `variant`, save `<out_stem>.safetensors/.json/.accuracy.json` (default checkpoints/<variant>).
 
     `max_minutes` (default: the recipe's) bounds the whole call, final evaluation and accuracy cache
     included; the checkpoint is the last one (the cosine schedule ends at zero learning rate), not the
     best by val accuracy. `recipe` replaces the variant's registered one (benchmarks compare recipes).
+    `depth` fine-tunes the learngene `variant`'s descendant of that depth as `<variant>_tuned`.
     """
+    variant, factory_kwargs = tuned_variant(variant, depth)
     recipe = recipe or RECIPES.get(variant, DEFAULT_RECIPE)
     if epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=epochs)
     minutes = recipe.max_minutes if max_minutes is None else max_minutes
     with torch_threads(threads):
-        return _train(variant, out_stem, seed, recipe, minutes, progress, max_steps, cache_samples, data_seed)
+        return _train(
+            variant, out_stem, seed, recipe, minutes, progress, max_steps, cache_samples, data_seed, factory_kwargs
+        )
 
 
 def _train(
@@ -348,12 +306,13 @@ def _train(
     max_steps: int | None,
     cache_samples: int,
     data_seed: int,
+    factory_kwargs: dict[str, int],
 ) -> TrainResult:
     t0 = time.monotonic()
     torch.manual_seed(seed)
     stem = Path(out_stem) if out_stem is not None else paths.checkpoints_dir() / variant
     splits = load_splits(data_seed)
-    net = initial_supernet(variant, recipe, splits)
+    net = initial_supernet(variant, recipe, splits, factory_kwargs)
     steps_per_epoch = math.ceil(len(splits.train) / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     if max_steps is not None:
@@ -363,6 +322,7 @@ def _train(
     # machine training keeps most of its time and the accuracy cache shrinks instead.
     budget_s = max_minutes * 60.0
     eval_s = _time_eval(net, splits)
+    cache_samples = min(cache_samples, net.space().size())  # a 12-depth learngene has no 200 configs to sample
     reserve_s = min(eval_s * (FINAL_EVALS + SAMPLE_EVAL_COST * cache_samples) * 1.2, 0.4 * budget_s)
     train_s = budget_s - reserve_s - (time.monotonic() - t0)
     log.info(
@@ -375,14 +335,15 @@ def _train(
         train_s,
         reserve_s,
     )
-    loop = _fit(net, splits, recipe, total_steps, max(train_s, 0.0), seed, progress)
+    procedure = PROCEDURES.load(recipe.procedure)
+    loop = procedure(net, splits, recipe, total_steps, max(train_s, 0.0), seed, progress)
     if loop.stopped_by_time:
         log.warning(
             "stopped training %s by wall clock after %d of %d steps (max_minutes=%.1f); the schedule "
             "annealed on time, so the model is complete but trained for fewer steps",
             variant,
             loop.steps,
-            total_steps,
+            loop.planned_steps,
             max_minutes,
         )
 
@@ -408,6 +369,7 @@ def _train(
         "epochs": round(loop.steps / steps_per_epoch, 3),
         "stopped_by_time": loop.stopped_by_time,
         "train_seconds": round(loop.seconds, 1),
+        **({"procedure": loop.notes} if loop.notes else {}),
         "checkpoint_choice": "last",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -447,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output stem (default checkpoints/<model>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--depth", type=int, default=None, help="fine-tune this descendant of a learngene model")
     parser.add_argument("--max-minutes", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--cache-samples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
@@ -462,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         cache_samples=args.cache_samples,
         threads=args.threads,
+        depth=args.depth,
     )
     print(result.summary())  # the CLI's output, not library logging
     return 0

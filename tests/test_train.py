@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from deploy import checkpoint
-from deploy.train import lr_factor, shift, train
+from deploy.train import train
+from deploy.train_loop import lr_factor, shift
 
 
 def test_train_tiny_few_steps_writes_checkpoint_that_loads_back_identical(tmp_path, monkeypatch):
@@ -85,3 +86,51 @@ def test_ema_update_moves_the_teacher_towards_the_student():
     _ema_update(teacher, student, 0.9)
     for b, t, s in zip(before, teacher.parameters(), student.parameters(), strict=True):
         assert torch.allclose(t, 0.9 * b + 0.1 * s) and not t.requires_grad
+
+
+def test_stitch_procedure_freezes_the_anchors_while_the_stitches_train(monkeypatch):
+    import copy
+    import dataclasses
+
+    from deploy import train_stitch
+    from deploy.data import load_splits
+    from deploy.recipes import RECIPES
+    from deploy.supernets import build
+
+    torch.manual_seed(0)
+    net, splits = build("stitchable_tiny"), load_splits(0)
+    seen = {}
+
+    def spy(net, x):  # between the two phases: the anchors as phase 1 left them
+        seen["anchors"] = copy.deepcopy(net.anchors.state_dict())
+        seen["stitches"] = copy.deepcopy(net.stitches.state_dict())
+        return init(net, x)
+
+    init = train_stitch.init_stitches
+    monkeypatch.setattr(train_stitch, "init_stitches", spy)
+    recipe = dataclasses.replace(RECIPES["stitchable_tiny"], batch_size=256)  # 14 stitch steps
+    loop = train_stitch.fit(net, splits, recipe, 3, 120.0, 0, False)
+    assert loop.steps > 3 and set(loop.notes) >= {"anchors_val_accuracy", "stitch_lstsq_residual"}
+    for name, value in net.anchors.state_dict().items():
+        assert torch.equal(value, seen["anchors"][name]), name
+    assert any(not torch.equal(v, seen["stitches"][k]) for k, v in net.stitches.state_dict().items())
+    assert all(p.requires_grad for p in net.anchors.parameters())  # unfrozen again for whoever trains next
+
+
+def test_learngene_tiny_trains_teacher_then_learngene_and_records_both(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
+    result = train("learngene_tiny", out_stem=tmp_path / "lg", max_steps=4, cache_samples=5, progress=False)
+    notes = checkpoint.load("learngene_tiny", result.checkpoint)[1].meta["procedure"]
+    assert 0.0 <= notes["teacher_val_accuracy"] <= 1.0 and notes["auxiliary_depth"] == 3
+    assert set(result.val) >= {"full", "smallest"} and len(result.val) >= 5  # every depth of the small space
+
+
+def test_finetune_starts_from_the_shipped_learngene_and_saves_a_deployable_model(tmp_path, monkeypatch):
+    from deploy.supernets.learngene import tuned_depth
+
+    monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
+    depth = tuned_depth("learngene_mnist_tuned")
+    result = train("learngene_mnist", depth=depth, out_stem=tmp_path / "tuned", max_steps=3, cache_samples=1)
+    net, info = checkpoint.load("learngene_mnist_tuned", result.checkpoint)
+    assert info.meta["procedure"]["source"].startswith("learngene_mnist (learngene_mnist.safetensors")
+    assert net.space().size() == 1 and net.largest()["depth"] == depth and result.steps == 3

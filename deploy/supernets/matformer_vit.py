@@ -60,6 +60,26 @@ def build_vit_block(key: BlockKey, tokens: int, family: str) -> tuple[nn.Module,
     return module.eval(), torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
+# Analytic parameter counts of the dense modules below (every plain-ViT family counts with these).
+def patch_embed_params(channels: int, patch: int, tokens: int, dim: int) -> int:
+    return channels * patch**2 * dim + dim + dim + tokens * dim  # conv weight, bias, cls token, positions
+
+
+def vit_block_params(dim: int, hidden: int) -> int:
+    return (
+        2 * dim
+        + (3 * dim * dim + 3 * dim)
+        + (dim * dim + dim)
+        + 2 * dim
+        + (dim * hidden + hidden)
+        + (hidden * dim + dim)
+    )
+
+
+def head_params(dim: int, classes: int) -> int:
+    return 2 * dim + dim * classes + classes
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, channels: int, image: int, patch: int, dim: int) -> None:
         super().__init__()
@@ -235,11 +255,8 @@ class MatFormerViT(Supernet):
     def param_count(self, config: SubnetConfig) -> int:
         _, ffn = self._check(config)
         d = self.dims
-        embed = d.channels * d.patch**2 * d.dim + d.dim + d.dim + d.tokens * d.dim
-        attn = 4 * d.dim * d.dim + 4 * d.dim
-        block = sum(4 * d.dim + attn + 2 * d.dim * k + k + d.dim for k in ffn)
-        head = 2 * d.dim + d.dim * d.classes + d.classes
-        return embed + block + head
+        embed = patch_embed_params(d.channels, d.patch, d.tokens, d.dim)
+        return embed + sum(vit_block_params(d.dim, k) for k in ffn) + head_params(d.dim, d.classes)
 
 
 def mnist() -> MatFormerViT:

@@ -23,7 +23,16 @@ from torch import nn
 
 from deploy.space import Gene, Genes, SearchSpace, SubnetConfig
 from deploy.supernets.base import BlockKey, Supernet
-from deploy.supernets.matformer_vit import Block, Head, PatchEmbed, ViT, build_vit_block
+from deploy.supernets.matformer_vit import (
+    Block,
+    Head,
+    PatchEmbed,
+    ViT,
+    build_vit_block,
+    head_params,
+    patch_embed_params,
+    vit_block_params,
+)
 
 FAMILY = "poa_vit"
 Params = dict[str, torch.Tensor]
@@ -208,11 +217,8 @@ class PoaViT(Supernet):
     def param_count(self, config: SubnetConfig) -> int:
         k, n = self._check(config)
         d = self.dims
-        hidden = d.mlp_ratio * k
-        embed = d.channels * d.patch**2 * k + k + k + d.tokens * k  # conv weight, bias, cls, pos
-        block = 2 * k + (3 * k * k + 3 * k) + (k * k + k) + 2 * k + (k * hidden + hidden) + (hidden * k + k)
-        head = 2 * k + k * d.classes + d.classes
-        return embed + n * block + head
+        embed = patch_embed_params(d.channels, d.patch, d.tokens, k)
+        return embed + n * vit_block_params(k, d.mlp_ratio * k) + head_params(k, d.classes)
 
     def flops(self, config: SubnetConfig) -> int:
         """Analytic multiply-accumulates of one image: convolution, linears and attention matmuls."""

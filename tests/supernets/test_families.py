@@ -43,7 +43,9 @@ def test_extract_has_no_supernet_code_or_dead_channels(net):
     dense = net.extract(config)
     assert not any(type(m).__name__ == type(net).__name__ for m in dense.modules())
     dense_params = sum(p.numel() for p in dense.parameters())
-    assert dense_params == net.param_count(config) < sum(p.numel() for p in net.parameters())
+    assert dense_params == net.param_count(config)
+    one_config = net.space().size() == 1  # a fine-tuned descendant: its one subnet is all of it
+    assert dense_params < sum(p.numel() for p in net.parameters()) or one_config
 
 
 def test_blocks_are_typed_keys_covered_by_all_blocks(net):
@@ -74,4 +76,6 @@ def test_config_with_an_unknown_choice_is_rejected(net):
 
 
 def test_full_model_is_several_times_larger_than_smallest(net):
+    if net.space().size() == 1:
+        pytest.skip(f"{net.variant} is one fine-tuned subnet: no smallest and largest to compare")
     assert net.param_count(net.largest()) > 3 * net.param_count(net.smallest())
