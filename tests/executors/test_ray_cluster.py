@@ -85,9 +85,7 @@ class KillAfter:
                 ray.kill(self.farm.actors[self.device], no_restart=True)
 
 
-def test_killing_a_device_actor_mid_build_loses_no_finished_entry_and_the_build_completes(
-    executor, two_devices, tiny
-):
+def test_killing_a_device_actor_mid_build_loses_no_finished_entry_and_the_build_completes(executor, two_devices, tiny):
     from deploy.executors.ray_farm import IN_FLIGHT_PER_DEVICE
 
     blocks = set(tiny.all_blocks())
