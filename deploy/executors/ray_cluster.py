@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -73,11 +74,18 @@ def connect(address: str | None) -> bool:
         options["include_dashboard"] = False
     try:
         ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         where = address or "a new local cluster"
+        # Ray sends a cluster's token only to an address it found itself (auto), never to one given.
+        token = (
+            "; a cluster started by `ray start --head` checks a token: set RAY_AUTH_MODE=token here, with the "
+            "token that `ray get-auth-token` prints on the head in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+            if address not in (None, "auto") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token"
+            else ""
+        )
         raise ExecutorError(
             f"could not join the Ray cluster at {where} ({str(exc).strip().splitlines()[0]}): check `ray status` "
-            "there, or drop --ray-address to start a local cluster"
+            f"there, or drop --ray-address to start a local cluster{token}"
         ) from None
     return address is None
 
