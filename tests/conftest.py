@@ -62,6 +62,7 @@ def ray_cluster():
     """
     ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (make test does)")
     ray.init(
+        address="local",  # a new cluster, never one that `ray start` left on this machine
         num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2,
         logging_level="warning",
     )  # fmt: skip

@@ -70,10 +70,10 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():  # e.g. a test's cluster, or the caller's own ray.init
         return False
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address is None:
+    if address is None:  # "local": a new cluster even where `ray start` left one (or its stale address file)
         options["include_dashboard"] = False
     try:
-        ray.init(address=address, **options)
+        ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         where = address or "a new local cluster"
         # Ray sends a cluster's token only to an address it found itself (auto), never to one given.
@@ -116,6 +116,7 @@ class RayExecutor:
         farm = self._farms.get(target.name)  # one actor per device, whatever the precision measured
         if farm is None or not farm.alive:
             farm = self._farms[target.name] = DeviceFarm(target)
+        farm.device_id = None  # a new session has measured nowhere yet (see DeviceFarm.describe)
         return farm
 
     def session(self, target: Target, cache_dir: Path | None = None) -> MeasureSession:

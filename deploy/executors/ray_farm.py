@@ -25,7 +25,7 @@ from deploy.errors import DeployError, ExecutorError, RunnerError
 from deploy.executors.base import MakeItem, MeasuredBlock
 from deploy.executors.shipping import ShippedArtifact, pack, unpack
 from deploy.latency.stats import LatencyStats, MeasureProtocol
-from deploy.runners.base import Progress, SingleFromMany
+from deploy.runners.base import SingleFromMany
 from deploy.supernets.base import BlockKey
 from deploy.targets import DeviceSpec, Target
 
@@ -35,6 +35,7 @@ START_TIMEOUT_S = 180.0  # a worker imports torch and the backend before it answ
 IN_FLIGHT_PER_DEVICE = 2  # one measuring, one queued: the device never waits for the driver's compile
 FORWARDED_ENV = ("ELASTIC_DEPLOY_ROOT", "ELASTIC_DEPLOY_CACHE")  # where the driver keeps its files
 
+Items = Sequence[tuple[Artifact, Mapping[str, np.ndarray]]]
 Shipped = list[tuple[ShippedArtifact, Mapping[str, np.ndarray]]]
 
 
@@ -133,6 +134,9 @@ class DeviceFarm(SingleFromMany):
             )
 
     def describe(self) -> str:
+        """Every live device before a measurement (a table's provenance); after one, the device that made it."""
+        if self.device_id is not None and self.device_id in self.alive:
+            return ray.get(self.alive[self.device_id].describe.remote())
         alive = self.alive
         described = ray.get([a.describe.remote() for a in alive.values()])
         return f"{len(alive)} device(s): " + "; ".join(described)
@@ -142,14 +146,9 @@ class DeviceFarm(SingleFromMany):
             ray.kill(actor, no_restart=True)
         self.lost.update({d: "closed" for d in self.actors})
 
-    def benchmark_many(
-        self,
-        backend: Backend,
-        items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
-        protocol: MeasureProtocol,
-        on_progress: Progress | None = None,
-    ) -> list[LatencyStats]:
-        """All items in one time window on one device: the first that answers, the next if it is lost."""
+    def benchmark_many(self, backend: Backend, items: Items, protocol: MeasureProtocol, *_: Any) -> list[LatencyStats]:
+        """All items in one time window on one device: the first that answers, the next if it is lost.
+        (The device's progress messages stay on its host.)"""
         shipped = [(pack(artifact), inputs) for artifact, inputs in items]
         while True:
             self.require_alive()
