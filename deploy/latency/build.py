@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.progress import Progress
+from torch import nn
 
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
@@ -50,6 +52,20 @@ class BuildResult:
 
 def block_identity(key: BlockKey) -> dict[str, str]:
     return {"block": str(key)}
+
+
+class NullModel(nn.Module):
+    """The cheapest model a runtime can run: what one call costs beyond the work (see call_overhead_ms)."""
+
+    def forward(self, x):  # one op: converters reject a graph whose output is its input
+        return -x
+
+
+NULL_IDENTITY = {"probe": "call-overhead", "shape": "1x8"}
+
+
+def null_measurable(session: MeasureSession) -> Measurable:
+    return session.compile(NullModel(), torch.zeros(1, 8), NULL_IDENTITY)
 
 
 def subnet_identity(supernet: Supernet, config: SubnetConfig) -> dict[str, str]:
@@ -90,14 +106,17 @@ def calibration_configs(
 ) -> list[tuple[Supernet, SubnetConfig]]:
     """Per model: its smallest and largest subnet plus seeded random ones, n in all, without repeats.
 
-    n per model, not in all: each family gets its own fit, and a fit needs its own subnets.
+    n per model, not in all: each family gets its own fit, and a fit needs its own subnets. At most
+    half of a model's space, so that `tables validate` has subnets the fit has not seen (a 12-config
+    learngene space would otherwise be used up).
     """
     rng = np.random.default_rng(seed)
     chosen: dict[str, tuple[Supernet, SubnetConfig]] = {}
     for net in supernets:
         mine: dict[str, SubnetConfig] = {c.id: c for c in (net.smallest(), net.largest()) if c.id not in chosen}
+        quota = max(min(n, net.space().size() // 2), len(mine))
         for _ in range(20 * n):  # bounded: a small space may hold fewer than n distinct subnets
-            if len(mine) >= n:
+            if len(mine) >= quota:
                 break
             config = net.sample(rng)
             if config.id not in chosen:
@@ -130,7 +149,7 @@ def _loo_rms(design: np.ndarray, measured: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(errors))))
 
 
-def _fit(samples: Sequence[CalibrationSample]) -> tuple[float, float, float, float]:
+def _fit(samples: Sequence[CalibrationSample], overhead_ms: float = 0.0) -> tuple[float, float, float, float]:
     """(slope, per_block_ms, quad_per_ms, in-sample RMS relative residual %) of the chosen fit.
 
     measured ≈ slope · Σ + per_block · n + quad · Σ², fitted on relative error for every subset of the
@@ -139,7 +158,7 @@ def _fit(samples: Sequence[CalibrationSample]) -> tuple[float, float, float, flo
     subnets is left out (in-sample error always prefers more terms: 4.7% vs 4.7%, but 11.0% vs 5.5%
     left-one-out for MatFormer on host-cpu-ort).
     """
-    sums = np.array([s.block_sum_ms for s in samples])
+    sums = np.array([s.block_sum_ms - max(s.n_blocks - 1, 0) * overhead_ms for s in samples])
     columns = {
         "sum": sums,
         "count": np.array([s.n_blocks for s in samples], dtype=float),
@@ -163,15 +182,15 @@ def _fit(samples: Sequence[CalibrationSample]) -> tuple[float, float, float, flo
     return coef["sum"], coef.get("count", 0.0), coef.get("square", 0.0), residual
 
 
-def fit_calibration(samples: list[CalibrationSample]) -> Calibration:
+def fit_calibration(samples: list[CalibrationSample], call_overhead_ms: float = 0.0) -> Calibration:
     """The table's calibration: one fit over all samples and, with several families, one per family.
 
     Relative error, so a 0.1 ms subnet counts as much as a 1.5 ms one; no free intercept, because a
     negative one predicted negative latencies for the smallest subnets when the machine was noisy.
     Per family because one line over a MatFormer and a POA ViT fitted 9% RMS here where each family's
-    own fitted closer (see `_fit` for the terms).
+    own fitted closer (see `_fit` for the terms). Sums are net of `call_overhead_ms` per extra block.
     """
-    slope, per_block, quad, residual = _fit(samples)
+    slope, per_block, quad, residual = _fit(samples, call_overhead_ms)
     by_family: dict[str, list[CalibrationSample]] = {}
     for sample in samples:
         by_family.setdefault(str(sample.config.get("family", "")), []).append(sample)
@@ -179,7 +198,7 @@ def fit_calibration(samples: list[CalibrationSample]) -> Calibration:
     if len(by_family) > 1:
         for family, group in sorted(by_family.items()):
             if len(group) >= MIN_FAMILY_SUBNETS:
-                f_slope, f_per_block, f_quad, f_residual = _fit(group)
+                f_slope, f_per_block, f_quad, f_residual = _fit(group, call_overhead_ms)
                 families[family] = FamilyFit(
                     slope=f_slope,
                     per_block_ms=f_per_block,
@@ -197,6 +216,7 @@ def fit_calibration(samples: list[CalibrationSample]) -> Calibration:
         fitted_at=now_iso(),
         samples=samples,
         families=families,
+        call_overhead_ms=call_overhead_ms,
     )
 
 
@@ -271,7 +291,7 @@ def build_table(
             subnet_items.append(session.compile(net.extract(config), net.example_input(), subnet_identity(net, config)))
             bar.update(cal, advance=1)
         bar.update(cal, description="[magenta]measuring blocks and subnets interleaved")
-        stats = session.measure(block_items + subnet_items)
+        *stats, null = session.measure(block_items + subnet_items + [null_measurable(session)])
 
     window = dict(zip(window_blocks, stats[: len(window_blocks)], strict=True))
     device = session.device_id()  # the one device the window ran on
@@ -290,13 +310,14 @@ def build_table(
                 cv=s.cv,
             )
         )
-    table.calibration = fit_calibration(samples)
+    table.calibration = fit_calibration(samples, call_overhead_ms=null.median_ms)
     table.validation = None  # a new calibration invalidates the old out-of-sample figures
     table.validations = {}
     table.provenance = table.provenance.model_copy(update={"date": now_iso()})
     table.save(path)
     log.info(
-        "calibration: slope %.3f, per block %.4f ms, Σ² %.3f /ms, fit residual %.1f%%",
+        "calibration: call overhead %.4f ms, slope %.3f, per block %.4f ms, Σ² %.3f /ms, fit residual %.1f%%",
+        table.calibration.call_overhead_ms,
         table.calibration.slope,
         table.calibration.per_block_ms,
         table.calibration.quad_per_ms,

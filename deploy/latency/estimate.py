@@ -132,6 +132,7 @@ def estimate_table(
             per_block_ms=c.per_block_ms * factor,
             quad_per_ms=c.quad_per_ms / factor,  # quad · Σ² scales by factor when Σ does
             intercept_ms=c.intercept_ms * factor,
+            call_overhead_ms=c.call_overhead_ms * factor,
             residual_pct=c.residual_pct,
             n_subnets=c.n_subnets,
             fitted_at=c.fitted_at,

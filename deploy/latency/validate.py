@@ -19,7 +19,7 @@ from deploy.errors import NothingToValidateError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json
-from deploy.latency.build import block_identity, subnet_identity
+from deploy.latency.build import block_identity, null_measurable, subnet_identity
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable, Validation, now_iso
 from deploy.space import SubnetConfig
@@ -150,7 +150,7 @@ def validate_table(
             bar.update(task, advance=1)
         bar.update(task, description="[cyan]measuring subnets (twice each) and blocks interleaved")
         # Each subnet appears twice: two independent measurements in one run give the repeatability.
-        stats = session.measure(subnet_items + subnet_items + block_items)
+        *stats, null = session.measure(subnet_items + subnet_items + block_items + [null_measurable(session)])
 
     n = len(configs)
     first, second, window = stats[:n], stats[n : 2 * n], dict(zip(keys, stats[2 * n :], strict=True))
@@ -160,7 +160,8 @@ def validate_table(
         blocks = supernet.blocks(config)
         predicted = predictor.predict(blocks, supernet.family).ms
         window_sum = sum(window[k].median_ms for k in blocks)
-        same_window = cal.apply(window_sum, len(blocks), supernet.family) if cal else window_sum
+        # Same window: the blocks and the per-call overhead as they are now (the overhead is the machine's).
+        same_window = cal.apply(window_sum, len(blocks), supernet.family, null.median_ms) if cal else window_sum
         measured = float(np.median([a.median_ms, b.median_ms]))
         raw_sum = predictor.block_sum(blocks)
         rows.append(

@@ -122,11 +122,13 @@ def test_calibration_subnets_are_per_model_so_each_family_gets_its_own_fit(targe
     from deploy.supernets import build
 
     other = build("poa_vit_tiny")
-    configs = calibration_configs([tiny, other], 5)
+    configs = calibration_configs([tiny, other], 4)
     by_family = {}
     for net, config in configs:
         by_family.setdefault(net.family, []).append(config)
-    assert {f: len(c) for f, c in by_family.items()} == {tiny.family: 5, other.family: 5}
+    assert {f: len(c) for f, c in by_family.items()} == {tiny.family: 4, other.family: 4}
+    # At most half a space: validation needs subnets the fit has not seen (poa_vit_tiny has 9).
+    assert len(calibration_configs([other], 100)) == other.space().size() // 2
     assert len({c.id for _, c in configs}) == len(configs)
     result = build_table(target, [tiny, other], progress=False)
     assert set(result.calibration.families) == {tiny.family, other.family}
@@ -144,12 +146,19 @@ def test_recalibrate_measures_the_calibration_window_again_and_keeps_every_block
 
 def test_validate_on_a_space_the_calibration_used_up_is_a_clear_error(target):
     from deploy.errors import NothingToValidateError
+    from deploy.latency.table import LatencyTable
     from deploy.supernets import build
 
     poa = build("poa_vit_tiny")  # 9 subnets
     serving = target.model_copy(
         update={"model": "poa_vit_tiny", "measurement": FAST.model_copy(update={"calibration_subnets": 9})}
     )
-    build_table(serving, [poa], progress=False)
+    path = build_table(serving, [poa], progress=False).path
+    table = LatencyTable.load(path)
+    assert len(table.calibration.samples) == 4  # capped at half the space: 5 left to validate on
+    # A table whose calibration did use every subnet (fitted before the cap, or a 1-config space):
+    sample = table.calibration.samples[0]
+    table.calibration.samples = [sample.model_copy(update={"subnet_id": c.id}) for c in poa.space().enumerate()]
+    table.save(path)
     with pytest.raises(NothingToValidateError, match=r"lower measurement\.calibration_subnets"):
         validate_table(serving, poa, samples=4, progress=False)

@@ -140,6 +140,22 @@ def test_calibration_never_keeps_a_negative_term():
     assert cal.apply(0.5, 5) == pytest.approx(0.45, rel=1e-3)
 
 
+def test_calibration_removes_the_per_call_overhead_each_block_paid_alone():
+    # Each block timed alone paid one call; the whole subnet pays one. The calls it does not make are
+    # subtracted before the fit, so the fit sees the work alone and transfers to a host whose calls cost more.
+    overhead, work = 0.015, [(0.3, 2), (0.05, 3), (0.6, 4), (0.1, 6), (0.9, 7), (0.2, 9), (0.4, 5)]
+    samples = [
+        CalibrationSample(
+            subnet_id=str(n), config={}, block_sum_ms=w + n * overhead, n_blocks=n, measured_ms=w + overhead
+        )
+        for w, n in work
+    ]
+    cal = fit_calibration(samples, call_overhead_ms=overhead)
+    assert cal.call_overhead_ms == overhead and cal.slope == pytest.approx(1.0, rel=1e-6) and cal.residual_pct < 1e-6
+    assert cal.apply(0.4 + 4 * 0.03, 4, call_overhead_ms=0.03) == pytest.approx(0.4 + 0.03, rel=1e-6)
+    assert fit_calibration(samples).residual_pct > 5  # without it, small subnets are far off
+
+
 def test_predictor_uses_the_familys_own_validation_error_when_the_table_has_it(tiny):
     table = make_table(tiny.all_blocks())
     table.calibration = fit_calibration(_samples("fam_a", 1.0, 0.0) + _samples("fam_b", 2.0, 0.02))
