@@ -101,6 +101,32 @@ def test_killing_a_device_actor_mid_build_loses_no_finished_entry_and_the_build_
     assert {e.device for e in table.entries} == {"a"}, "the calibration window ran on the device still alive"
 
 
+def test_losing_every_device_stops_the_build_with_one_line_and_the_same_command_resumes(executor, two_devices, tiny):
+    from deploy.errors import ExecutorError
+    from deploy.executors.ray_cluster import RayExecutor
+
+    class KillAll(KillAfter):
+        def spread(self, session, keys, make_item):
+            import ray
+
+            for i, done in enumerate(self.inner.spread(session, keys, make_item), 1):
+                yield done
+                if i == self.after:
+                    for actor in session.runner.actors.values():
+                        ray.kill(actor, no_restart=True)
+
+    with pytest.raises(ExecutorError, match=r"every device of farm is lost .*run the same command again"):
+        build_table(two_devices, [tiny], progress=False, executor=KillAll(executor, device="", after=2))
+    kept = LatencyTable.load(two_devices.table_path)
+    assert len(kept.entries) >= 2 and kept.calibration is None
+    again = RayExecutor()
+    try:
+        result = build_table(two_devices, [tiny], progress=False, executor=again)
+    finally:
+        again.close()
+    assert result.reused == len(kept.entries) and result.measured == len(tiny.all_blocks()) - len(kept.entries)
+
+
 def test_ray_validate_measures_on_a_device_actor(executor, two_devices, tiny, tmp_path):
     build_table(two_devices, [tiny], progress=False, executor=executor)
     report = validate_table(two_devices, tiny, samples=3, progress=False, executor=executor)
