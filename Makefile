@@ -8,6 +8,10 @@ MODEL  ?=
 SAMPLES ?= 20
 PRECISION ?=
 BENCH_FLAGS ?=
+# EXECUTOR=ray spreads table builds over the target's devices and runs on a Ray cluster
+# (RAY_ADDRESS=host:6379 for an existing one; empty starts a local one); only then is ray installed.
+EXECUTOR ?= local
+RAY_ADDRESS ?=
 
 # The target's backend decides which optional toolchain to install.
 BACKEND := $(shell sed -n 's/^backend:[[:space:]]*//p' targets/$(TARGET).yaml 2>/dev/null)
@@ -19,10 +23,12 @@ comma := ,
 HAS_GPU := $(shell command -v nvidia-smi 2>/dev/null)
 EXTRAS_tensorrt    := $(if $(HAS_GPU),data$(comma)tensorrt,data)
 EXTRAS_torch_cuda  := data
-EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)
-# Tests run the real converters that install on Linux (LiteRT, coremltools); TensorRT needs a GPU.
-TEST_EXTRAS := dev,tflite,coreml
+EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)$(if $(filter ray,$(EXECUTOR)),$(comma)ray)
+# Tests run the real converters that install on Linux (LiteRT, coremltools) and a local Ray cluster;
+# TensorRT needs a GPU.
+TEST_EXTRAS := dev,tflite,coreml,ray
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
+EXECUTOR_FLAGS := --executor $(EXECUTOR)$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))
 
 .PHONY: deploy bench latency-tables estimate-tables validate-tables train test lint benchmarks clean ssh-tools
 
@@ -30,10 +36,10 @@ deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
 
 bench: $(VENV)/.installed-$(EXTRAS)
-	$(PY) -m deploy bench --target $(TARGET) $(BENCH_FLAGS)
+	$(PY) -m deploy bench --target $(TARGET) $(EXECUTOR_FLAGS) $(BENCH_FLAGS)
 
 latency-tables: $(VENV)/.installed-$(EXTRAS)
-	$(PY) -m deploy tables build --target $(TARGET) $(MODEL_FLAG)
+	$(PY) -m deploy tables build --target $(TARGET) $(MODEL_FLAG) $(EXECUTOR_FLAGS)
 
 # For a device nobody has attached: the source target's measured table scaled by an anchor factor.
 estimate-tables: $(VENV)/.installed-$(EXTRAS)
@@ -41,7 +47,7 @@ estimate-tables: $(VENV)/.installed-$(EXTRAS)
 
 validate-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) $(if $(PRECISION),--precision $(PRECISION)) \
-	  $(MODEL_FLAG) --json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION)).validation.json
+	  $(MODEL_FLAG) $(EXECUTOR_FLAGS) --json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION)).validation.json
 
 train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH))

@@ -21,12 +21,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from deploy import paths
+from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, read_json
 from deploy.space import SearchSpace, SubnetConfig
 from deploy.supernets import Supernet
 
 if TYPE_CHECKING:
     from deploy.checkpoint import CheckpointInfo
+    from deploy.executors.base import Executor
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,9 @@ class EvalOracle:
         return [(self._configs[k], self._acc[k]) for k in sorted(self._acc)]
 
     def _evaluate(self, config: SubnetConfig) -> float:
-        acc = evaluate(self.supernet, self.x, self.y, config)
+        return self._store(config, evaluate(self.supernet, self.x, self.y, config))
+
+    def _store(self, config: SubnetConfig, acc: float) -> float:
         self.evaluations += 1
         self._configs[config.id] = config
         self._acc[config.id] = acc
@@ -160,15 +164,20 @@ class EvalOracle:
         self.save()
         return acc
 
-    def evaluate_many(self, configs: Iterable[SubnetConfig], progress: bool = True) -> list[float]:
+    def evaluate_many(
+        self, configs: Iterable[SubnetConfig], progress: bool = True, executor: Executor | None = None
+    ) -> list[float]:
+        """Accuracies of `configs`, evaluating those not cached (with a Ray executor: as tasks, many configs
+        each); results are merged into this cache as they arrive, so an interruption keeps most of them."""
         configs = list(configs)
         todo = list({c.id: c for c in configs if c.id not in self._acc}.values())
         if todo:
             log.info("evaluating %d configs on %d %s images", len(todo), len(self.y), self.split)
+            results = (executor or LocalExecutor()).evaluate(self.supernet, self.x, self.y, todo)
             with progress_bar(progress) as bar:
                 task = bar.add_task(f"accuracy ({self.split})", total=len(todo))
-                for i, config in enumerate(todo, 1):
-                    self._evaluate(config)
+                for i, (config, acc) in enumerate(results, 1):
+                    self._store(config, acc)
                     bar.advance(task)
                     if i % SAVE_EVERY == 0:
                         self.save()
@@ -423,6 +432,7 @@ def build_accuracy_model(
     progress: bool = True,
     cache_path: Path | None = None,
     split: str = "val",
+    executor: Executor | None = None,
 ) -> AccuracyModel:
     """Load the shipped cache, evaluate what it lacks, fit the predictor.
 
@@ -444,7 +454,7 @@ def build_accuracy_model(
         oracle.load_cache(shipped)
     # Fitted on the fixed reference set only: later cached evaluations must not move the surrogate.
     configs = list({c.id: c for c in reference_configs(supernet, n_samples, seed)}.values())
-    accs = oracle.evaluate_many(configs, progress=progress)
+    accs = oracle.evaluate_many(configs, progress=progress, executor=executor)
     predictor = FittedAccuracyPredictor.fit(supernet.space(), configs, accs, extra=param_fraction(supernet), seed=seed)
     if predictor.quality is not None:
         log.info("accuracy predictor for %s: %s", supernet.variant, predictor.quality)

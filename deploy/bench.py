@@ -28,10 +28,11 @@ from deploy import paths
 from deploy.backends import Artifact, Backend, get_backend
 from deploy.checkpoint import sha256_tree
 from deploy.errors import BenchGateError, ConfigFileError, DeployError
+from deploy.executors.base import Executor
+from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, atomic_write_text, read_json
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.latency.table import now_iso
-from deploy.runners import get_runner
 from deploy.runners.local import cpu_model, usable_cores
 from deploy.targets import Target, load_target
 
@@ -318,14 +319,17 @@ def bench(
     sustained_s: float = 0.0,
     tolerance_pct: float | None = None,
     say: Callable[[str], None] = log.info,
+    executor: Executor | None = None,
 ) -> BenchResult:
-    """Measure dist/<target>/ (or dist_dir, the folder holding manifest.json) and gate the result."""
+    """Measure dist/<target>/ (or dist_dir, the folder holding manifest.json) and gate the result.
+
+    On the target's first device; with the Ray executor, in that device's actor on the cluster."""
     target = load_target(target_name)
     folder = Path(dist_dir) if dist_dir is not None else paths.dist_dir() / target.name
     manifest = _load_manifest(target.name, folder)
     artifact, inputs = load_artifact(manifest, folder)
     backend = get_backend(manifest["backend"])
-    runner = get_runner(target.runner)
+    runner = (executor or LocalExecutor()).runner(target)
     protocol: MeasureProtocol = target.measurement.protocol()
     measured = runner.benchmark(backend, artifact, inputs, protocol)
     sustained = None

@@ -37,6 +37,16 @@ PrecisionOpt = Annotated[
     typer.Option("--precision", help="one of the target's precisions (default: all for build, the first for validate)"),
 ]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="model variant (default: the target's)")]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor", help="local (this process) or ray (the target's devices as Ray actors; evaluations as tasks)"
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="an existing Ray cluster (HOST:6379, or auto on one of its nodes)"),
+]
 
 
 @app.callback()
@@ -54,6 +64,13 @@ def _root(
 
 def _say(message: str) -> None:
     console.print(message, highlight=False)
+
+
+def _executor(name: str, address: str | None) -> Any:
+    """A context manager giving the executor; it releases what the executor started (actors, a cluster)."""
+    from deploy.executors import open_executor
+
+    return open_executor(name, address)
 
 
 @app.command()
@@ -93,18 +110,22 @@ def bench_cmd(
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", min=0, help="allowed % between measured and predicted")
     ] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
     from deploy.bench import bench as run_bench
 
-    result = run_bench(
-        target,
-        dist_dir=dist,
-        update_baseline=update_baseline,
-        sustained_s=sustained,
-        tolerance_pct=tolerance,
-        say=_say,
-    )
+    with _executor(executor, ray_address) as ex:
+        result = run_bench(
+            target,
+            dist_dir=dist,
+            update_baseline=update_baseline,
+            sustained_s=sustained,
+            tolerance_pct=tolerance,
+            say=_say,
+            executor=ex,
+        )
     _say(f"[bold green]bench passed[/]: {result.md_path}")
 
 
@@ -122,9 +143,12 @@ def tables_build(
         bool, typer.Option(help="measure the calibration subnets again (the machine's speed moved); keeps the blocks")
     ] = False,
     precision: PrecisionOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Measure every block the target's models can produce (the union over the models it serves; one
-    table per precision it lists); resumes where an interrupted build stopped."""
+    table per precision it lists); resumes where an interrupted build stopped. With --executor ray the
+    blocks are spread over the target's devices."""
     from deploy.checkpoint import default_path
     from deploy.checkpoint import load as load_checkpoint
     from deploy.latency.build import build_table
@@ -134,16 +158,22 @@ def tables_build(
     t = load_target(target)
     # Latency does not depend on weights: a variant without a shipped checkpoint is measured untrained.
     supernets = [load_checkpoint(m)[0] if default_path(m).exists() else build(m) for m in model_list(t, model)]
-    for p in [precision] if precision else t.search_precisions:
-        result = build_table(t.at_precision(p), supernets, rebuild=rebuild, recalibrate=recalibrate)
+    with _executor(executor, ray_address) as ex:
+        results = [
+            (p, build_table(t.at_precision(p), supernets, rebuild=rebuild, recalibrate=recalibrate, executor=ex))
+            for p in ([precision] if precision else t.search_precisions)
+        ]
+    for p, result in results:
         cal = result.calibration
+        spread = ", ".join(f"{d}: {n}" for d, n in sorted(result.by_device.items()))
         _say(
             (
                 f"[bold green]wrote[/] {result.path}: "
                 if result.measured or recalibrate
                 else f"{result.path} is up to date: "
             )
-            + f"{result.measured} blocks measured, {result.reused} reused; "
+            + f"{result.measured} blocks measured{f' ({spread})' if len(result.by_device) > 1 else ''}, "
+            f"{result.reused} reused; "
             f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
             f"Next: `elastic-deploy tables validate --target {target} --precision {p} --samples 20`"
         )
@@ -185,6 +215,8 @@ def tables_validate(
     model: ModelOpt = None,
     write_back: Annotated[bool, typer.Option(help="store the figures in the table (sets the budget margin)")] = True,
     precision: PrecisionOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Measure random subnets end to end and report how far the table's prediction is from them."""
     from deploy.checkpoint import load as load_checkpoint
@@ -194,7 +226,10 @@ def tables_validate(
     t = load_target(target)
     t = t.at_precision(precision) if precision else t
     supernet, _ = load_checkpoint(model or t.model)
-    report = validate_table(t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back)
+    with _executor(executor, ray_address) as ex:
+        report = validate_table(
+            t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, executor=ex
+        )
     table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
     for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "same-window %"):
         table.add_column(col, justify="right")
@@ -217,6 +252,28 @@ def tables_validate(
     )
     if json_out:
         _say(f"wrote {json_out}")
+
+
+@app.command("accuracy")
+def accuracy_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="model variant (its shipped checkpoint)")],
+    samples: Annotated[int, typer.Option(min=1, help="candidate subnets to evaluate (seeded, distinct)")] = 200,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    split: Annotated[str, typer.Option(help="val or test (train is for training)")] = "val",
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Evaluate many candidate subnets exactly on a split, into the accuracy cache that deploys read."""
+    from deploy.sweep import sweep
+
+    with _executor(executor, ray_address) as ex:
+        r = sweep(model, samples, seed=seed, split=split, executor=ex)
+    rate = f" in {r.seconds:.1f} s ({r.per_second:.1f}/s with the {executor} executor)" if r.evaluated else ""
+    _say(
+        f"[bold green]{r.candidates} candidates[/] of {model} on {r.images} {split} images: {r.evaluated} "
+        f"evaluated{rate}, {r.candidates - r.evaluated} from the cache; best {r.best[0]} {r.best[1]:.2%}, "
+        f"worst {r.worst[0]} {r.worst[1]:.2%}; cache {escape(str(r.cache_path))}"
+    )
 
 
 @app.command("compile")

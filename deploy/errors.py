@@ -83,3 +83,8 @@ class RunnerError(DeployError):
 
 class BenchGateError(DeployError):
     """A benchmark of a deployed artifact failed its gate (budget, prediction tolerance or baseline)."""
+
+
+class ExecutorError(DeployError):
+    """An executor that cannot run here: Ray not installed, a cluster address that does not answer,
+    options that belong to another executor, or every device of a farm lost."""

@@ -38,6 +38,28 @@ class RunnerSpec(_Strict):
     cpu_mask: str | None = None
 
 
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
+
+
+class DeviceSpec(_Strict):
+    """One physical unit of the target's device model (a phone on a USB hub, a board, a host).
+
+    `ray_resources` pins its measuring actor to the Ray node that declares them (`ray start
+    --resources '{"pixel7-a": 1}'` on the host the phone is plugged into): a local runner measures
+    wherever its actor runs, an adb runner needs the host that sees the phone.
+    """
+
+    id: str = Field(pattern=DEVICE_ID_RE.pattern)  # recorded in the table entries it measures
+    runner: RunnerSpec = RunnerSpec()
+    ray_resources: dict[str, float] = Field(default_factory=dict)
+
+
+def default_device_id(runner: RunnerSpec) -> str:
+    """The id of a target's only device when it gives `runner:` rather than `devices:`."""
+    where = {"ssh": runner.host, "adb": runner.serial}.get(runner.kind)
+    return f"{runner.kind}:{where}" if where else runner.kind
+
+
 class MeasurementSpec(_Strict):
     warmup_runs: int = Field(20, ge=0)
     min_runs: int = Field(20, ge=1)
@@ -106,6 +128,9 @@ class Target(_Strict):
     device: DeviceInfo
     backend: str
     runner: RunnerSpec = RunnerSpec()
+    # Several units of the same device model: `tables build --executor ray` spreads blocks across them.
+    # None: the one device `runner` describes.
+    devices: tuple[DeviceSpec, ...] | None = None
     precision: Literal["fp32", "fp16", "int8_dynamic", "int8"] = "fp32"  # int8 = full integer
     # Precisions the selector may choose among (elastic precision); the first is `precision`, whose
     # table is <name>.json; the others' are <name>.<precision>.json. None: `precision` only.
@@ -130,6 +155,33 @@ class Target(_Strict):
         if self.precisions is not None and (not self.precisions or self.precisions[0] != self.precision):
             raise ValueError(f"precisions must start with precision ({self.precision}), got {list(self.precisions)}")
         return self
+
+    @model_validator(mode="after")
+    def _devices_well_formed(self) -> Target:
+        if self.devices is None:
+            return self
+        if not self.devices:
+            raise ValueError("devices is empty: list at least one (id and runner), or remove it to use runner")
+        ids = [d.id for d in self.devices]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"device id(s) {', '.join(twice)} appear more than once; give each device its own id")
+        if "runner" in self.model_fields_set and self.runner != self.devices[0].runner:
+            raise ValueError("give either runner (one device) or devices (several, each with its runner), not both")
+        # Whatever measures on one device (deploy, bench, the local executor) uses the first one.
+        object.__setattr__(self, "runner", self.devices[0].runner)
+        return self
+
+    @property
+    def device_list(self) -> tuple[DeviceSpec, ...]:
+        """The units that measure for this target: `devices`, or the one that `runner` describes."""
+        if self.devices is not None:
+            return self.devices
+        return (DeviceSpec(id=default_device_id(self.runner), runner=self.runner),)
+
+    def on_device(self, device: DeviceSpec) -> Target:
+        """This target measured on one of its devices only (its runner is that device's)."""
+        return self.model_copy(update={"runner": device.runner, "devices": None})
 
     @property
     def served_models(self) -> tuple[str, ...]:

@@ -51,3 +51,22 @@ def shipped(tmp_root) -> Path:
 def ship_files(tmp_root):
     """Copy shipped files (targets, tables, checkpoints; paths relative to the repo) into tmp_root."""
     return lambda *relpaths: copy_shipped(tmp_root, *relpaths)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs) shared by a module's tests; skipped where ray is not installed.
+
+    Module-scoped rather than session-wide so that its daemons are gone while other modules measure
+    latencies; starting one takes ~7 s here.
+    """
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (make test does)")
+    ray.init(
+        address="local",  # a new cluster, never one that `ray start` left on this machine
+        num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2,
+        logging_level="warning",
+    )  # fmt: skip
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -174,3 +174,16 @@ def test_bench_prediction_outside_tolerance_fails_with_both_numbers(root):
     assert re.search(
         rf"prediction check failed: measured {measured:.3f} ms vs predicted {predicted:.3f} ms", str(info.value)
     )
+
+
+@pytest.mark.ray
+def test_bench_with_the_ray_executor_measures_in_the_device_actor(root, ray_cluster):
+    from deploy.executors.ray_cluster import RayExecutor
+
+    executor = RayExecutor()
+    try:
+        result = bench(TARGET, tolerance_pct=1e6, executor=executor)
+    finally:
+        executor.close()
+    assert result.measured.median_ms > 0 and result.measured.where.startswith("local:")
+    assert json.loads(result.json_path.read_text())["measured"]["median_ms"] == result.measured.median_ms

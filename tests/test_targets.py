@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
@@ -77,3 +79,47 @@ def test_every_shipped_target_has_a_table_covering_its_model():
             if table.provenance.method == "measured" and len(target.served_models) > 1:
                 family = build(model).family  # each family's own figures: `make validate-tables MODEL=…`
                 assert family in table.validations, f"{name}: validate it with MODEL={model}"
+
+
+DEVICES = (
+    GOOD
+    + """devices:
+  - id: phone-a
+    runner: {kind: adb, serial: A1}
+    ray_resources: {phone-a: 1}
+  - id: phone-b
+    runner: {kind: adb, serial: B2}
+"""
+)
+
+
+def test_target_with_devices_lists_them_and_measures_single_runs_on_the_first(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(DEVICES)
+    target = load_target("t1")
+    assert [d.id for d in target.device_list] == ["phone-a", "phone-b"]
+    assert target.device_list[0].ray_resources == {"phone-a": 1}
+    assert target.runner.serial == "A1", "deploy, bench and the local executor use the first device"
+    assert target.on_device(target.device_list[1]).runner.serial == "B2"
+
+
+def test_target_with_runner_only_is_one_device_named_after_it(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "runner: {kind: ssh, host: jetson.lan}\n")
+    (device,) = load_target("t1").device_list
+    assert device.id == "ssh:jetson.lan" and device.runner.host == "jetson.lan"
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ("devices: []\n", "devices is empty"),
+        ("devices:\n  - {id: a}\n  - {id: a}\n", "device id(s) a appear more than once"),
+        ("devices:\n  - {runner: {kind: local}}\n", "field 'devices.0.id'"),
+        ("devices:\n  - {id: a, runner: {kind: usb}}\n", "field 'devices.0.runner.kind'"),
+        ("devices:\n  - {id: 'a b'}\n", "field 'devices.0.id'"),
+        ("runner: {kind: ssh, host: h}\ndevices:\n  - {id: a}\n", "either runner (one device) or devices"),
+    ],
+)
+def test_malformed_devices_list_is_a_config_error_naming_the_fix(tmp_root, devices, message):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + devices)
+    with pytest.raises(ConfigFileError, match=re.escape(message)):
+        load_target("t1")

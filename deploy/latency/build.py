@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from deploy.executors.base import Executor
+from deploy.executors.local import LocalExecutor
 from deploy.latency.session import Measurable, MeasureSession
 from deploy.latency.table import (
     Calibration,
@@ -45,6 +47,7 @@ class BuildResult:
     measured: int
     reused: int
     calibration: Calibration
+    by_device: dict[str, int] = field(default_factory=dict)  # blocks each device measured in this run
 
 
 def block_identity(key: BlockKey) -> dict[str, str]:
@@ -226,19 +229,23 @@ def build_table(
     recalibrate: bool = False,
     cache_dir: Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> BuildResult:
     """Measure the blocks `supernets` can produce that the table lacks, then calibrate on whole subnets.
 
     `rebuild` measures every block again; `recalibrate` re-measures only the calibration window (its
-    blocks and whole subnets), e.g. after the machine's speed moved.
+    blocks and whole subnets), e.g. after the machine's speed moved. The executor spreads the blocks
+    over the target's devices (deploy/executors; default: one at a time, here); the calibration
+    window runs on one device.
     """
     path = path or target.table_path
-    session = MeasureSession.open(target, cache_dir)
-    fingerprint = session.fingerprint()
+    executor = executor or LocalExecutor()
+    session = executor.session(target, cache_dir)
+    fingerprints = session.fingerprints()  # per device: a table may merge devices of several runner kinds
     table = new_table(session)
     old = LatencyTable.load(path, target.name) if path.exists() and not rebuild else None
     if old is not None:
-        table.entries = [e for e in old.entries if e.fingerprint == fingerprint]
+        table.entries = [e for e in old.entries if e.fingerprint in fingerprints.values()]
         stale = len(old.entries) - len(table.entries)
         if stale:
             log.info("%d entries were measured with other settings and will be measured again", stale)
@@ -256,15 +263,20 @@ def build_table(
     # saw the machine at a different moment (elastic_vit's 147 new ones spread over minutes gave single
     # blocks +20% off); measured again interleaved, the whole table shares the subnets' time window.
     window_blocks = blocks
+    by_device: dict[str, int] = {}
+
+    def compile_block(key: BlockKey) -> Measurable:
+        module, example = owner[key].measurable_block(key)
+        return session.compile(module, example, block_identity(key))
 
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task(f"[cyan]blocks on {target.name}", total=len(blocks), completed=len(blocks) - len(todo))
-        for key in todo:
-            module, example = owner[key].measurable_block(key)
-            (stats,) = session.measure([session.compile(module, example, block_identity(key))])
-            table.upsert(Entry.from_stats(key, stats, fingerprint))
+        for done in executor.spread(session, todo, compile_block):
+            table.upsert(Entry.from_stats(done.key, done.stats, fingerprints[done.device], done.device))
             table.save(path)  # after every block: an interrupted build resumes from here
-            bar.update(task, advance=1, description=f"[cyan]{key.kind} {stats.median_ms:.3f} ms")
+            by_device[done.device] = by_device.get(done.device, 0) + 1
+            label = f"[cyan]{done.key.kind} {done.stats.median_ms:.3f} ms on {done.device}"
+            bar.update(task, advance=1, description=label)
 
         # Calibration: blocks and whole subnets interleaved in one time window, so the fit sees the
         # ratio between them rather than the machine's drift between two separate sweeps.
@@ -282,8 +294,9 @@ def build_table(
         *stats, null = session.measure(block_items + subnet_items + [null_measurable(session)])
 
     window = dict(zip(window_blocks, stats[: len(window_blocks)], strict=True))
+    device = session.device_id()  # the one device the window ran on
     for key, s in window.items():  # the table holds the same-window block figures the fit used
-        table.upsert(Entry.from_stats(key, s, fingerprint))
+        table.upsert(Entry.from_stats(key, s, fingerprints[device], device))
     samples = []
     for (net, config), s in zip(configs, stats[len(window_blocks) :], strict=True):
         keys = net.blocks(config)
@@ -320,4 +333,6 @@ def build_table(
             fit.quad_per_ms,
             fit.residual_pct,
         )
-    return BuildResult(path, measured=len(todo), reused=len(blocks) - len(todo), calibration=table.calibration)
+    return BuildResult(
+        path, measured=len(todo), reused=len(blocks) - len(todo), calibration=table.calibration, by_device=by_device
+    )

@@ -46,7 +46,7 @@ class MeasureSession:
             )
         return cls(target, backend, get_runner(target.runner), cache_dir or paths.cache_dir())
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, runner_name: str | None = None) -> str:
         """What a table entry was measured with; an entry with another fingerprint is stale."""
         m = self.target.measurement
         ident = {
@@ -54,10 +54,18 @@ class MeasureSession:
             "version": self.backend.version(),
             "threads": self.target.threads,
             "precision": self.target.precision,
-            "runner": self.runner.name,
+            "runner": runner_name or self.runner.name,
             "protocol": [m.warmup_runs, m.min_runs, m.min_time_s, m.rounds],
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+    def fingerprints(self) -> dict[str, str]:
+        """Device id -> fingerprint, for every device of the target (one table may merge several)."""
+        return {d.id: self.fingerprint(d.runner.kind) for d in self.target.device_list}
+
+    def device_id(self) -> str:
+        """The device the last measurement ran on (a farm of devices fails over; else the first one)."""
+        return getattr(self.runner, "device_id", None) or self.target.device_list[0].id
 
     def compile(self, module: nn.Module, example: torch.Tensor, identity: Mapping[str, str]) -> Measurable:
         with_program = bool(getattr(self.backend, "needs_program", False))

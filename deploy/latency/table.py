@@ -70,13 +70,14 @@ class Entry(_Strict):
     round_medians_ms: list[float] = Field(default_factory=list)
     measured_at: str = ""
     fingerprint: str = ""  # backend/version/threads/protocol it was measured with; stale if it differs
+    device: str | None = None  # id of the target's device that measured it (None: tables from before devices)
 
     @property
     def key(self) -> BlockKey:
         return BlockKey.of(self.kind, **self.shape)
 
     @classmethod
-    def from_stats(cls, key: BlockKey, stats: LatencyStats, fingerprint: str) -> Entry:
+    def from_stats(cls, key: BlockKey, stats: LatencyStats, fingerprint: str, device: str | None = None) -> Entry:
         return cls(
             kind=key.kind,
             shape=dict(key.shape),
@@ -89,6 +90,7 @@ class Entry(_Strict):
             round_medians_ms=list(stats.round_medians_ms),
             measured_at=now_iso(),
             fingerprint=fingerprint,
+            device=device,
         )
 
 

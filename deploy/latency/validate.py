@@ -16,10 +16,11 @@ import numpy as np
 from rich.progress import Progress
 
 from deploy.errors import NothingToValidateError
+from deploy.executors.base import Executor
+from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json
 from deploy.latency.build import block_identity, null_measurable, subnet_identity
 from deploy.latency.predictor import LatencyPredictor
-from deploy.latency.session import MeasureSession
 from deploy.latency.table import LatencyTable, Validation, now_iso
 from deploy.space import SubnetConfig
 from deploy.supernets.base import Supernet
@@ -117,11 +118,14 @@ def validate_table(
     json_path: Path | None = None,
     write_back: bool = True,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> ValidationReport:
+    """Measure `samples` unseen subnets and their blocks in one window, on one device of the target (with
+    the Ray executor: in that device's actor, wherever the cluster runs it)."""
     table = LatencyTable.load(target.table_path, target.name)
     predictor = LatencyPredictor(table)
     predictor.require(supernet.all_blocks())
-    session = MeasureSession.open(target, cache_dir)
+    session = (executor or LocalExecutor()).session(target, cache_dir)
     configs = validation_configs(supernet, table, samples, seed)
     if len(configs) < 2:
         raise NothingToValidateError(

@@ -215,3 +215,50 @@ def test_bench_of_a_deployed_artifact_runs_through_ssh(sshd, shipped):
     assert result.passed and result.measured.median_ms > 0
     assert result.measured.where.startswith("ssh:")
     assert report["measured"]["n_runs"] >= 15
+
+
+class SnapshotAfterBlocks:
+    """The Ray executor, keeping the table as it stood when the last block came back (before calibration)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.after_blocks: LatencyTable | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def spread(self, session, keys, make_item):
+        yield from self.inner.spread(session, keys, make_item)
+        self.after_blocks = LatencyTable.load(session.target.table_path)
+
+
+@pytest.mark.ray
+def test_a_local_and_an_ssh_device_share_one_ray_table_build(sshd, ray_cluster, tiny, tmp_root):
+    from pathlib import Path
+
+    from deploy.executors.ray_cluster import RayExecutor
+    from deploy.targets import DeviceSpec
+
+    target = ssh_target(sshd).model_copy(
+        update={"devices": (DeviceSpec(id="here"), DeviceSpec(id="there", runner=spec_for(sshd)))}
+    )
+    # The ssh device's actor is another process: the autouse REMOTE_ROOT patch does not reach it, so the
+    # "remote" copies land in this user's ~/.cache; remove the ones this test adds.
+    remote = Path.home() / ".cache" / "elastic-deploy" / "remote"  # ssh.REMOTE_ROOT, unpatched
+    before = set(remote.glob("*")) if remote.exists() else set()
+    executor = SnapshotAfterBlocks(RayExecutor())
+    try:
+        result = build_table(target, [tiny], progress=False, executor=executor)
+    finally:
+        executor.inner.close()
+        for added in (set(remote.glob("*")) if remote.exists() else set()) - before:
+            shutil.rmtree(added, ignore_errors=True)
+    assert set(result.by_device) == {"here", "there"}
+    assert sum(result.by_device.values()) == len(tiny.all_blocks())
+    merged = executor.after_blocks
+    assert {e.device for e in merged.entries} == {"here", "there"}
+    by_device = {e.device: e for e in merged.entries}
+    assert by_device["here"].fingerprint != by_device["there"].fingerprint  # local vs ssh runner, both fresh
+    table = LatencyTable.load(result.path)
+    assert set(table.index()) == set(tiny.all_blocks()) and table.calibration is not None
+    assert f"there: {sshd.user}@127.0.0.1:{sshd.port}" in table.provenance.host

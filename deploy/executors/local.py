@@ -1,0 +1,59 @@
+"""The local executor: everything in this process, one measurement at a time, on the target's first device.
+
+What the project did before executors existed; the default, and it needs nothing beyond the core install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploy.executors.base import MakeItem, MeasuredBlock
+
+if TYPE_CHECKING:
+    import torch
+
+    from deploy.latency.session import MeasureSession
+    from deploy.runners.base import Runner
+    from deploy.space import SubnetConfig
+    from deploy.supernets.base import BlockKey, Supernet
+    from deploy.targets import Target
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, address: str | None = None) -> None:
+        if address is not None:
+            from deploy.errors import ExecutorError
+
+            raise ExecutorError(f"--ray-address {address} needs --executor ray; drop it to measure in this process")
+
+    def session(self, target: Target, cache_dir: Path | None = None) -> MeasureSession:
+        from deploy.latency.session import MeasureSession
+
+        return MeasureSession.open(target, cache_dir)
+
+    def runner(self, target: Target) -> Runner:
+        from deploy.runners import get_runner
+
+        return get_runner(target.runner)  # the first device's (targets.Target._devices_well_formed)
+
+    def spread(self, session: MeasureSession, keys: Sequence[BlockKey], make_item: MakeItem) -> Iterator[MeasuredBlock]:
+        # Other devices of the target stay idle: spreading is what `--executor ray` is for.
+        device = session.device_id()
+        for key in keys:
+            (stats,) = session.measure([make_item(key)])
+            yield MeasuredBlock(key, stats, device)
+
+    def evaluate(
+        self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: Sequence[SubnetConfig]
+    ) -> Iterator[tuple[SubnetConfig, float]]:
+        from deploy.accuracy import evaluate
+
+        for config in configs:
+            yield config, evaluate(supernet, x, y, config)
+
+    def close(self) -> None:
+        pass
