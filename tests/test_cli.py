@@ -71,5 +71,5 @@ def test_families_lists_every_variant_with_space_size_and_shipped_accuracy():
     for variant in ("matformer_vit_mnist", "poa_vit_mnist", "elastic_vit_mnist", "elastic_vit_tiny"):
         assert variant in out
     assert "1.44e+13" in out and "15,624" in out  # elastic_vit counts distinct configs, not gene vectors
-    assert "96.93% – 98.13%" in out  # the shipped elastic_vit_mnist checkpoint's val range
+    assert "95.07% – 98.13%" in out  # elastic_vit_mnist: every subnet its shipped accuracy cache evaluated
     assert "make train MODEL=elastic_vit_tiny" in out  # tiny variants ship no checkpoint
