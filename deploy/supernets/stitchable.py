@@ -174,17 +174,18 @@ class Stitchable(Supernet):
     def forward(self, x: torch.Tensor, config: SubnetConfig | None = None) -> torch.Tensor:
         config = config or self.largest()
         front, back, position = self._check(config)
-        if front == back:
+        stitch = self.stitch_of(config)
+        if stitch is None:
             return self.anchors[front](x)
-        stitch = self.stitches[stitch_name(front, back, position)]
         return self.back_from(stitch(self.front_features(x, front, position)), back, position)
 
     def extract(self, config: SubnetConfig) -> nn.Module:
         front, back, position = self._check(config)
         f, b = self.anchors[front], self.anchors[back]
-        if front == back:
+        stitch_layer = self.stitch_of(config)
+        if stitch_layer is None:
             return ViT(_copy(f.embed), [_copy(m) for m in f.layers], _copy(f.head)).eval()
-        stitch = _copy(self.stitches[stitch_name(front, back, position)])
+        stitch = _copy(stitch_layer)
         blocks = [_copy(m) for m in f.layers[:position]] + [stitch] + [_copy(m) for m in b.layers[position:]]
         return ViT(_copy(f.embed), blocks, _copy(b.head)).eval()  # type: ignore[arg-type]
 
