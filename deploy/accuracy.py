@@ -357,10 +357,11 @@ class FittedAccuracyPredictor:
 
 @dataclass(frozen=True)
 class AccuracyModel:
-    """`surrogate` to screen the space; `exact` for finalists.
+    """`surrogate` to screen the space; `exact` for finalists; `known` for what the cache already holds.
 
-    The surrogate is exact only on the fixed reference configs it was fitted on, so that evaluations
-    cached by earlier deploys cannot change a later selection: the same inputs give the same choice.
+    The surrogate itself is fitted on the fixed reference configs only, so that evaluations cached by
+    earlier deploys cannot move its guesses; but a real accuracy in the cache is never replaced by a
+    guess (`known`), so a larger cache can only make a choice better informed.
     """
 
     oracle: EvalOracle
@@ -385,6 +386,10 @@ class AccuracyModel:
 
     def exact(self, config: SubnetConfig) -> float:
         return self.oracle(config)
+
+    def known(self, config: SubnetConfig) -> float | None:
+        """A real accuracy already evaluated (shipped or user cache): it always beats a guess in selection."""
+        return self.oracle.cached(config)
 
 
 def uniform_configs(supernet: Supernet) -> dict[str, SubnetConfig]:

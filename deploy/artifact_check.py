@@ -25,6 +25,7 @@ import numpy as np
 from deploy.backends.base import Artifact, Backend
 from deploy.errors import BackendUnavailableError, ParityError, RunnerError
 from deploy.io import atomic_write_bytes
+from deploy.latency.lock import measuring
 from deploy.parity import ParityReport, check_parity
 from deploy.runners import get_runner
 
@@ -188,6 +189,8 @@ def build_and_check(
     try:
         artifact = backend.compile(entry, target, staging, calibration=calibration)
     except BackendUnavailableError as exc:
+        if not backend.compiles_on_device:
+            raise  # it compiles here or nowhere: the error names the install command
         deferred = str(exc)
         artifact = package_onnx(entry, staging)
         build_command = f"elastic-deploy compile --target {target.name} {final_dir / artifact.path.name}"
@@ -228,7 +231,8 @@ def measure_artifact(
         return None, f"the artifact cannot run on this machine ({check.not_run_reason})"
     runner = get_runner(target.runner)
     try:
-        stats = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
+        with measuring(runner, f"deploy {target.name}"):
+            stats = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
     except RunnerError as exc:
         if target.runner.kind == "local":
             raise

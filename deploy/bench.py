@@ -31,6 +31,7 @@ from deploy.errors import BenchGateError, ConfigFileError, DeployError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, atomic_write_text, read_json
+from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.latency.table import now_iso
 from deploy.runners.local import cpu_model, usable_cores
@@ -331,11 +332,14 @@ def bench(
     backend = get_backend(manifest["backend"])
     runner = (executor or LocalExecutor()).runner(target)
     protocol: MeasureProtocol = target.measurement.protocol()
-    measured = runner.benchmark(backend, artifact, inputs, protocol)
-    sustained = None
-    if sustained_s > 0:
-        one_round = replace(protocol, warmup_runs=0, rounds=1, max_retries=0)
-        sustained = sustained_run(lambda: runner.benchmark(backend, artifact, inputs, one_round), sustained_s, measured)
+    with measuring(runner, f"bench {target.name}"):  # one device, one measurement at a time
+        measured = runner.benchmark(backend, artifact, inputs, protocol)
+        sustained = None
+        if sustained_s > 0:
+            one_round = replace(protocol, warmup_runs=0, rounds=1, max_retries=0)
+            sustained = sustained_run(
+                lambda: runner.benchmark(backend, artifact, inputs, one_round), sustained_s, measured
+            )
 
     tolerance = tolerance_pct if tolerance_pct is not None else (target.bench_tolerance_pct or DEFAULT_TOLERANCE_PCT)
     base_file = baseline_path(target.name)

@@ -11,7 +11,7 @@ import logging
 import math
 from pathlib import Path
 
-from deploy.errors import ConfigFileError, NoFeasibleSubnetError
+from deploy.errors import ConfigFileError, InvalidArgumentError, NoFeasibleSubnetError
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,31 @@ def select_from_csv(
 ) -> dict[str, str]:
     """The most accurate row whose latency is within `budget_ms` (ties: the faster), all columns kept."""
     if not (math.isfinite(budget_ms) and budget_ms > 0):
-        raise ValueError(f"budget_ms must be a positive number of milliseconds, got {budget_ms}")
+        raise InvalidArgumentError(
+            f"--budget-ms {budget_ms} is not a positive, finite number of milliseconds; give one such as 0.6"
+        )
     path = Path(path)
     rows = _read_rows(path, (id_column, latency_column, accuracy_column))
-    scored = [
-        (
-            _number(path, line, latency_column, row.get(latency_column)),
-            _number(path, line, accuracy_column, row.get(accuracy_column)),
-            i,
-            row,
-        )
-        for i, (line, row) in enumerate(rows)
-    ]
+    scored = []
+    first_line: dict[str, tuple[int, tuple[float, float]]] = {}
+    for i, (line, row) in enumerate(rows):
+        latency = _number(path, line, latency_column, row.get(latency_column))
+        accuracy = _number(path, line, accuracy_column, row.get(accuracy_column))
+        if latency <= 0:
+            raise ConfigFileError(
+                f"{path}: row at line {line}, column '{latency_column}': {latency:g} ms is not a latency "
+                "(it must be above 0); fix the measurement or drop the row"
+            )
+        ident = (row.get(id_column) or "").strip()
+        if not ident:
+            raise ConfigFileError(f"{path}: row at line {line} has no value in column '{id_column}'; fill it in")
+        seen = first_line.setdefault(ident, (line, (latency, accuracy)))
+        if seen[0] != line and seen[1] != (latency, accuracy):
+            raise ConfigFileError(
+                f"{path}: {id_column}={ident!r} appears at lines {seen[0]} and {line} with different "
+                f"{latency_column}/{accuracy_column}; keep one row per candidate"
+            )
+        scored.append((latency, accuracy, i, row))
     feasible = [s for s in scored if s[0] <= budget_ms]
     if not feasible:
         fastest = min(scored, key=lambda s: (s[0], s[2]))

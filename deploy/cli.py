@@ -55,11 +55,14 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     _state["debug"] = debug
+    # Our own INFO messages; the libraries' (torch.onnx, onnxscript: hundreds of lines per export) only
+    # from WARNING up, unless --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
     )
+    logging.getLogger("deploy").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _say(message: str) -> None:
@@ -334,7 +337,10 @@ def select_cmd(
     """Choose the most accurate candidate within the budget from externally measured rows."""
     from deploy.candidates import select_from_csv
     from deploy.io import atomic_write_json
+    from deploy.output import check_output_file
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")  # before reading: a wrong path fails first, and alone
     row = select_from_csv(candidates, budget_ms, latency_column, accuracy_column, id_column)
     _say(json.dumps(row, indent=2))
     if json_out:
@@ -413,5 +419,15 @@ def main(argv: list[str] | None = None) -> None:
     except DeployError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        label = "interrupted" if exc.exit_code == 130 else "error"
+        err_console.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        # Every write is atomic and long work saves as it goes: nothing is half-written.
+        err_console.print(
+            "[bold red]interrupted:[/] nothing was half-written; run the same command again (builds and "
+            "evaluations resume where they stopped)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(130)

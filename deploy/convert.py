@@ -23,9 +23,10 @@ from deploy import hub, paths
 from deploy.artifact_check import build_and_check, measure_artifact
 from deploy.backends import get_backend
 from deploy.checkpoint import sha256_tree
-from deploy.errors import DeployError
-from deploy.io import atomic_write_json, staged_dir
+from deploy.errors import DeployError, UnsupportedOpError
+from deploy.io import atomic_write_json
 from deploy.latency.table import now_iso
+from deploy.output import check_output_dir, staged_dir
 from deploy.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -140,25 +141,31 @@ def convert(
     say: Callable[[str], None] = log.info,
 ) -> ConvertResult:
     target = load_target(target_name)  # a bad target name fails before running user code
+    if out_dir is not None:
+        check_output_dir(out_dir)  # before any work; the default folder is checked once it is named
     model, factory = load_model(model_spec)
     model.eval()
     shape = resolve_shape(input_shape, model, factory, model_spec)
     example = torch.randn(shape, generator=torch.Generator().manual_seed(EXAMPLE_SEED))
     _dry_run(model, example, model_spec)
-    out_dir = Path(out_dir or paths.dist_dir() / f"{target.name}-{model_spec.partition(':')[2].split('.')[-1]}")
+    out_dir = check_output_dir(
+        out_dir or paths.dist_dir() / f"{target.name}-{model_spec.partition(':')[2].split('.')[-1]}"
+    )
     n_params = sum(p.numel() for p in model.parameters())
     shape_text = "x".join(map(str, shape))
     say(f"model {model_spec} ({type(model).__name__}, {n_params:,} params), input {shape_text}")
 
     backend = get_backend(target.backend)
-    # Backends that do not declare it get the program too: exporting it is cheaper than a failed compile.
-    entry = hub.get_or_export(
-        model,
-        example,
-        {"model": model_spec, "input_shape": shape_text},
-        cache_dir=cache_dir,
-        with_program=bool(getattr(backend, "needs_program", True)),
-    )
+    try:
+        entry = hub.get_or_export(
+            model,
+            example,
+            {"model": model_spec, "input_shape": shape_text},
+            cache_dir=cache_dir,
+            with_program=backend.needs_program,
+        )
+    except UnsupportedOpError as exc:  # every backend starts from the hub: say which one the user wanted
+        raise UnsupportedOpError(f"{exc} (needed for target {target.name}, backend {target.backend})") from exc
     say(f"hub entry {entry.key} ({'reused' if entry.reused else 'exported'})")
     if target.precision == "int8":
         say("int8: calibrated on the example input only (no data set for an arbitrary model); check accuracy")

@@ -85,6 +85,28 @@ class BenchGateError(DeployError):
     """A benchmark of a deployed artifact failed its gate (budget, prediction tolerance or baseline)."""
 
 
+class OutputDirError(DeployError):
+    """An output folder that is a file, cannot be written, or holds files this tool did not write."""
+
+
+class InvalidArgumentError(DeployError):
+    """A command-line value out of range (a budget that is not a positive finite number, …)."""
+
+
+class TableUncalibratedError(DeployError):
+    """A measured latency table without its calibration (an interrupted build): predictions would be raw sums."""
+
+
+class DeviceBusyError(DeployError):
+    """Another elastic-deploy process measures on the same device and did not finish in time."""
+
+
+class BuildInterruptedError(DeployError):
+    """A table build stopped by Ctrl-C; what it measured is saved and the same command resumes."""
+
+    exit_code = 130
+
+
 class ExecutorError(DeployError):
     """An executor that cannot run here: Ray not installed, a cluster address that does not answer,
     options that belong to another executor, or every device of a farm lost."""

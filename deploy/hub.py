@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -39,7 +40,7 @@ from deploy.io import atomic_write_bytes, atomic_write_json, read_json
 log = logging.getLogger(__name__)
 
 OPSET = 17
-HUB_FORMAT = 1  # bump when the layout or the export recipe changes: old entries stop matching
+HUB_FORMAT = 2  # bump when the layout or the export recipe changes: old entries stop matching (2: checksums)
 INPUT_NAME = "input"
 ONNX_FILE = "model.onnx"
 PROGRAM_FILE = "program.pt2"
@@ -170,7 +171,16 @@ class HubEntry:
         return all(p.is_file() for p in files)
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _entry_json(entry: HubEntry) -> dict[str, Any]:
+    files = [entry.onnx_path, entry.references_path, *([entry.program_path] if entry.program_path else [])]
     return {
         "key": entry.key,
         "onnx": entry.onnx_path.name,
@@ -178,18 +188,47 @@ def _entry_json(entry: HubEntry) -> dict[str, Any]:
         "references": REFERENCES_FILE,
         "input_names": list(entry.input_names),
         "output_names": list(entry.output_names),
+        "sha256": {p.name: _file_digest(p) for p in files},  # checked on every reuse
         "meta": dict(entry.meta),
     }
 
 
+def _damage(entry_dir: Path) -> str | None:
+    """What is wrong with a finished entry's files (a checksum that differs, a file missing), or None."""
+    try:
+        recorded = read_json(entry_dir / ENTRY_FILE).get("sha256")
+    except (DeployError, AttributeError):
+        return f"{ENTRY_FILE} is unreadable"
+    if not isinstance(recorded, dict) or not recorded:
+        return "it records no checksums"
+    for name, digest in sorted(recorded.items()):
+        path = entry_dir / str(name)
+        if not path.is_file():
+            return f"{name} is missing"
+        if _file_digest(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def _try_load(entry_dir: Path) -> HubEntry | None:
+    """The entry in `entry_dir` if it is complete and undamaged; a damaged one is removed (it is re-exported)."""
     if not (entry_dir / ENTRY_FILE).is_file():
         return None
     try:
         entry = HubEntry.load(entry_dir)
     except (DeployError, KeyError, TypeError):
-        return None
-    return entry if entry.is_complete() else None
+        entry = None
+    problem = "it is incomplete" if entry is None or not entry.is_complete() else _damage(entry_dir)
+    if problem is None:
+        return entry
+    log.warning("hub entry %s is damaged (%s); exporting it again", entry_dir, problem)
+    trash = entry_dir.with_name(f".{entry_dir.name}.{uuid.uuid4().hex[:8]}.trash")
+    try:
+        os.rename(entry_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    except OSError:
+        pass  # another process moved it first
+    return None
 
 
 def get_or_export(
@@ -308,10 +347,37 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, out_name: str) -> str:
-    """Export with the legacy exporter; on failure retry with dynamo. Returns the exporter used."""
+@contextmanager
+def _quiet_output() -> Iterator[None]:
+    """Hold back what the exporters print at the C level (the TorchScript exporter dumps its whole IR graph
+    to stderr on failure: ~200 lines before our one-line error); it goes to the debug log instead."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.debug("exporter output:\n%s", text)
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, out_name: str) -> tuple[str, str | None]:
+    """Export with the legacy exporter; on failure retry with dynamo. Returns the exporter used and, when the
+    legacy exporter failed on an operator, that operator (the fallback's graph may still fail the checker)."""
     common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [out_name], "opset_version": OPSET}
-    with warnings.catch_warnings(record=True) as caught:
+    op = None
+    with _quiet_output(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             torch.onnx.export(module, (example,), str(path), dynamo=False, do_constant_folding=True, **common)
@@ -337,7 +403,7 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, out_name:
                 ) from dynamo_exc
     for message in sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught}):
         log.debug("during ONNX export: %s", message)
-    return exporter
+    return exporter, op
 
 
 def _op_counts(model: Any) -> dict[str, int]:
@@ -359,7 +425,7 @@ def _build(
     raw_path, onnx_path = tmp / "raw.onnx", tmp / ONNX_FILE
     start = time.perf_counter()
     with _eval_mode(module):
-        exporter = _export_onnx(module, example, raw_path, out_name)
+        exporter, legacy_op = _export_onnx(module, example, raw_path, out_name)
         with torch.inference_mode():
             reference = module(example)
     try:
@@ -368,6 +434,11 @@ def _build(
         slim = onnxslim.slim(raw)
         onnx.checker.check_model(slim, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        if legacy_op is not None:  # the real cause: the dynamo fallback only produced an invalid graph
+            raise UnsupportedOpError(
+                f"torch op '{legacy_op}' has no ONNX conversion at opset {OPSET} (the fallback exporter's graph "
+                f"fails the onnx checker: {_first_line(exc)}); replace it with supported ops in the module"
+            ) from exc
         raise ExportError(f"the ONNX export of hub entry {key} fails the onnx checker: {_first_line(exc)}") from exc
     onnx.save_model(slim, str(onnx_path), save_as_external_data=False)
     raw_path.unlink()

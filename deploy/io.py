@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +37,39 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def _read_text(path: Path, kind: str) -> str:
     try:
-        return json.loads(Path(path).read_text())
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigFileError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{path}: is a folder, not a {kind} file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}); a {kind} file is text: fix or regenerate it"
+        ) from None
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_json(path: Path) -> Any:
+    text = _read_text(path, "JSON")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigFileError(
             f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix or regenerate it"
         ) from None
+    except RecursionError:
+        raise ConfigFileError(f"{path}: JSON nested too deeply to be a file of this tool; regenerate it") from None
 
 
 def read_yaml(path: Path) -> Any:
+    text = _read_text(path, "YAML")
     try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigFileError(f"{path}: file not found") from None
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigFileError(f"{path}: YAML nested too deeply to be a file of this tool; fix it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -72,20 +86,3 @@ def pydantic_error_line(path: Path, exc: Exception) -> str:
     field = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{path}: field '{field}': {first.get('msg')}{more}"
-
-
-@contextlib.contextmanager
-def staged_dir(out_dir: Path) -> Iterator[Path]:
-    """A fresh folder beside out_dir that replaces it only when the block completes: a failed deploy
-    leaves the previous one in place, and nobody ever sees half a folder."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield staging
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -15,8 +15,8 @@ from deploy.backends import get_backend
 from deploy.checkpoint import load as load_checkpoint
 from deploy.checkpoint import sha256_tree
 from deploy.data import load_splits
-from deploy.io import staged_dir
 from deploy.latency.table import LatencyTable
+from deploy.output import check_output_dir, staged_dir
 from deploy.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
 from deploy.report import plot_pareto, write_manifest, write_report
 from deploy.select import Selection
@@ -46,7 +46,7 @@ def deploy(
 ) -> DeployResult:
     target: Target = load_target(target_name)
     variant = model or target.model
-    out_dir = out_dir or paths.dist_dir() / target.name
+    out_dir = check_output_dir(out_dir or paths.dist_dir() / target.name)  # before any work
     primary = LatencyTable.load(target.table_path, target.name)
     if primary.provenance.method == "estimated":
         say(f"ESTIMATED latency table for {target.name}: {primary.provenance.estimation}")

@@ -83,6 +83,7 @@ def safety_margin_pct(table: LatencyTable, family: str | None = None) -> float:
 def select_at(target: Target, supernet: Supernet, accuracy: AccuracyModel) -> PrecisionOption:
     """The best subnet under `target`'s budget, with the latency table of the target's precision."""
     table = LatencyTable.load(target.table_path, target.name)
+    table.require_calibration()  # raw block sums would pick another subnet with no word
     predictor = LatencyPredictor(table)
     predictor.require(supernet.all_blocks())
     margin = safety_margin_pct(table, supernet.family)
@@ -99,6 +100,7 @@ def select_at(target: Target, supernet: Supernet, accuracy: AccuracyModel) -> Pr
         constraints,
         params=supernet.param_count,
         exact_accuracy=accuracy.exact,
+        known_accuracy=accuracy.known,
     )
     return PrecisionOption(target.precision, table, margin, selection)
 

@@ -111,6 +111,8 @@ def write_manifest(
             "evaluated": selection.evaluated,
             "feasible": selection.feasible,
             "elapsed_s": selection.elapsed_s,
+            # how the choice was confirmed with real accuracies (None: the surrogate alone decided)
+            "rescoring": None if selection.rescoring is None else selection.rescoring.to_json(),
             "pareto_front": [
                 {"id": c.config.id, "latency_ms": c.latency_ms, "accuracy": c.accuracy, "source": c.accuracy_source}
                 for c in selection.front

@@ -8,6 +8,7 @@ so a cheap surrogate only has to rank, not to be right.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,10 +25,12 @@ log = logging.getLogger(__name__)
 
 LatencyFn = Callable[[SubnetConfig], tuple[float, float]]  # (predicted ms, std ms)
 AccuracyFn = Callable[[SubnetConfig], float]
+KnownFn = Callable[[SubnetConfig], float | None]  # a real accuracy already known (cached), else None
 ParamsFn = Callable[[SubnetConfig], int]
 
 METHODS = ("auto", "exhaustive", "evolutionary")
 ACCURACY_SOURCES = ("exact", "surrogate")
+MAX_FINALISTS = 128  # re-scoring widens 8, 16, 32, … up to this many real evaluations
 MAX_SEEN = 2000  # candidates kept in Selection.seen: enough for a scatter plot, small in a manifest
 # Bounded retries for a child that is not new: revisiting known genes wastes a generation's slot.
 NOVELTY_TRIES = 8
@@ -108,6 +111,20 @@ class EvolutionParams:
 
 
 @dataclass(frozen=True)
+class Rescoring:
+    """How the choice was confirmed with real accuracies: surrogate guesses re-scored in widening rounds."""
+
+    known_exact: int  # feasible candidates whose real accuracy was already known (the cache)
+    evaluated: int  # surrogate-ranked finalists evaluated for real
+    rounds: int
+    stable: bool  # no guess left claims more than the choice's real accuracy, or a widening kept the choice
+    front_exact_share: float  # share of the feasible Pareto front whose accuracy is real, not a guess
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Selection:
     choice: Candidate
     front: tuple[Candidate, ...]  # Pareto front of everything seen (low latency, high accuracy)
@@ -118,6 +135,7 @@ class Selection:
     feasible: int
     elapsed_s: float
     constraints: Constraints
+    rescoring: Rescoring | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +146,7 @@ class Selection:
             "feasible": self.feasible,
             "elapsed_s": self.elapsed_s,
             "constraints": self.constraints.to_json(),
+            "rescoring": None if self.rescoring is None else self.rescoring.to_json(),
             "front": [c.to_json() for c in self.front],
             "seen": [c.to_json() for c in self.seen],
         }
@@ -153,22 +172,25 @@ class _Scorer:
         params: ParamsFn | None,
         constraints: Constraints,
         accuracy_source: str,
+        known: KnownFn | None = None,
     ) -> None:
         self.latency, self.accuracy, self.params = latency, accuracy, params
         self.constraints = constraints
         self.source = accuracy_source
+        self.known = known
         self.cache: dict[SubnetConfig, Candidate] = {}
 
     def __call__(self, config: SubnetConfig) -> Candidate:
         cand = self.cache.get(config)
         if cand is None:
             ms, std = self.latency(config)
+            real = self.known(config) if self.known is not None else None
             cand = Candidate(
                 config=config,
                 latency_ms=float(ms),
                 latency_std_ms=float(std),
-                accuracy=float(self.accuracy(config)),
-                accuracy_source=self.source,
+                accuracy=float(self.accuracy(config) if real is None else real),
+                accuracy_source=self.source if real is None else "exact",
                 params=None if self.params is None else int(self.params(config)),
             )
             self.cache[config] = cand
@@ -294,6 +316,43 @@ def _infeasible_message(space: SearchSpace, score: _Scorer, cands: Sequence[Cand
     )
 
 
+def _rescore(
+    feasible: Sequence[Candidate], exact: AccuracyFn, first: int, limit: int
+) -> tuple[Candidate, dict[SubnetConfig, Candidate], Rescoring]:
+    """The best feasible candidate by real accuracy, evaluating surrogate guesses in widening rounds.
+
+    A real accuracy already known always competes (a guess can never beat it unevaluated); guesses are
+    evaluated best first, 8, then 16, 32, … in all, until none left unevaluated claims more than the best
+    real one, or a widening keeps the same choice (the surrogate ranks well there), or `limit` is reached.
+    """
+    guesses = [c for c in feasible if c.accuracy_source != "exact"]  # feasible is sorted best first
+    known = [c for c in feasible if c.accuracy_source == "exact"]
+    rescored: dict[SubnetConfig, Candidate] = {}
+    previous: Candidate | None = None
+    width, rounds, stable = first, 0, False
+    choice = min(known, key=_rank_key) if known else None
+    for _ in range(max(1, math.ceil(math.log2(max(limit / first, 1))) + 1)):  # bounded: doubling up to limit
+        rounds += 1
+        for c in guesses[:width]:
+            if c.config not in rescored:
+                real = float(exact(c.config))
+                rescored[c.config] = Candidate(c.config, c.latency_ms, c.latency_std_ms, real, "exact", c.params)
+        choice = min([*known, *rescored.values()], key=_rank_key)
+        left = [c for c in guesses if c.config not in rescored]
+        if not left or left[0].accuracy <= choice.accuracy or (previous is not None and previous == choice):
+            stable = True
+            break
+        if width >= limit:
+            break
+        previous, width = choice, min(2 * width, limit)
+    assert choice is not None
+    final = {c.config: rescored.get(c.config, c) for c in feasible}
+    front = pareto_front(final.values())
+    share = sum(c.accuracy_source == "exact" for c in front) / len(front)
+    info = Rescoring(len(known), len(rescored), rounds, stable, share)
+    return choice, rescored, info
+
+
 def select(
     space: SearchSpace,
     latency: LatencyFn,
@@ -302,17 +361,23 @@ def select(
     *,
     params: ParamsFn | None = None,
     exact_accuracy: AccuracyFn | None = None,
+    known_accuracy: KnownFn | None = None,
     accuracy_source: str = "surrogate",
     finalists: int = 8,
+    max_finalists: int = MAX_FINALISTS,
     method: str = "auto",
     evolution: EvolutionParams | None = None,
     exhaustive_limit: int = 50_000,
 ) -> Selection:
     """The most accurate config of `space` whose predicted latency fits `constraints`.
 
-    `accuracy_source` labels what `accuracy` returns ("surrogate" or "exact"). With `exact_accuracy`
-    the top `finalists` feasible candidates by `accuracy` are re-scored by it and the best exact one
-    wins. Raises NoFeasibleSubnetError, naming the fastest config seen, when nothing fits.
+    `accuracy_source` labels what `accuracy` returns ("surrogate" or "exact"). `known_accuracy` gives the
+    real accuracy of configs already evaluated (a cache): those compete with their real figure, never a
+    guess. With `exact_accuracy` the choice is always a really evaluated config: the top `finalists`
+    feasible guesses are evaluated, and the re-scoring widens (doubling, up to `max_finalists`) until
+    no remaining guess claims more than the best real accuracy or a widening keeps the same choice
+    (`Selection.rescoring` says which, and how much of the feasible front is real). Raises
+    NoFeasibleSubnetError, naming the fastest config seen, when nothing fits.
     """
     if method not in METHODS:
         raise UnknownNameError(f"unknown search method '{method}'; known: {', '.join(METHODS)}")
@@ -328,7 +393,7 @@ def select(
     size = space.size()
     if method == "auto":
         method = "exhaustive" if size <= exhaustive_limit else "evolutionary"
-    score = _Scorer(latency, accuracy, params, constraints, accuracy_source)
+    score = _Scorer(latency, accuracy, params, constraints, accuracy_source, known_accuracy)
     if method == "exhaustive":
         _exhaustive(space, score)
     else:
@@ -341,14 +406,9 @@ def select(
 
     choice = feasible[0]
     finalist_ids: set[str] = set()
+    rescoring = None
     if exact_accuracy is not None:
-        rescored = {
-            c.config: Candidate(
-                c.config, c.latency_ms, c.latency_std_ms, float(exact_accuracy(c.config)), "exact", c.params
-            )
-            for c in feasible[:finalists]
-        }
-        choice = min(rescored.values(), key=_rank_key)
+        choice, rescored, rescoring = _rescore(feasible, exact_accuracy, finalists, max(finalists, max_finalists))
         cands = [rescored.get(c.config, c) for c in cands]
         finalist_ids = {c.id for c in rescored}
 
@@ -366,6 +426,7 @@ def select(
         feasible=len(feasible),
         elapsed_s=time.perf_counter() - start,
         constraints=constraints,
+        rescoring=rescoring,
     )
     log.info(
         "%s search: %d of %d configs scored, %d feasible within %.4g ms; chose %s (%.4g ms, %s acc %.4f)",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deploy import paths
 from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
@@ -26,16 +26,40 @@ class DeviceInfo(_Strict):
     notes: str = ""
 
 
+def _argument_safe(pattern: str, what: str) -> Any:
+    """A string that reaches a program's argument list: never an option (leading '-'), no whitespace or
+    control characters, only the characters `pattern` allows (a target file must not run commands)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if value.startswith("-"):
+            raise ValueError(f"{value!r} starts with '-', which ssh/adb would read as an option; {what}")
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(f"{value!r} holds whitespace or control characters; {what}")
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} holds characters that are not allowed; {what}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+Host = _argument_safe(r"[A-Za-z0-9_.:%\[\]-]+", "give a host name or IP address")
+User = _argument_safe(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*", "give a plain user name")
+Serial = _argument_safe(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", "give the serial that `adb devices` lists")
+FilePath = _argument_safe(r"[A-Za-z0-9_./~+@:=-]+", "give a path without spaces or shell characters")
+CpuMask = _argument_safe(r"[0-9a-fA-F]+", "give a hexadecimal CPU mask such as f0")
+
+
 class RunnerSpec(_Strict):
     kind: Literal["local", "ssh", "adb"] = "local"
-    host: str | None = None
-    user: str | None = None
-    port: int | None = None
-    key_path: str | None = None
-    python: str | None = "python3"  # remote interpreter that has elastic-deploy installed (ssh runner)
-    serial: str | None = None
-    benchmark_binary: str | None = None
-    cpu_mask: str | None = None
+    host: Host | None = None
+    user: User | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    key_path: FilePath | None = None
+    python: FilePath | None = "python3"  # remote interpreter that has elastic-deploy installed (ssh runner)
+    serial: Serial | None = None
+    benchmark_binary: FilePath | None = None
+    cpu_mask: CpuMask | None = None
 
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
@@ -137,7 +161,7 @@ class Target(_Strict):
     precisions: tuple[Literal["fp32", "fp16", "int8_dynamic", "int8"], ...] | None = None
     max_accuracy_drop_pp: float = Field(1.0, ge=0)  # a precision losing more val accuracy is rejected
     threads: int = Field(1, ge=1)
-    budget_ms: float = Field(gt=0)
+    budget_ms: float = Field(gt=0, allow_inf_nan=False)  # no budget at all: a large number, e.g. 1e9
     max_params: int | None = Field(None, gt=0)
     model: str  # the default model of `make deploy TARGET=…`
     # Every model this target serves (MODEL=… may pick any); its table holds the union of their blocks,

@@ -18,14 +18,24 @@ def tiny():
     return build("matformer_vit_tiny").eval()
 
 
+@pytest.fixture(scope="session")
+def shared_accuracy_cache(tmp_path_factory) -> Path:
+    """Real evaluations (deterministic: a checkpoint on its split) shared by the tests of one session, so
+    that each deploy into a throwaway root does not evaluate the same finalists again."""
+    return tmp_path_factory.mktemp("accuracy")
+
+
 @pytest.fixture
-def tmp_root(tmp_path, monkeypatch) -> Path:
+def tmp_root(tmp_path, monkeypatch, shared_accuracy_cache) -> Path:
     """A throwaway project root (targets, tables, dist, cache) so tests never touch shipped files."""
     root = tmp_path / "root"
     (root / "targets").mkdir(parents=True)
     (root / "latency_tables").mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "accuracy").symlink_to(shared_accuracy_cache, target_is_directory=True)
     monkeypatch.setenv("ELASTIC_DEPLOY_ROOT", str(root))
     monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ELASTIC_DEPLOY_LOCK_DIR", str(tmp_path / "locks"))  # no wait behind a developer's run
     return root
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deploy.candidates import select_from_csv
-from deploy.errors import ConfigFileError, NoFeasibleSubnetError
+from deploy.errors import ConfigFileError, InvalidArgumentError, NoFeasibleSubnetError
 
 TABLE = """id,layers,latency_ms,accuracy,notes
 e2b,30,2.5,0.71,small
@@ -97,6 +97,7 @@ def test_select_from_csv_binary_file_raises_not_csv(tmp_path: Path) -> None:
         select_from_csv(path, 3.0)
 
 
-def test_select_from_csv_non_positive_budget_raises(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="budget_ms"):
-        select_from_csv(write(tmp_path, TABLE), 0.0)
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan"), float("inf")])
+def test_select_from_csv_budget_that_is_not_positive_and_finite_raises(tmp_path: Path, budget: float) -> None:
+    with pytest.raises(InvalidArgumentError, match="--budget-ms"):
+        select_from_csv(write(tmp_path, TABLE), budget)

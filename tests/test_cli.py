@@ -73,3 +73,30 @@ def test_families_lists_every_variant_with_space_size_and_shipped_accuracy():
     assert "1.44e+13" in out and "15,624" in out  # elastic_vit counts distinct configs, not gene vectors
     assert "95.07% – 98.13%" in out  # elastic_vit_mnist: every subnet its shipped accuracy cache evaluated
     assert "make train MODEL=elastic_vit_tiny" in out  # tiny variants ship no checkpoint
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf"])
+def test_select_budget_that_is_not_a_positive_finite_number_exits_2(tmp_path, budget):
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,latency_ms,accuracy\na,2.0,0.9\n")
+    assert_one_line_error(run_cli("select", "--candidates", str(csv), "--budget-ms", budget), "--budget-ms")
+
+
+def test_select_json_on_a_folder_exits_2_before_reading(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,latency_ms,accuracy\na,2.0,0.9\n")
+    proc = run_cli("select", "--candidates", str(csv), "--budget-ms", "3", "--json", str(tmp_path))
+    assert_one_line_error(proc, "is a folder")
+
+
+@pytest.mark.parametrize("latency", ["0", "-0.5"])
+def test_select_row_with_a_non_positive_latency_exits_2_naming_the_line(tmp_path, latency):
+    csv = tmp_path / "c.csv"
+    csv.write_text(f"id,latency_ms,accuracy\na,2.0,0.9\nb,{latency},0.99\n")
+    assert_one_line_error(run_cli("select", "--candidates", str(csv), "--budget-ms", "3"), "line 3", "above 0")
+
+
+def test_select_duplicate_ids_with_conflicting_rows_exit_2_naming_both_lines(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,latency_ms,accuracy\na,2.0,0.9\nb,1.0,0.8\na,1.0,0.95\n")
+    assert_one_line_error(run_cli("select", "--candidates", str(csv), "--budget-ms", "3"), "'a'", "lines 2 and 4")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,53 @@ def test_cli_convert_exits_2_with_one_line_message_when_input_is_bad(host, capsy
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
     for needle in needles:
         assert needle in lines[0]
+
+
+class UsesFFT(nn.Module):
+    input_shape = (1, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x).abs()
+
+
+class UsesSTFT(nn.Module):
+    input_shape = (1, 400)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x, 64, window=torch.ones(64), return_complex=True).abs()
+
+
+def make_fft() -> nn.Module:
+    return UsesFFT()
+
+
+def make_stft() -> nn.Module:
+    return UsesSTFT()
+
+
+def test_cli_convert_of_an_unconvertible_torch_op_names_the_op_and_backend(host, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "--model", f"{HERE}:make_fft", "--target", "host-cpu-ort", "--no-measure"])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "aten::fft_rfft" in lines[0] and "onnxruntime" in lines[0], lines
+    assert "ReduceL2" not in lines[0].split("(")[0], "the op is named first, not the checker's complaint"
+
+
+def test_cli_convert_prints_no_exporter_dump_when_the_first_exporter_fails(host, tmp_path, capfd):
+    out = tmp_path / "stft"
+    with pytest.raises(SystemExit):
+        main(["convert", "--model", f"{HERE}:make_stft", "--target", "host-cpu-ort", "--no-measure", "--out", str(out)])
+    err = capfd.readouterr().err
+    assert "Torch IR graph" not in err and len(err.splitlines()) < 10, err
+
+
+def test_convert_to_a_litert_target_without_litert_is_an_error_naming_the_install(host, tmp_path, monkeypatch):
+    from deploy.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # as if the extra were not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    target = write_target(host, "host-cpu-tfl", backend="tflite")
+    with pytest.raises(BackendUnavailableError, match=r"tflite"):
+        convert(f"{HERE}:make_cnn", target, out_dir=tmp_path / "tfl", measure=False)
+    assert not (tmp_path / "tfl").exists(), "nothing is packaged for a backend that compiles here"

@@ -111,3 +111,15 @@ def test_commit_keeps_existing_complete_entry_when_racing(entry, tmp_path):
     hub._commit(loser, entry.dir)
     assert entry.onnx_path.read_bytes() == before
     assert hub.HubEntry.load(entry.dir).is_complete()
+
+
+@pytest.mark.parametrize("damaged", ["model.onnx", "references.npz"])
+def test_damaged_entry_is_detected_by_its_checksum_and_exported_again(tmp_path, damaged):
+    torch.manual_seed(0)
+    module, example = nn.Linear(8, 4).eval(), torch.randn(1, 8)
+    first = hub.get_or_export(module, example, {"model": "linear"}, cache_dir=tmp_path)
+    (first.dir / damaged).write_bytes(b"garbage")
+    again = hub.get_or_export(module, example, {"model": "linear"}, cache_dir=tmp_path)
+    assert again.key == first.key and not again.reused
+    onnx.checker.check_model(str(again.onnx_path), full_check=True)
+    assert np.allclose(again.reference_outputs()["output"], module(example).detach().numpy())

@@ -7,7 +7,13 @@ import json
 import pytest
 import yaml
 
-from deploy.errors import CheckpointError, NoFeasibleSubnetError, ParityError, TableIncompleteError
+from deploy.errors import (
+    CheckpointError,
+    NoFeasibleSubnetError,
+    ParityError,
+    TableIncompleteError,
+    TableUncalibratedError,
+)
 from deploy.pipeline import deploy
 from deploy.supernets import build
 from deploy.supernets.base import BlockKey
@@ -81,3 +87,25 @@ def test_checkpoint_of_another_variant_is_rejected(shipped):
     ckpt.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError):
         deploy("host-cpu-ort", progress=False)
+
+
+def test_deploy_with_an_uncalibrated_table_refuses_naming_the_command_that_calibrates(shipped):
+    path = shipped / "latency_tables" / "host-cpu-ort.json"
+    data = json.loads(path.read_text())
+    data["calibration"] = None  # what an interrupted build of an older version could leave
+    path.write_text(json.dumps(data))
+    with pytest.raises(TableUncalibratedError, match=r"tables build --target host-cpu-ort --recalibrate"):
+        deploy("host-cpu-ort", progress=False, measure=False)
+    assert not (shipped / "dist").exists()
+
+
+def test_deploy_without_a_budget_picks_the_most_accurate_subnet_the_cache_knows(shipped):
+    from deploy.accuracy import accuracy_cache_path
+
+    edit_target(shipped, budget_ms=1e9)
+    cache = json.loads(accuracy_cache_path(shipped / "checkpoints" / "matformer_vit_mnist.safetensors").read_text())
+    best = max(e["accuracy"] for e in cache["entries"])
+    result = deploy("host-cpu-ort", progress=False, measure=False)
+    choice = result.selection.choice
+    assert choice.accuracy_source == "exact" and choice.accuracy >= best
+    assert result.manifest["selection"]["rescoring"]["stable"]

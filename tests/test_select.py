@@ -287,4 +287,70 @@ def test_seen_sample_keeps_every_finalist_when_space_is_large(mnist_space: Searc
     )
     exact = [c for c in sel.seen if c.accuracy_source == "exact"]
     assert len(sel.seen) <= 2000 < sel.evaluated
-    assert len(exact) == 8 and sel.choice in exact
+    assert sel.rescoring is not None and len(exact) == sel.rescoring.evaluated >= 8 and sel.choice in exact
+
+
+def _overrated(space: SearchSpace, budget: float, n: int) -> tuple[list[SubnetConfig], SubnetConfig]:
+    """The n feasible configs a misled surrogate ranks first (really poor), and the real best feasible one."""
+    feasible = sorted(
+        (c for c in space.enumerate() if latency_fn(c)[0] <= budget), key=lambda c: (-accuracy_fn(c), c.id)
+    )
+    return feasible[1 : n + 1], feasible[0]
+
+
+def test_known_real_accuracy_is_never_beaten_by_an_unevaluated_guess(tiny_space: SearchSpace) -> None:
+    budget = _budgets(tiny_space)[4]
+    bad, best = _overrated(tiny_space, budget, 40)
+    boosted = {c.id for c in bad}
+
+    def surrogate(config: SubnetConfig) -> float:
+        return 2.0 if config.id in boosted else accuracy_fn(config) - 0.5  # the best one is underrated
+
+    def exact(config: SubnetConfig) -> float:
+        return 0.2 if config.id in boosted else accuracy_fn(config)
+
+    known = {best.id: accuracy_fn(best)}
+    sel = select(
+        tiny_space, latency_fn, surrogate, Constraints(budget), exact_accuracy=exact,
+        known_accuracy=lambda c: known.get(c.id), finalists=8, max_finalists=8,
+    )  # fmt: skip
+    assert sel.choice.config == best and sel.choice.accuracy_source == "exact"
+    assert sel.rescoring is not None and sel.rescoring.known_exact == 1 and not sel.rescoring.stable
+
+
+def test_rescoring_widens_until_the_best_real_candidate_is_stable(tiny_space: SearchSpace) -> None:
+    budget = _budgets(tiny_space)[4]
+    bad, best = _overrated(tiny_space, budget, 20)
+    boosted = {c.id for c in bad}
+    evaluated: list[str] = []
+
+    def surrogate(config: SubnetConfig) -> float:
+        return accuracy_fn(config) + (1.0 if config.id in boosted else 0.0)
+
+    def exact(config: SubnetConfig) -> float:
+        evaluated.append(config.id)
+        return 0.2 if config.id in boosted else accuracy_fn(config)
+
+    sel = select(tiny_space, latency_fn, surrogate, Constraints(budget), exact_accuracy=exact, finalists=8)
+    assert sel.choice.config == best, "the 21st guess is the real best: 8, 16 then 32 are evaluated"
+    assert sel.rescoring is not None and sel.rescoring.stable and sel.rescoring.rounds == 3
+    assert len(evaluated) == len(set(evaluated)) == 32
+    assert sel.to_json()["rescoring"]["evaluated"] == 32
+
+
+def test_rescoring_stops_at_its_bound_and_says_so(tiny_space: SearchSpace) -> None:
+    budget = _budgets(tiny_space)[4]
+    bad, _ = _overrated(tiny_space, budget, 40)
+    boosted = {c.id for c in bad}
+    calls = [0]
+
+    def exact(config: SubnetConfig) -> float:
+        calls[0] += 1
+        return 0.2 if config.id in boosted else accuracy_fn(config)
+
+    sel = select(
+        tiny_space, latency_fn, lambda c: accuracy_fn(c) + (1.0 if c.id in boosted else 0.0), Constraints(budget),
+        exact_accuracy=exact, finalists=8, max_finalists=16,
+    )  # fmt: skip
+    assert calls[0] == 16 and sel.rescoring is not None and not sel.rescoring.stable
+    assert sel.rescoring.front_exact_share < 1, "guesses the bound left unevaluated are still on the front"

@@ -123,3 +123,48 @@ def test_malformed_devices_list_is_a_config_error_naming_the_fix(tmp_root, devic
     (tmp_root / "targets" / "t1.yaml").write_text(GOOD + devices)
     with pytest.raises(ConfigFileError, match=re.escape(message)):
         load_target("t1")
+
+
+SSH = GOOD + "runner:\n  kind: ssh\n  host: 127.0.0.1\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user", "-oProxyCommand=touch /tmp/p"),
+        ("user", "root name"),
+        ("host", "-oProxyCommand=x"),
+        ("host", "a;b"),
+        ("host", "$(touch x)"),
+        ("host", "a\nb"),
+        ("python", "-c"),
+        ("key_path", "my key"),
+        ("serial", "-s"),
+        ("benchmark_binary", "/data/x;rm"),
+        ("cpu_mask", "f0 -x"),
+    ],
+)
+def test_runner_field_that_could_reach_an_argument_list_as_an_option_is_refused(tmp_root, field, value):
+    runner = {"kind": "ssh", "host": "127.0.0.1", field: value}
+    import yaml
+
+    data = yaml.safe_load(GOOD)
+    data["runner"] = runner
+    (tmp_root / "targets" / "t1.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigFileError, match=rf"field 'runner.{field}'") as err:
+        load_target("t1")
+    assert "\n" not in str(err.value).replace(repr(value), "")
+
+
+def test_plain_runner_fields_are_accepted(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(
+        SSH + "  user: deploy-bot\n  port: 2222\n  key_path: ~/.ssh/id_ed25519\n  python: /opt/venv/bin/python3\n"
+    )
+    target = load_target("t1")
+    assert target.runner.user == "deploy-bot" and target.device_list[0].id == "ssh:127.0.0.1"
+
+
+def test_infinite_budget_is_refused_with_the_field_named(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("budget_ms: 1.5", "budget_ms: .inf"))
+    with pytest.raises(ConfigFileError, match=r"field 'budget_ms'.*finite"):
+        load_target("t1")

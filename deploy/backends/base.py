@@ -50,6 +50,10 @@ class Backend(Protocol):
     name: str
     precisions: tuple[str, ...]  # what compile accepts as target.precision
     needs_program: bool  # compile reads entry.load_program() (the hub must export it), not only the ONNX
+    # compile must run on the device itself (a TensorRT engine is built for one GPU): where its toolchain is
+    # missing here, a deploy packages the hub's ONNX and says which command builds it there. Every other
+    # backend compiles here, so a missing toolchain is an error that names the install command.
+    compiles_on_device: bool
 
     def version(self) -> str:
         """Version of the runtime/converter (recorded in tables and manifests)."""

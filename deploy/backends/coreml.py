@@ -203,6 +203,7 @@ class CoreMLBackend:
     name = "coreml"
     precisions = PRECISIONS
     needs_program = True  # coremltools converts the torch.export program
+    compiles_on_device = False
 
     def __init__(self) -> None:
         self._models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

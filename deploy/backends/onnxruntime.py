@@ -82,6 +82,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     precisions = PRECISIONS
     needs_program = False
+    compiles_on_device = False
 
     def __init__(self) -> None:
         self._sessions: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

@@ -195,6 +195,7 @@ class TensorRTBackend:
     name = "tensorrt"
     precisions = PRECISIONS
     needs_program = False  # the ONNX parser reads the hub ONNX
+    compiles_on_device = True
 
     def __init__(self) -> None:
         self._engines: OrderedDict[tuple[Any, ...], _Loaded] = OrderedDict()

@@ -197,6 +197,7 @@ class TFLiteBackend:
     name = "tflite"
     precisions = PRECISIONS
     needs_program = True  # litert-torch converts the torch.export program
+    compiles_on_device = False
 
     def __init__(self) -> None:
         self._interpreters: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

@@ -44,6 +44,7 @@ class TorchCudaBackend:
     name = "torch_cuda"
     precisions = ("fp32", "fp16")
     needs_program = True
+    compiles_on_device = False
 
     def __init__(self) -> None:
         self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

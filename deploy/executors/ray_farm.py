@@ -24,6 +24,7 @@ from deploy.backends.base import Artifact, Backend
 from deploy.errors import DeployError, ExecutorError, RunnerError
 from deploy.executors.base import MakeItem, MeasuredBlock
 from deploy.executors.shipping import ShippedArtifact, pack, unpack
+from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.runners.base import SingleFromMany
 from deploy.supernets.base import BlockKey
@@ -65,7 +66,8 @@ class DeviceWorker:
         session = self.session()
         inbox = session.cache_dir / "ray-artifacts"
         items = [(unpack(artifact, inbox), inputs) for artifact, inputs in shipped]
-        return session.runner.benchmark_many(session.backend, items, protocol)
+        with measuring(session.runner, f"a block on {self.device_id}"):
+            return session.runner.benchmark_many(session.backend, items, protocol)
 
 
 def _unwrap(exc: RayTaskError) -> BaseException:
@@ -132,6 +134,9 @@ class DeviceFarm(SingleFromMany):
                 f"every device of {self.target.name} is lost ({whys}); fix them and run the same command again: "
                 "what was measured is kept"
             )
+
+    def device_key(self) -> None:
+        return None  # each device's actor takes its own device's lock
 
     def describe(self) -> str:
         """Every live device before a measurement (a table's provenance); after one, the device that made it."""

@@ -1,10 +1,12 @@
 """Regenerate a target's latency table: measure every block its models can produce, then calibrate.
 
-Entries are written as they are measured (atomic writes), so an interrupted build loses nothing and
-the same command resumes: only missing or stale entries (measured with another backend version,
-thread count or protocol) are measured again. The calibration measures random whole subnets
-interleaved with every block of the table in one time window (those figures replace the ones measured
-one by one) and fits measured ≈ f(block sum).
+A build measures into `<table>.partial.json` beside the table in force, which it replaces only once
+complete and calibrated: a deploy never sees half a table, and `--rebuild` keeps the old one usable
+until the new one is done. Entries are written to the partial file as they are measured (atomic
+writes), so an interrupted build loses nothing and the same command resumes: only missing or stale
+entries (measured with another backend version, thread count or protocol) are measured again. The
+calibration measures random whole subnets interleaved with every block of the table in one time
+window (those figures replace the ones measured one by one) and fits measured ≈ f(block sum).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from deploy.errors import BuildInterruptedError, ConfigFileError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
+from deploy.latency.lock import measuring
 from deploy.latency.session import Measurable, MeasureSession
 from deploy.latency.table import (
+    BuildState,
     Calibration,
     CalibrationSample,
     Entry,
@@ -39,6 +44,21 @@ from deploy.targets import Target
 log = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 0  # tables validate draws with another seed and skips these subnets
+
+
+def partial_table_path(path: Path) -> Path:
+    """Where a build measures until its table is complete and calibrated (beside the table in force)."""
+    return path.with_name(f"{path.stem}.partial.json")
+
+
+def _load_partial(path: Path, target: str) -> LatencyTable | None:
+    if not path.exists():
+        return None
+    try:
+        return LatencyTable.load(path, target)
+    except ConfigFileError as exc:  # a partial file is derived data: a damaged one is measured again
+        log.warning("ignoring %s (%s); its blocks are measured again", path, exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -239,22 +259,33 @@ def build_table(
     window runs on one device.
     """
     path = path or target.table_path
+    partial_path = partial_table_path(path)
     executor = executor or LocalExecutor()
     session = executor.session(target, cache_dir)
     fingerprints = session.fingerprints()  # per device: a table may merge devices of several runner kinds
     table = new_table(session)
-    old = LatencyTable.load(path, target.name) if path.exists() and not rebuild else None
-    if old is not None:
-        table.entries = [e for e in old.entries if e.fingerprint in fingerprints.values()]
-        stale = len(old.entries) - len(table.entries)
-        if stale:
+    old = LatencyTable.load(path, target.name) if path.exists() else None
+    pending = _load_partial(partial_path, target.name)
+    if pending is not None and pending.build is not None and pending.build.rebuild:
+        rebuild = True  # an interrupted rebuild goes on as one, whatever the rerun's flags
+    if pending is not None:
+        table.entries = [e for e in pending.entries if e.fingerprint in fingerprints.values()]
+        log.info("resuming the interrupted build in %s: %d blocks already measured", partial_path, len(table.entries))
+    if old is not None and not rebuild:
+        have_now = table.index()
+        kept = [e for e in old.entries if e.fingerprint in fingerprints.values() and e.key not in have_now]
+        stale = len(old.entries) - len(kept) - len(have_now)
+        if stale > 0:
             log.info("%d entries were measured with other settings and will be measured again", stale)
+        table.entries = sorted([*table.entries, *kept], key=lambda e: e.key)
+    table.build = BuildState(rebuild=rebuild, started=pending.build.started if pending and pending.build else now_iso())
     owner = {b: net for net in supernets for b in net.all_blocks()}
     blocks = sorted(owner)
     have = table.index()
     todo = [b for b in blocks if b not in have]
     log.info("%d blocks in the space, %d already measured, %d to measure", len(blocks), len(have), len(todo))
-    complete = not todo and old is not None and len(table.entries) == len(old.entries)
+    complete = not todo and pending is None and old is not None and not rebuild
+    complete = complete and old is not None and len(table.entries) == len(old.entries)
     if complete and old is not None and old.calibration is not None and not recalibrate:
         log.info("%s is complete and calibrated; nothing to measure (--rebuild measures it all again)", path)
         return BuildResult(path, measured=0, reused=len(blocks), calibration=old.calibration)
@@ -269,14 +300,28 @@ def build_table(
         module, example = owner[key].measurable_block(key)
         return session.compile(module, example, block_identity(key))
 
-    with Progress(disable=not progress, transient=False) as bar:
+    # The device is held for the whole build: a deploy measuring between two blocks would see this
+    # process compiling the next one (and the blocks would see the deploy).
+    with (
+        measuring(session.runner, f"tables build {target.name}"),
+        Progress(disable=not progress, transient=False) as bar,
+    ):
         task = bar.add_task(f"[cyan]blocks on {target.name}", total=len(blocks), completed=len(blocks) - len(todo))
-        for done in executor.spread(session, todo, compile_block):
-            table.upsert(Entry.from_stats(done.key, done.stats, fingerprints[done.device], done.device))
-            table.save(path)  # after every block: an interrupted build resumes from here
-            by_device[done.device] = by_device.get(done.device, 0) + 1
-            label = f"[cyan]{done.key.kind} {done.stats.median_ms:.3f} ms on {done.device}"
-            bar.update(task, advance=1, description=label)
+        try:
+            for done in executor.spread(session, todo, compile_block):
+                table.upsert(Entry.from_stats(done.key, done.stats, fingerprints[done.device], done.device))
+                table.save(partial_path)  # after every block: an interrupted build resumes from here
+                by_device[done.device] = by_device.get(done.device, 0) + 1
+                label = f"[cyan]{done.key.kind} {done.stats.median_ms:.3f} ms on {done.device}"
+                bar.update(task, advance=1, description=label)
+        except KeyboardInterrupt:
+            table.save(partial_path)
+            raise BuildInterruptedError(
+                f"{len(table.index().keys() & set(blocks))} of {len(blocks)} blocks are saved in "
+                f"{partial_path}; {'the table in force, ' + str(path) + ', is unchanged' if old else 'no table yet'}"
+                f"; run the same command again to resume"
+            ) from None
+        table.save(partial_path)  # the calibration window takes minutes: a Ctrl-C in it keeps the blocks
 
         # Calibration: blocks and whole subnets interleaved in one time window, so the fit sees the
         # ratio between them rather than the machine's drift between two separate sweeps.
@@ -291,7 +336,14 @@ def build_table(
             subnet_items.append(session.compile(net.extract(config), net.example_input(), subnet_identity(net, config)))
             bar.update(cal, advance=1)
         bar.update(cal, description="[magenta]measuring blocks and subnets interleaved")
-        *stats, null = session.measure(block_items + subnet_items + [null_measurable(session)])
+        try:
+            *stats, null = session.measure(block_items + subnet_items + [null_measurable(session)])
+        except KeyboardInterrupt:
+            raise BuildInterruptedError(
+                f"stopped in the calibration window; every block is saved in {partial_path}; "
+                f"{'the table in force, ' + str(path) + ', is unchanged' if old else 'no table yet'}; "
+                "run the same command again to calibrate"
+            ) from None
 
     window = dict(zip(window_blocks, stats[: len(window_blocks)], strict=True))
     device = session.device_id()  # the one device the window ran on
@@ -314,7 +366,9 @@ def build_table(
     table.validation = None  # a new calibration invalidates the old out-of-sample figures
     table.validations = {}
     table.provenance = table.provenance.model_copy(update={"date": now_iso()})
-    table.save(path)
+    table.build = None
+    table.save(path)  # complete and calibrated: it replaces the table in force in one step
+    partial_path.unlink(missing_ok=True)
     log.info(
         "calibration: call overhead %.4f ms, slope %.3f, per block %.4f ms, Σ² %.3f /ms, fit residual %.1f%%",
         table.calibration.call_overhead_ms,

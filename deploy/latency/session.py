@@ -17,6 +17,7 @@ from torch import nn
 from deploy import hub, paths
 from deploy.backends import get_backend
 from deploy.backends.base import Artifact, Backend
+from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats
 from deploy.runners import get_runner
 from deploy.runners.base import Runner
@@ -68,7 +69,7 @@ class MeasureSession:
         return getattr(self.runner, "device_id", None) or self.target.device_list[0].id
 
     def compile(self, module: nn.Module, example: torch.Tensor, identity: Mapping[str, str]) -> Measurable:
-        with_program = bool(getattr(self.backend, "needs_program", False))
+        with_program = self.backend.needs_program
         entry = hub.get_or_export(module, example, identity, cache_dir=self.cache_dir, with_program=with_program)
         out_dir = self.cache_dir / "artifacts" / self.target.name / entry.key
         artifact = self.backend.compile(entry, self.target, out_dir)
@@ -76,7 +77,8 @@ class MeasureSession:
 
     def measure(self, items: Sequence[Measurable]) -> list[LatencyStats]:
         """Measure artifacts interleaved, round by round, so they share one time window."""
-        return self.runner.benchmark_many(self.backend, list(items), self.target.measurement.protocol())
+        with measuring(self.runner, f"measuring for {self.target.name}"):
+            return self.runner.benchmark_many(self.backend, list(items), self.target.measurement.protocol())
 
     def versions(self) -> dict[str, str]:
         import onnx

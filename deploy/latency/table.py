@@ -179,9 +179,17 @@ class Validation(_Strict):
     host: str
 
 
+class BuildState(_Strict):
+    """Present only in a build's `<table>.partial.json`: what a rerun resumes."""
+
+    rebuild: bool = False  # measuring every block again: the old table's entries are not reused
+    started: str
+
+
 class LatencyTable(_Strict):
     schema_version: int = SCHEMA_VERSION
     provenance: Provenance
+    build: BuildState | None = None
     entries: list[Entry] = Field(default_factory=list)
     calibration: Calibration | None = None
     validation: Validation | None = None  # of the target's default model
@@ -190,6 +198,23 @@ class LatencyTable(_Strict):
     def validation_for(self, family: str | None = None) -> Validation | None:
         """The family's own out-of-sample figures, else the default model's."""
         return self.validations.get(family or "", self.validation)
+
+    def require_calibration(self) -> Calibration:
+        """The calibration, or a one-line error with the command that fits it (an interrupted build leaves none)."""
+        if self.calibration is not None:
+            return self.calibration
+        from deploy.errors import TableUncalibratedError
+
+        name = self.provenance.target
+        fix = (
+            f"`elastic-deploy tables estimate --target {name}`"
+            if self.provenance.method == "estimated"
+            else f"`elastic-deploy tables build --target {name} --recalibrate`"
+        )
+        raise TableUncalibratedError(
+            f"the latency table of {name} has no calibration (an interrupted build?), so its block sums would be "
+            f"15-50% off whole subnets; calibrate it with {fix}"
+        )
 
     def index(self) -> dict[BlockKey, Entry]:
         return {e.key: e for e in self.entries}

@@ -123,6 +123,7 @@ def validate_table(
     """Measure `samples` unseen subnets and their blocks in one window, on one device of the target (with
     the Ray executor: in that device's actor, wherever the cluster runs it)."""
     table = LatencyTable.load(target.table_path, target.name)
+    table.require_calibration()
     predictor = LatencyPredictor(table)
     predictor.require(supernet.all_blocks())
     session = (executor or LocalExecutor()).session(target, cache_dir)

@@ -242,6 +242,9 @@ class AdbRunner(SingleFromMany):
             )
         return self.serial
 
+    def device_key(self) -> str:
+        return f"adb:{self.serial or 'default'}"
+
     def describe(self) -> str:
         if self._model is None:
             self._connect()

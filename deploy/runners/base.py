@@ -23,6 +23,11 @@ class Runner(Protocol):
     def describe(self) -> str:
         """Where measurements run (host name and CPU for local; serial or host for remote)."""
 
+    def device_key(self) -> str | None:
+        """The physical device measurements run on (this host, the ssh host, the phone's serial): the name of
+        the lock that keeps two measurements from running there at once. None for a farm of devices,
+        whose devices each take their own."""
+
     def benchmark(
         self,
         backend: Backend,

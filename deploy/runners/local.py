@@ -49,6 +49,9 @@ class LocalRunner(SingleFromMany):
     def where(self) -> str:
         return f"local:{self.hostname}"
 
+    def device_key(self) -> str:
+        return f"local:{self.hostname}"  # every local measurement on this host loads the same cores
+
     def describe(self) -> str:
         return f"{self.hostname} ({cpu_model()}, {usable_cores()} cores)"
 

@@ -85,7 +85,8 @@ class SshRunner(SingleFromMany):
 
     def ssh_command(self, remote_command: str) -> list[str]:
         """The local argv: remote_command is one string for the remote shell, built with shlex.quote."""
-        return ["ssh", "-p", str(self.port), *self._options(), f"{self.user}@{self.host}", "--", remote_command]
+        # "--" ends ssh's options: the destination can never be read as one (the spec refuses a leading "-" too).
+        return ["ssh", "-p", str(self.port), *self._options(), "--", f"{self.user}@{self.host}", remote_command]
 
     def scp_command(self, local: Path, remote: PurePosixPath) -> list[str]:
         destination = f"{self.user}@{self.host}:{remote}"
@@ -126,8 +127,11 @@ class SshRunner(SingleFromMany):
         if proc.returncode == SSH_FAILED:
             raise RunnerError(
                 f"ssh to {self.address} failed while {what} ({_last_line(err) or 'exit 255'}); "
-                f"try `ssh -p {self.port} {self.user}@{self.host}` by hand"
+                f"try `{shlex.join(['ssh', '-p', str(self.port), '--', f'{self.user}@{self.host}'])}` by hand"
             )
+
+    def device_key(self) -> str:
+        return f"ssh:{self.host}:{self.port}"
 
     def describe(self) -> str:
         if self._described is None:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from deploy.latency.build import build_table
+from deploy.errors import BuildInterruptedError
+from deploy.latency.build import build_table, partial_table_path
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.session import MeasureSession
 from deploy.latency.table import LatencyTable
@@ -47,28 +48,66 @@ def test_build_measures_every_block_and_calibrates(target, tiny):
     LatencyPredictor(table).require(tiny.all_blocks())
 
 
-def test_build_resumes_after_interruption_without_losing_entries(target, tiny, monkeypatch):
+def _interrupt_at(monkeypatch, n: int):
+    """MeasureSession.measure raises KeyboardInterrupt on its n-th call (as if Ctrl-C arrived then)."""
     real = MeasureSession.measure
     calls = {"n": 0}
 
     def flaky(self, items):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # as if Ctrl-C arrived while the third block was measured
+        if calls["n"] == n:
+            raise KeyboardInterrupt
         return real(self, items)
 
     monkeypatch.setattr(MeasureSession, "measure", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    return real
+
+
+def test_build_resumes_after_interruption_without_losing_entries(target, tiny, monkeypatch):
+    real = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(BuildInterruptedError, match=r"2 of \d+ blocks are saved in .*partial.json.*resume"):
         build_table(target, [tiny], progress=False)
-    saved = LatencyTable.load(target.table_path)
+    assert not target.table_path.exists(), "no half table is ever in force"
+    saved = LatencyTable.load(partial_table_path(target.table_path))
     assert len(saved.entries) == 2 and saved.calibration is None
 
     monkeypatch.setattr(MeasureSession, "measure", real)
     result = build_table(target, [tiny], progress=False)
     total = len(tiny.all_blocks())
     assert (result.measured, result.reused) == (total - 2, 2)
+    assert not partial_table_path(target.table_path).exists()
     again = build_table(target, [tiny], progress=False)
     assert again.measured == 0, "a complete, calibrated table is not measured again"
+
+
+def test_rebuild_keeps_the_old_table_in_force_until_done_and_resumes_when_rerun(target, tiny, monkeypatch):
+    build_table(target, [tiny], progress=False)
+    before = target.table_path.read_text()
+    real = _interrupt_at(monkeypatch, 4)
+    with pytest.raises(BuildInterruptedError, match="is unchanged"):
+        build_table(target, [tiny], rebuild=True, progress=False)
+    assert target.table_path.read_text() == before, "the old table, calibration included, stays in force"
+    partial = LatencyTable.load(partial_table_path(target.table_path))
+    assert len(partial.entries) == 3 and partial.build is not None and partial.build.rebuild
+
+    monkeypatch.setattr(MeasureSession, "measure", real)
+    result = build_table(target, [tiny], progress=False)  # no --rebuild: the interrupted rebuild goes on
+    assert (result.measured, result.reused) == (len(tiny.all_blocks()) - 3, 3)
+    table = LatencyTable.load(target.table_path)
+    assert table.calibration is not None and table.build is None
+    old = {e.key: e.measured_at for e in LatencyTable.model_validate_json(before).entries}
+    assert all(e.measured_at >= old[e.key] for e in table.entries)
+
+
+def test_build_interrupted_in_the_calibration_window_keeps_every_block(target, tiny, monkeypatch):
+    blocks = len(tiny.all_blocks())
+    real = _interrupt_at(monkeypatch, blocks + 1)
+    with pytest.raises(BuildInterruptedError, match="calibration window"):
+        build_table(target, [tiny], progress=False)
+    assert len(LatencyTable.load(partial_table_path(target.table_path)).entries) == blocks
+    monkeypatch.setattr(MeasureSession, "measure", real)
+    result = build_table(target, [tiny], progress=False)
+    assert result.measured == 0 and LatencyTable.load(target.table_path).calibration is not None
 
 
 def test_stale_entries_are_measured_again(target, tiny):

@@ -10,7 +10,7 @@ import pytest
 
 from deploy.checkpoint import sha256_file
 from deploy.errors import RunnerError
-from deploy.latency.build import build_table
+from deploy.latency.build import build_table, partial_table_path
 from deploy.latency.stats import MeasureProtocol
 from deploy.latency.table import LatencyTable
 from deploy.remote_bench import main as remote_bench_main
@@ -163,7 +163,7 @@ def test_table_build_keeps_earlier_entries_when_the_host_drops_mid_build(sshd, t
     target = ssh_target(sshd)
     with pytest.raises(RunnerError, match=r"cannot reach 127\.0\.0\.1"):
         build_table(target, [tiny], progress=False)
-    saved = LatencyTable.load(target.table_path)
+    saved = LatencyTable.load(partial_table_path(target.table_path))
     assert len(saved.entries) == 2 and saved.calibration is None
 
 
@@ -229,7 +229,7 @@ class SnapshotAfterBlocks:
 
     def spread(self, session, keys, make_item):
         yield from self.inner.spread(session, keys, make_item)
-        self.after_blocks = LatencyTable.load(session.target.table_path)
+        self.after_blocks = LatencyTable.load(partial_table_path(session.target.table_path))
 
 
 @pytest.mark.ray
@@ -262,3 +262,35 @@ def test_a_local_and_an_ssh_device_share_one_ray_table_build(sshd, ray_cluster, 
     table = LatencyTable.load(result.path)
     assert set(table.index()) == set(tiny.all_blocks()) and table.calibration is not None
     assert f"there: {sshd.user}@127.0.0.1:{sshd.port}" in table.provenance.host
+
+
+def test_ssh_command_ends_options_before_the_destination():
+    from deploy.runners.ssh import SshRunner
+    from deploy.targets import RunnerSpec
+
+    argv = SshRunner(RunnerSpec(kind="ssh", host="example.org", user="me")).ssh_command("hostname")
+    assert argv[-3:] == ["--", "me@example.org", "hostname"]
+
+
+def test_table_build_cli_refuses_an_ssh_user_that_would_run_a_local_command(tmp_path):
+    """End to end: the ProxyCommand a target file smuggles in as runner.user never runs."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    (root / "targets").mkdir(parents=True)
+    (root / "latency_tables").mkdir()
+    proof = tmp_path / "ran"
+    (root / "targets" / "evil.yaml").write_text(
+        "name: evil\ndevice: {name: box}\nbackend: onnxruntime\nbudget_ms: 1\nmodel: matformer_vit_tiny\n"
+        f"runner:\n  kind: ssh\n  host: 127.0.0.1\n  user: '-oProxyCommand=touch {proof}'\n"
+    )
+    env = {**os.environ, "ELASTIC_DEPLOY_ROOT": str(root), "ELASTIC_DEPLOY_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy", "tables", "build", "--target", "evil"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "runner.user" in lines[0], proc.stderr
+    assert not proof.exists() and not list(tmp_path.glob("ran*"))

@@ -1,0 +1,120 @@
+"""Property-based: whatever bytes a user's CSV, YAML or JSON file holds, the readers answer with a DeployError
+(one line for the CLI), never a traceback from a library."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deploy.candidates import select_from_csv
+from deploy.errors import DeployError
+from deploy.latency.table import LatencyTable
+from deploy.targets import load_target
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SHIPPED_TABLE = Path(__file__).resolve().parents[1] / "latency_tables" / "host-cpu-ort-1t.json"
+
+# Text that looks like the real thing often enough to get past the first check.
+csv_cells = st.one_of(
+    st.text(max_size=8), st.floats(allow_nan=True, allow_infinity=True).map(str), st.integers().map(str)
+)
+csv_rows = st.lists(st.lists(csv_cells, min_size=0, max_size=5), max_size=6)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def _outcome(call) -> None:
+    try:
+        call()
+    except DeployError as exc:
+        assert "\n" not in str(exc).strip(), f"a multi-line message: {exc!r}"
+
+
+@SETTINGS
+@given(header=st.lists(st.sampled_from(["id", "latency_ms", "accuracy", "x", ""]), max_size=5), rows=csv_rows)
+def test_select_csv_reader_never_raises_anything_but_a_deploy_error(tmp_path, header, rows):
+    path = tmp_path / "c.csv"
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]))
+    _outcome(lambda: select_from_csv(path, 1.0))
+
+
+@SETTINGS
+@given(data=st.binary(max_size=200))
+def test_select_csv_reader_never_raises_on_arbitrary_bytes(tmp_path, data):
+    path = tmp_path / "c.csv"
+    path.write_bytes(data)
+    _outcome(lambda: select_from_csv(path, 1.0))
+
+
+@SETTINGS
+@given(doc=json_values)
+def test_target_yaml_reader_never_raises_anything_but_a_deploy_error(tmp_root, doc):
+    (tmp_root / "targets" / "t1.yaml").write_text(yaml.safe_dump(doc))
+    _outcome(lambda: load_target("t1"))
+
+
+@SETTINGS
+@given(text=st.text(max_size=200))
+def test_target_yaml_reader_never_raises_on_arbitrary_text(tmp_root, text):
+    (tmp_root / "targets" / "t1.yaml").write_text(text)
+    _outcome(lambda: load_target("t1"))
+
+
+@SETTINGS
+@given(field=st.sampled_from(["host", "user", "serial", "python", "cpu_mask", "port"]), value=json_values)
+def test_target_runner_fields_of_any_type_give_a_deploy_error(tmp_root, field, value):
+    doc = {"name": "t1", "device": {"name": "x"}, "backend": "onnxruntime", "budget_ms": 1, "model": "m"}
+    doc["runner"] = {"kind": "ssh", field: value}
+    (tmp_root / "targets" / "t1.yaml").write_text(yaml.safe_dump(doc))
+    _outcome(lambda: load_target("t1"))
+
+
+@SETTINGS
+@given(doc=json_values)
+def test_latency_table_json_reader_never_raises_anything_but_a_deploy_error(tmp_path, doc):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    _outcome(lambda: LatencyTable.load(path))
+
+
+@pytest.fixture(scope="module")
+def shipped_table() -> dict:
+    return json.loads(SHIPPED_TABLE.read_text())
+
+
+@SETTINGS
+@given(
+    path_in=st.lists(st.sampled_from(["provenance", "entries", "calibration", 0, "median_ms", "kind", "shape"]),
+                     min_size=1, max_size=3),
+    value=json_values,
+)  # fmt: skip
+def test_latency_table_with_one_field_replaced_gives_a_deploy_error(tmp_path, shipped_table, path_in, value):
+    doc = json.loads(json.dumps(shipped_table))
+    node = doc
+    for key in path_in[:-1]:
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    with contextlib.suppress(KeyError, IndexError, TypeError):
+        node[path_in[-1]] = value
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    _outcome(lambda: LatencyTable.load(path))
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300))
+def test_latency_table_reader_never_raises_on_arbitrary_bytes(tmp_path, data):
+    path = tmp_path / "t.json"
+    path.write_bytes(data)
+    _outcome(lambda: LatencyTable.load(path))
