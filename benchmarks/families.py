@@ -37,12 +37,12 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
 
 
 def family_rows(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
-    from deploy.accuracy import accuracy_cache_path
-    from deploy.checkpoint import load
+    from deploy.accuracy.oracle import accuracy_cache_path
     from deploy.io import read_json
     from deploy.latency.predictor import LatencyPredictor
     from deploy.latency.table import LatencyTable
-    from deploy.space import SubnetConfig
+    from deploy.models.checkpoint import load
+    from deploy.search.space import SubnetConfig
     from deploy.targets import load_target
 
     target = load_target(target_name)
@@ -82,7 +82,7 @@ def plot(target: Any, row: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deploy.report import save_figure
+    from deploy.packaging.report import save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ax.scatter(

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy import hub
 from deploy.backends.torch_cuda import TorchCudaBackend
-from deploy.checkpoint import load
+from deploy.export import hub
+from deploy.export.parity import check_parity
 from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.measure import measure_interleaved
 from deploy.latency.stats import MeasureProtocol
 from deploy.latency.table import now_iso
-from deploy.parity import check_parity
+from deploy.models.checkpoint import load
 from deploy.targets import load_target
 
 OUT = Path(__file__).resolve().parent / "results"

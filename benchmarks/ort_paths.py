@@ -49,16 +49,16 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from deploy import hub
 from deploy.backends.base import Artifact
 from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.errors import DeployError
+from deploy.export import hub
+from deploy.families import Supernet
 from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.measure import measure_interleaved
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.runners.local import LocalRunner
-from deploy.space import SubnetConfig
-from deploy.supernets import Supernet
+from deploy.search.space import SubnetConfig
 from deploy.targets import Target, load_target
 
 log = logging.getLogger("benchmarks.ort_paths")

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from deploy.space import SubnetConfig
-from deploy.supernets import build
-from deploy.supernets.base import Supernet
+from deploy.families import build
+from deploy.families.base import Supernet
+from deploy.search.space import SubnetConfig
 
 MODEL = "matformer_vit_mnist"
 INIT_SEED = 0  # random init when no checkpoint exists
@@ -24,7 +24,7 @@ INIT_SEED = 0  # random init when no checkpoint exists
 
 def load_supernet() -> tuple[Supernet, str]:
     """Trained weights when the checkpoint exists, else a seeded random init (latency ignores values)."""
-    from deploy.checkpoint import default_path, load
+    from deploy.models.checkpoint import default_path, load
 
     path = default_path(MODEL)
     if path.is_file():

@@ -31,15 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy.accuracy import EvalOracle
-from deploy.checkpoint import load as load_checkpoint
-from deploy.data import load_splits
+from deploy.accuracy.oracle import EvalOracle
+from deploy.accuracy.sweep import candidates
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.table import now_iso
+from deploy.models.checkpoint import load as load_checkpoint
 from deploy.runners.local import cpu_model, usable_cores
-from deploy.sweep import candidates
+from deploy.tasks.mnist_data import load_splits
 
 log = logging.getLogger("benchmarks.ray_throughput")
 

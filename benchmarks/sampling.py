@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.accuracy import evaluate
-from deploy.data import load_splits
+from deploy.accuracy.oracle import evaluate
+from deploy.families import build
 from deploy.io import atomic_write_json, atomic_write_text
-from deploy.recipes import RECIPES
-from deploy.sampling import SAMPLERS, make_sampler
-from deploy.supernets import build
-from deploy.train import fit, initial_supernet, middle_config
+from deploy.tasks.mnist_data import load_splits
+from deploy.training.recipes import RECIPES
+from deploy.training.sampling import SAMPLERS, make_sampler
+from deploy.training.train import fit, initial_supernet, middle_config
 
 log = logging.getLogger("benchmarks.sampling")
 

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.accuracy import AccuracyModel, build_accuracy_model
-from deploy.checkpoint import load
+from deploy.accuracy.model import AccuracyModel, build_accuracy_model
 from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable, now_iso
-from deploy.select import Constraints, select
-from deploy.space import SubnetConfig
+from deploy.models.checkpoint import load
+from deploy.search.select import Constraints, select
+from deploy.search.space import SubnetConfig
 from deploy.targets import load_target
 
 log = logging.getLogger("benchmarks.selector_real_oracle")

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from deploy.errors import DeployError, NoFeasibleSubnetError
+from deploy.families import build
 from deploy.io import atomic_write_json, atomic_write_text
-from deploy.select import Candidate, Constraints, EvolutionParams, select
-from deploy.space import SearchSpace, SubnetConfig
-from deploy.supernets import build
+from deploy.search.select import Candidate, Constraints, EvolutionParams, select
+from deploy.search.space import SearchSpace, SubnetConfig
 
 log = logging.getLogger("benchmarks.selector_vs_oracle")
 
@@ -193,10 +193,10 @@ def real_pieces(
     target_name: str, model_name: str = MODEL
 ) -> tuple[SearchSpace, LatencyFn, AccuracyFn, list[float], str]:
     """The trained supernet, the target's latency predictor and the accuracy surrogate."""
-    from deploy.accuracy import build_accuracy_model
-    from deploy.checkpoint import load
+    from deploy.accuracy.model import build_accuracy_model
     from deploy.latency.predictor import LatencyPredictor
     from deploy.latency.table import LatencyTable
+    from deploy.models.checkpoint import load
     from deploy.targets import load_target
 
     target = load_target(target_name)

@@ -35,14 +35,14 @@ def label(config: Any) -> str:
 
 
 def measure_all(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
-    from deploy.accuracy import evaluate
-    from deploy.checkpoint import load
-    from deploy.data import load_splits
+    from deploy.accuracy.oracle import evaluate
     from deploy.latency.build import subnet_identity
     from deploy.latency.predictor import LatencyPredictor
     from deploy.latency.session import MeasureSession
     from deploy.latency.table import LatencyTable
+    from deploy.models.checkpoint import load
     from deploy.targets import load_target
+    from deploy.tasks.mnist_data import load_splits
 
     target = load_target(target_name)
     predictor = LatencyPredictor(LatencyTable.load(target.table_path, target.name))
@@ -76,7 +76,7 @@ def plot(rows: list[dict[str, Any]], model: str, path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deploy.report import save_figure
+    from deploy.packaging.report import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mine = [r for r in rows if r["model"] == model]

@@ -19,7 +19,7 @@ as benchmarks/ort_paths.py does), every path starts from the same hub entry of t
 Every (subnet, path) is one item of a single `measure_interleaved` call, each timed call built once.
 The TFLite paths are timed the same way (inputs set once, `interpreter.invoke()` timed), so ratios
 compare artifacts, not calling conventions. Parity is the max abs diff against the hub's reference
-outputs (the torch module on the hub's reference input), via deploy.parity.check_parity.
+outputs (the torch module on the hub's reference input), via deploy.export.parity.check_parity.
 
     .venv/bin/python benchmarks/tflite_paths.py            # full protocol (the target's), ~4 min
     .venv/bin/python benchmarks/tflite_paths.py --quick    # short protocol, for a smoke test
@@ -57,18 +57,18 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from deploy import hub
 from deploy.backends.base import Artifact
 from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.backends.tflite import PARITY_ATOL, TFLiteBackend
 from deploy.errors import DeployError
+from deploy.export import hub
+from deploy.export.parity import check_parity
+from deploy.families import Supernet
 from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.measure import measure_interleaved, relative_standard_error
 from deploy.latency.stats import LatencyStats, MeasureProtocol
-from deploy.parity import check_parity
 from deploy.runners.local import LocalRunner
-from deploy.space import SubnetConfig
-from deploy.supernets import Supernet
+from deploy.search.space import SubnetConfig
 from deploy.targets import Target, load_target
 
 log = logging.getLogger("benchmarks.tflite_paths")
@@ -79,7 +79,7 @@ DEFAULT_ONNX2TF_VENV = ROOT / ".cache" / "onnx2tf-venv"
 ONNX2TF_VERSION = "1.29.24"  # the newest onnx2tf that installs for Python 3.11 here
 SUBNET_SEED = 0  # the random subnets
 RANDOM_SUBNETS = 3
-CALIBRATION_IMAGES = 256  # int8: training images from deploy.data.load_splits().train.x
+CALIBRATION_IMAGES = 256  # int8: training images from deploy.tasks.mnist_data.load_splits().train.x
 ONNX2TF_TIMEOUT_S = 300  # one conversion measured 20-34 s (TOOLCHAIN.md); tensorflow's import adds ~10 s
 ONNX2TF_ATTEMPTS = 2  # a failed or wrong conversion gets one more fresh process
 
@@ -328,7 +328,7 @@ def add_ort(sub: Subnet, entry: hub.HubEntry, target: Target, backend: OnnxRunti
 
 def calibration_images() -> tuple[np.ndarray | None, str]:
     try:
-        from deploy.data import load_splits
+        from deploy.tasks.mnist_data import load_splits
 
         return load_splits().train.x[:CALIBRATION_IMAGES].numpy(), ""
     except DeployError as exc:

@@ -117,7 +117,7 @@ def bench_cmd(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
-    from deploy.bench import bench as run_bench
+    from deploy.latency.bench import bench as run_bench
 
     with _executor(executor, ray_address) as ex:
         result = run_bench(
@@ -152,10 +152,10 @@ def tables_build(
     """Measure every block the target's models can produce (the union over the models it serves; one
     table per precision it lists); resumes where an interrupted build stopped. With --executor ray the
     blocks are spread over the target's devices."""
-    from deploy.checkpoint import default_path
-    from deploy.checkpoint import load as load_checkpoint
+    from deploy.families import build
     from deploy.latency.build import build_table
-    from deploy.supernets import build
+    from deploy.models.checkpoint import default_path
+    from deploy.models.checkpoint import load as load_checkpoint
     from deploy.targets import load_target
 
     t = load_target(target)
@@ -222,8 +222,8 @@ def tables_validate(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Measure random subnets end to end and report how far the table's prediction is from them."""
-    from deploy.checkpoint import load as load_checkpoint
     from deploy.latency.validate import validate_table
+    from deploy.models.checkpoint import load as load_checkpoint
     from deploy.targets import load_target
 
     t = load_target(target)
@@ -267,7 +267,7 @@ def accuracy_cmd(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Evaluate many candidate subnets exactly on a split, into the accuracy cache that deploys read."""
-    from deploy.sweep import sweep
+    from deploy.accuracy.sweep import sweep
 
     with _executor(executor, ray_address) as ex:
         r = sweep(model, samples, seed=seed, split=split, executor=ex)
@@ -286,7 +286,7 @@ def compile_cmd(
     out: Annotated[Path | None, typer.Option(help="output folder (default: beside the ONNX)")] = None,
 ) -> None:
     """Compile a packaged ONNX for the target's backend on the device (e.g. a TensorRT engine on a Jetson)."""
-    from deploy.compile import compile_onnx
+    from deploy.export.compile import compile_onnx
 
     result = compile_onnx(onnx, target, out_dir=out)
     _say(f"[bold green]compiled[/] {result.artifact.path} ({escape(result.summary)})")
@@ -306,7 +306,7 @@ def convert_cmd(
     measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
 ) -> None:
     """Convert a plain torch model (no subnet selection) for the target, validate it and package it."""
-    from deploy.convert import convert
+    from deploy.export.convert import convert
 
     result = convert(
         model, target, input_shape=input_shape, out_dir=out, measure=measure, say=lambda m: _say(escape(m))
@@ -335,9 +335,9 @@ def select_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the chosen row as JSON")] = None,
 ) -> None:
     """Choose the most accurate candidate within the budget from externally measured rows."""
-    from deploy.candidates import select_from_csv
     from deploy.io import atomic_write_json
-    from deploy.output import check_output_file
+    from deploy.packaging.output import check_output_file
+    from deploy.search.candidates import select_from_csv
 
     if json_out is not None:
         check_output_file(json_out, "--json")  # before reading: a wrong path fails first, and alone
@@ -356,7 +356,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a model variant here (CPU) and write its checkpoint under checkpoints/."""
-    from deploy.train import train as run_train
+    from deploy.training.train import train as run_train
 
     result = run_train(model, seed=seed, depth=depth)
     _say(f"[bold green]trained[/] {result}")
@@ -389,10 +389,10 @@ def targets() -> None:
 @app.command()
 def families() -> None:
     """List the registered families and variants: search-space size and the shipped checkpoint's accuracy."""
-    from deploy.accuracy import accuracy_cache_path
-    from deploy.checkpoint import default_path, train_command
+    from deploy.accuracy.oracle import accuracy_cache_path
+    from deploy.families import VARIANTS, build
     from deploy.io import read_json
-    from deploy.supernets import VARIANTS, build
+    from deploy.models.checkpoint import default_path, train_command
 
     table = Table(title="model variants")
     for col in ("variant", "family", "space size", "shipped checkpoint: val accuracy range (evaluated subnets)"):

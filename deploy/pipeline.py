@@ -8,19 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy import hub, paths
-from deploy.accuracy import EvalOracle, build_accuracy_model, describe, user_cache_path
-from deploy.artifact_check import build_and_check, measure_artifact
+from deploy import paths
+from deploy.accuracy.model import build_accuracy_model, describe
+from deploy.accuracy.oracle import EvalOracle, user_cache_path
 from deploy.backends import get_backend
-from deploy.checkpoint import load as load_checkpoint
-from deploy.checkpoint import sha256_tree
-from deploy.data import load_splits
+from deploy.export import hub
+from deploy.export.check import build_and_check, measure_artifact
 from deploy.latency.table import LatencyTable
-from deploy.output import check_output_dir, staged_dir
-from deploy.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
-from deploy.report import plot_pareto, write_manifest, write_report
-from deploy.select import Selection
+from deploy.models.checkpoint import load as load_checkpoint
+from deploy.models.checkpoint import sha256_tree
+from deploy.packaging.output import check_output_dir, staged_dir
+from deploy.packaging.report import plot_pareto, write_manifest, write_report
+from deploy.search.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
+from deploy.search.select import Selection
 from deploy.targets import Target, load_target
+from deploy.tasks.mnist_data import load_splits
 
 log = logging.getLogger(__name__)
 

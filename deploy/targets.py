@@ -123,7 +123,7 @@ class TensorRTOptions(_Strict):
 class AnchorSpec(_Strict):
     """A published latency of a model we can rebuild (deploy/anchors.py) and measure on the source."""
 
-    model: str  # name in deploy.anchors.ANCHORS
+    model: str  # name in deploy.latency.anchors.ANCHORS
     device: str
     device_ms: float = Field(gt=0)  # at the target's first precision
     device_ms_by_precision: dict[str, float] = Field(default_factory=dict)  # other precisions' published figures

@@ -14,9 +14,9 @@ from deploy.errors import (
     TableIncompleteError,
     TableUncalibratedError,
 )
+from deploy.families import build
+from deploy.families.base import BlockKey
 from deploy.pipeline import deploy
-from deploy.supernets import build
-from deploy.supernets.base import BlockKey
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_deploy_with_an_uncalibrated_table_refuses_naming_the_command_that_calib
 
 
 def test_deploy_without_a_budget_picks_the_most_accurate_subnet_the_cache_knows(shipped):
-    from deploy.accuracy import accuracy_cache_path
+    from deploy.accuracy.oracle import accuracy_cache_path
 
     edit_target(shipped, budget_ms=1e9)
     cache = json.loads(accuracy_cache_path(shipped / "checkpoints" / "matformer_vit_mnist.safetensors").read_text())

@@ -12,9 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.candidates import select_from_csv
 from deploy.errors import DeployError
 from deploy.latency.table import LatencyTable
+from deploy.search.candidates import select_from_csv
 from deploy.targets import load_target
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

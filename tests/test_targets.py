@@ -60,9 +60,9 @@ def test_name_must_match_file(tmp_root):
 
 
 def test_every_shipped_target_has_a_table_covering_its_model():
+    from deploy.families import build
     from deploy.latency.predictor import LatencyPredictor
     from deploy.latency.table import LatencyTable
-    from deploy.supernets import build
 
     for name in known_targets():
         target = load_target(name)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from deploy.hub import HubEntry
+    from deploy.export.hub import HubEntry
     from deploy.targets import Target
 
 

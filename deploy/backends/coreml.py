@@ -38,7 +38,7 @@ from deploy.backends.base import Artifact, check_precision
 from deploy.errors import BackendUnavailableError, DeployError, ExportError, UnsupportedOpError
 
 if TYPE_CHECKING:
-    from deploy.hub import HubEntry
+    from deploy.export.hub import HubEntry
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _convert_error(exc: Exception, version: str) -> DeployError:
-    from deploy.hub import find_op  # here, not at the top: the hub imports torch
+    from deploy.export.hub import find_op  # here, not at the top: the hub imports torch
 
     text = str(exc)
     op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(text))), None) or find_op(text)

@@ -16,7 +16,7 @@ from deploy.errors import BackendUnavailableError, DeployError, UnsupportedOpErr
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from deploy.hub import HubEntry
+    from deploy.export.hub import HubEntry
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _ort() -> Any:
 
 def _load_error(path: Path, exc: Exception) -> DeployError:
     text = str(exc)
-    from deploy.hub import find_op  # here, not at the top: the hub imports torch, remote_bench must not
+    from deploy.export.hub import find_op  # here, not at the top: the hub imports torch, remote_bench must not
 
     op = find_op(text)
     if op:

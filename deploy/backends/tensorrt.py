@@ -53,7 +53,7 @@ from deploy.errors import (
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from deploy.hub import HubEntry
+    from deploy.export.hub import HubEntry
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from deploy.errors import BackendUnavailableError, DataShapeError, DeployError, 
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from deploy.hub import HubEntry
+    from deploy.export.hub import HubEntry
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def conversion_error(exc: BaseException) -> DeployError:
             f"tflite: litert-torch has no lowering for op '{op}'; rewrite it with supported ops "
             "or use another backend for this model"
         )
-    from deploy.hub import find_op  # here: the hub imports torch
+    from deploy.export.hub import find_op  # here: the hub imports torch
 
     op = find_op(str(exc))
     if op:

@@ -23,7 +23,7 @@ from deploy.errors import BackendUnavailableError, DeployError
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from deploy.hub import HubEntry
+    from deploy.export.hub import HubEntry
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import Measurable, MeasureSession
     from deploy.latency.stats import LatencyStats
     from deploy.runners.base import Runner
-    from deploy.space import SubnetConfig
-    from deploy.supernets.base import BlockKey, Supernet
+    from deploy.search.space import SubnetConfig
     from deploy.targets import Target
 
 

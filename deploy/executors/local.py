@@ -14,10 +14,10 @@ from deploy.executors.base import MakeItem, MeasuredBlock
 if TYPE_CHECKING:
     import torch
 
+    from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import MeasureSession
     from deploy.runners.base import Runner
-    from deploy.space import SubnetConfig
-    from deploy.supernets.base import BlockKey, Supernet
+    from deploy.search.space import SubnetConfig
     from deploy.targets import Target
 
 
@@ -50,7 +50,7 @@ class LocalExecutor:
     def evaluate(
         self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: Sequence[SubnetConfig]
     ) -> Iterator[tuple[SubnetConfig, float]]:
-        from deploy.accuracy import evaluate
+        from deploy.accuracy.oracle import evaluate
 
         for config in configs:
             yield config, evaluate(supernet, x, y, config)

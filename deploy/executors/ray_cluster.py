@@ -33,9 +33,9 @@ from deploy.executors.ray_farm import DeviceFarm, spread  # noqa: E402
 if TYPE_CHECKING:
     import torch
 
+    from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import MeasureSession
-    from deploy.space import SubnetConfig
-    from deploy.supernets.base import BlockKey, Supernet
+    from deploy.search.space import SubnetConfig
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def connect(address: str | None) -> bool:
 def _evaluate_chunk(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: list[SubnetConfig]) -> list[float]:
     import torch
 
-    from deploy.accuracy import evaluate
+    from deploy.accuracy.oracle import evaluate
 
     torch.set_num_threads(1)  # one core per task, as Ray schedules it: tasks side by side do not fight
     return [evaluate(supernet, x, y, config) for config in configs]

@@ -24,10 +24,10 @@ from deploy.backends.base import Artifact, Backend
 from deploy.errors import DeployError, ExecutorError, RunnerError
 from deploy.executors.base import MakeItem, MeasuredBlock
 from deploy.executors.shipping import ShippedArtifact, pack, unpack
+from deploy.families.base import BlockKey
 from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.runners.base import SingleFromMany
-from deploy.supernets.base import BlockKey
 from deploy.targets import DeviceSpec, Target
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from torch import nn
 from deploy.errors import BuildInterruptedError, ConfigFileError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
+from deploy.families.base import BlockKey, Supernet
 from deploy.latency.lock import measuring
 from deploy.latency.session import Measurable, MeasureSession
 from deploy.latency.table import (
@@ -37,8 +38,7 @@ from deploy.latency.table import (
     Provenance,
     now_iso,
 )
-from deploy.space import SubnetConfig
-from deploy.supernets.base import BlockKey, Supernet
+from deploy.search.space import SubnetConfig
 from deploy.targets import Target
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ class EstimateResult:
 
 def measure_anchor(source: Target, anchor: str, cache_dir: Path | None = None) -> tuple[float, str]:
     """Median latency (ms) of the anchor model on the source target's backend and runner, and where."""
-    from deploy.anchors import build_anchor
+    from deploy.latency.anchors import build_anchor
     from deploy.latency.session import MeasureSession
 
     session = MeasureSession.open(source, cache_dir)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deploy.errors import TableIncompleteError
+from deploy.families.base import BlockKey
 from deploy.latency.table import LatencyTable
-from deploy.supernets.base import BlockKey
 
 
 @dataclass(frozen=True)

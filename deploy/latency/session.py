@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy import hub, paths
+from deploy import paths
 from deploy.backends import get_backend
 from deploy.backends.base import Artifact, Backend
+from deploy.export import hub
 from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats
 from deploy.runners import get_runner

@@ -14,9 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deploy.errors import ConfigFileError, TableNotFoundError
+from deploy.families.base import BlockKey
 from deploy.io import atomic_write_text, pydantic_error_line, read_json
 from deploy.latency.stats import LatencyStats
-from deploy.supernets.base import BlockKey
 
 SCHEMA_VERSION = 1
 

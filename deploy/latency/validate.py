@@ -18,12 +18,12 @@ from rich.progress import Progress
 from deploy.errors import NothingToValidateError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
+from deploy.families.base import Supernet
 from deploy.io import atomic_write_json
 from deploy.latency.build import block_identity, null_measurable, subnet_identity
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable, Validation, now_iso
-from deploy.space import SubnetConfig
-from deploy.supernets.base import Supernet
+from deploy.search.space import SubnetConfig
 from deploy.targets import Target
 
 VALIDATION_SEED = 12345

@@ -26,10 +26,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from deploy.backends.base import Artifact, Backend
-from deploy.checkpoint import sha256_file
 from deploy.errors import MeasurementError, RunnerError
 from deploy.latency.measure import outlier_fence, relative_standard_error, stats_from_rounds
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.models.checkpoint import sha256_file
 from deploy.runners.base import Progress, SingleFromMany
 from deploy.runners.ssh import _last_line
 from deploy.targets import RunnerSpec

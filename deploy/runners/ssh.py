@@ -2,7 +2,7 @@
 
 Every call runs the real `ssh`/`scp` clients with argument lists (never a local shell). Artifacts go to
 `~/.cache/elastic-deploy/remote/<sha256 prefix>/<file name>` on the host (skipped when a file with the
-same sha256 is already there), then `<runner.python> -m deploy.remote_bench` measures them and prints
+same sha256 is already there), then `<runner.python> -m deploy.runners.remote_bench` measures them and prints
 one JSON line, parsed here into LatencyStats. The host needs Python with elastic-deploy installed;
 the remote benchmark feeds a seeded random input of each ONNX file's input shape (the `inputs` given
 here are not sent: latency does not depend on values). Failures are one-line RunnerErrors.
@@ -24,9 +24,9 @@ import numpy as np
 
 from deploy import paths
 from deploy.backends.base import Artifact, Backend
-from deploy.checkpoint import sha256_file
 from deploy.errors import RunnerError
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.models.checkpoint import sha256_file
 from deploy.runners.base import Progress, SingleFromMany
 from deploy.targets import RunnerSpec
 
@@ -179,7 +179,7 @@ class SshRunner(SingleFromMany):
         remote = self.upload(artifacts)
         threads = int(artifacts[0].options.get("intra_op_num_threads", 1))
         argv = [
-            self.python, "-m", "deploy.remote_bench",
+            self.python, "-m", "deploy.runners.remote_bench",
             "--backend", backend.name,
             "--threads", str(threads),
             "--protocol", json.dumps(protocol.to_json(), separators=(",", ":")),
@@ -223,7 +223,7 @@ class SshRunner(SingleFromMany):
             detail = _last_line(proc.stderr) or _last_line(proc.stdout) or f"exit {proc.returncode}"
             raise RunnerError(
                 f"the benchmark on {self.address} printed no result ({detail}); run "
-                f"`{self.python} -m deploy.remote_bench --help` there to check the install"
+                f"`{self.python} -m deploy.runners.remote_bench --help` there to check the install"
             )
         if "error" in result:
             raise RunnerError(f"the benchmark on {self.address} failed: {result['error']}")

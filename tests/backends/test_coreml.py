@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from deploy import hub
 from deploy.backends.coreml import FP16_PARITY_ATOL, FP32_PARITY_ATOL, CoreMLBackend, check_spec
 from deploy.errors import BackendUnavailableError, UnsupportedOpError, UnsupportedPrecisionError
-from deploy.parity import check_parity
-from deploy.supernets import build
+from deploy.export import hub
+from deploy.export.parity import check_parity
+from deploy.families import build
 from deploy.targets import CoreMLOptions, DeviceInfo, Target
 
 MACOS_ONLY = "CoreML models run only on macOS: run `make test` on a Mac with the coreml extra"

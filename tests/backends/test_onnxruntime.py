@@ -6,11 +6,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from deploy import hub
 from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.errors import DeployError, UnsupportedOpError
-from deploy.parity import check_parity
-from deploy.supernets import build
+from deploy.export import hub
+from deploy.export.parity import check_parity
+from deploy.families import build
 from deploy.targets import DeviceInfo, Target
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy import hub
 from deploy.backends import cuda
 from deploy.backends.base import Artifact
 from deploy.backends.tensorrt import (
@@ -25,8 +24,9 @@ from deploy.errors import (
     UnsupportedOpError,
     UnsupportedPrecisionError,
 )
+from deploy.export import hub
+from deploy.export.parity import check_parity
 from deploy.latency.stats import MeasureProtocol
-from deploy.parity import check_parity
 from deploy.targets import DeviceInfo, Target
 
 HAS_GPU = cuda.device_count() > 0

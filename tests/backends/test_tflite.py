@@ -13,7 +13,6 @@ pytest.importorskip(
     "ai_edge_litert.interpreter", reason="ai-edge-litert not installed: pip install 'elastic-deploy[tflite]'"
 )
 
-from deploy import hub
 from deploy.backends.tflite import PARITY_ATOL, PRECISIONS, TFLiteBackend, conversion_error
 from deploy.errors import (
     BackendUnavailableError,
@@ -23,8 +22,9 @@ from deploy.errors import (
     UnsupportedOpError,
     UnsupportedPrecisionError,
 )
-from deploy.parity import check_parity
-from deploy.supernets import build
+from deploy.export import hub
+from deploy.export.parity import check_parity
+from deploy.families import build
 from deploy.targets import DeviceInfo, Target
 
 

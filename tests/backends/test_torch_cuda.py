@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from deploy import hub
 from deploy.backends.torch_cuda import PARITY_ATOL, TorchCudaBackend
 from deploy.errors import BackendUnavailableError, UnsupportedPrecisionError
-from deploy.parity import check_parity
-from deploy.supernets import build
+from deploy.export import hub
+from deploy.export.parity import check_parity
+from deploy.families import build
 from deploy.targets import DeviceInfo, Target
 
 needs_cuda = pytest.mark.skipif(

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.accuracy import EvalOracle
+from deploy.accuracy.oracle import EvalOracle
 from deploy.executors.local import LocalExecutor
 from deploy.latency.build import build_table, partial_table_path
 from deploy.latency.table import LatencyTable
 from deploy.latency.validate import validate_table
-from deploy.space import SubnetConfig
+from deploy.search.space import SubnetConfig
 from deploy.targets import Target, load_target
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -84,7 +84,7 @@ class KillAfter:
 
 def test_killing_a_device_actor_mid_build_loses_no_finished_entry_and_the_build_completes(executor, two_devices, tiny):
     from deploy.executors.ray_farm import IN_FLIGHT_PER_DEVICE
-    from deploy.supernets import build
+    from deploy.families import build
 
     # Two models' blocks (12): after 2 results plenty are left, so b is surely sent more work and found dead.
     nets = [tiny, build("poa_vit_tiny")]

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from deploy.errors import ConfigFileError, TableIncompleteError, TableNotFoundError
+from deploy.families.base import BlockKey
 from deploy.latency.build import fit_calibration
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import CalibrationSample, Entry, LatencyTable, Protocol, Provenance, Validation
-from deploy.supernets.base import BlockKey
 
 
 def make_table(keys, ms=0.1) -> LatencyTable:

@@ -130,9 +130,9 @@ def artifacts(tmp_path_factory):
     """ORT artifacts of the tiny variant's largest and smallest subnets, with their reference inputs."""
     import torch
 
-    from deploy import hub
     from deploy.backends import get_backend
-    from deploy.supernets import build
+    from deploy.export import hub
+    from deploy.families import build
     from deploy.targets import DeviceInfo, Target
 
     torch.manual_seed(0)

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from deploy.backends.base import Artifact
-from deploy.checkpoint import sha256_file
 from deploy.errors import MeasurementError, RunnerError
 from deploy.latency.stats import MeasureProtocol
+from deploy.models.checkpoint import sha256_file
 from deploy.runners import adb as adb_module
 from deploy.runners import get_runner
 from deploy.runners.adb import AdbRunner, ParsedRun, parse_benchmark_output, stats_from_runs
@@ -398,9 +398,9 @@ def test_adb_runner_raises_runner_error_naming_the_command_when_adb_times_out(fa
 def test_adb_runner_benchmarks_a_real_tflite_on_the_phone_with_sane_stats(tmp_path, tmp_root):
     import torch
 
-    from deploy import hub
     from deploy.backends import get_backend
-    from deploy.supernets import build
+    from deploy.export import hub
+    from deploy.families import build
     from deploy.targets import DeviceInfo, Target
 
     serial = os.environ["ELASTIC_DEPLOY_ADB_SERIAL"]

@@ -8,14 +8,14 @@ import subprocess
 
 import pytest
 
-from deploy.checkpoint import sha256_file
 from deploy.errors import RunnerError
 from deploy.latency.build import build_table, partial_table_path
 from deploy.latency.stats import MeasureProtocol
 from deploy.latency.table import LatencyTable
-from deploy.remote_bench import main as remote_bench_main
+from deploy.models.checkpoint import sha256_file
 from deploy.runners import get_runner
 from deploy.runners import ssh as ssh_module
+from deploy.runners.remote_bench import main as remote_bench_main
 from deploy.runners.ssh import SshRunner
 from deploy.targets import DeviceInfo, MeasurementSpec, RunnerSpec, Target
 
@@ -200,7 +200,7 @@ def test_bench_of_a_deployed_artifact_runs_through_ssh(sshd, shipped):
     """make bench on a target whose runner is ssh: the deployed artifact is copied and measured remotely."""
     import yaml
 
-    from deploy.bench import bench
+    from deploy.latency.bench import bench
     from deploy.pipeline import deploy
 
     deploy("host-cpu-ort", progress=False, measure=False)

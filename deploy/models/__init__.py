@@ -1,0 +1,1 @@
+"""Models as data: model specs (models/<name>.yaml) and their checkpoints."""
