@@ -110,3 +110,9 @@ class BuildInterruptedError(DeployError):
 class ExecutorError(DeployError):
     """An executor that cannot run here: Ray not installed, a cluster address that does not answer,
     options that belong to another executor, or every device of a farm lost."""
+
+
+class TransferError(DeployError):
+    """A latency transfer to a new device that cannot be fitted: too few destination measurements (the
+    message says how many are needed), features and measurements that do not match, or a fitted model
+    that cannot become a table."""
