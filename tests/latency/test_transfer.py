@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deploy.errors import DeployError, TableIncompleteError, TransferError
+from deploy.families.base import BlockKey
 from deploy.latency.solvers import nnls
 from deploy.latency.table import Entry, LatencyTable, Protocol, Provenance
 from deploy.latency.transfer import (
@@ -19,7 +20,6 @@ from deploy.latency.transfer import (
     kind_multipliers,
     predict,
 )
-from deploy.supernets.base import BlockKey
 
 KINDS = tuple(Column("src", k) for k in ("embed", "block", "head", "merge"))
 
