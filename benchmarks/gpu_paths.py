@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp())
     for config in configs:
         sub = net.extract(config).eval()
-        entry = hub.get_or_export(sub, net.example_input(), {"subnet": config.id, "checkpoint": ckpt.sha256}, tmp)
+        entry = hub.get_or_export(sub, net.example_inputs()[0], {"subnet": config.id, "checkpoint": ckpt.sha256}, tmp)
         refs = entry.reference_inputs()
         for prec in ("fp16", "fp32"):
             art = backend.compile(entry, target.model_copy(update={"precision": prec}), tmp / config.id / prec)

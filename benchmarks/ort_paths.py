@@ -249,7 +249,7 @@ def prepare(
     net: Supernet, picked: Sequence[tuple[str, SubnetConfig]], target: Target, work: Path, console: Console
 ) -> list[Subnet]:
     backend = OnnxRuntimeBackend()
-    x = net.example_input()
+    x = net.example_inputs()[0]
     subnets = []
     for label, config in picked:
         module = net.extract(config).eval()

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from deploy.families import build
 from deploy.families.base import Supernet
+from deploy.models import build
 from deploy.search.space import SubnetConfig
 
 MODEL = "matformer_vit_mnist"

@@ -39,7 +39,8 @@ from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.table import now_iso
 from deploy.models.checkpoint import load as load_checkpoint
 from deploy.runners.local import cpu_model, usable_cores
-from deploy.tasks.mnist_data import load_splits
+from deploy.tasks.base import ArrayTask
+from deploy.tasks.mnist import load_splits
 
 log = logging.getLogger("benchmarks.ray_throughput")
 
@@ -53,7 +54,7 @@ def run_arm(model: str, executor: Executor, n: int, seed: int, threads: int | No
 
     supernet, info = load_checkpoint(model)  # fresh: no per-config caches from an earlier arm
     val = load_splits(int(info.meta.get("data_seed", 0))).val
-    oracle = EvalOracle(supernet, val.x, val.y, None, info.sha256)
+    oracle = EvalOracle(supernet, ArrayTask.of(val.x, val.y), "val", None, info.sha256)
     configs = candidates(supernet, n, seed)
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from deploy.accuracy.oracle import evaluate
-from deploy.families import build
 from deploy.io import atomic_write_json, atomic_write_text
-from deploy.tasks.mnist_data import load_splits
-from deploy.training.recipes import RECIPES
+from deploy.models import build, load_spec
+from deploy.tasks.mnist import MnistTask
+from deploy.training.recipes import recipe_for
 from deploy.training.sampling import SAMPLERS, make_sampler
 from deploy.training.train import fit, initial_supernet, middle_config
 
@@ -62,10 +62,11 @@ def schedule_stats(name: str, seed: int) -> dict[str, float]:
 
 
 def run_one(sampler: str, seed: int, epochs: int) -> dict[str, Any]:
-    recipe = dataclasses.replace(RECIPES[MODEL], sampling=sampler, epochs=epochs)
-    splits = load_splits(0)
+    recipe = dataclasses.replace(recipe_for(load_spec(MODEL).training), sampling=sampler, epochs=epochs)
+    task = MnistTask(0)
+    splits = task.splits()
     torch.manual_seed(seed)
-    net = initial_supernet(MODEL, recipe, splits)
+    net = initial_supernet(load_spec(MODEL), recipe, splits)
     start = time.monotonic()
     steps = fit(net, splits, recipe, seed=seed)
     train_s = time.monotonic() - start
@@ -75,8 +76,8 @@ def run_one(sampler: str, seed: int, epochs: int) -> dict[str, Any]:
         assert config is not None
         row[size] = {
             "mflops": net.flops(config) / 1e6,
-            "val": evaluate(net, splits.val.x, splits.val.y, config),
-            "test": evaluate(net, splits.test.x, splits.test.y, config),
+            "val": evaluate(net, task, "val", config),
+            "test": evaluate(net, task, "test", config),
         }
     log.info("%s seed %d: %s", sampler, seed, {s: round(row[s]["val"] * 100, 2) for s in SIZES})
     return row

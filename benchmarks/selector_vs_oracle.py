@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from deploy.errors import DeployError, NoFeasibleSubnetError
-from deploy.families import build
 from deploy.io import atomic_write_json, atomic_write_text
+from deploy.models import build
 from deploy.search.select import Candidate, Constraints, EvolutionParams, select
 from deploy.search.space import SearchSpace, SubnetConfig
 

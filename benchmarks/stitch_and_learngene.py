@@ -42,11 +42,11 @@ def measure_all(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
     from deploy.latency.table import LatencyTable
     from deploy.models.checkpoint import load
     from deploy.targets import load_target
-    from deploy.tasks.mnist_data import load_splits
+    from deploy.tasks.mnist import MnistTask
 
     target = load_target(target_name)
     predictor = LatencyPredictor(LatencyTable.load(target.table_path, target.name))
-    splits = load_splits(0)
+    task = MnistTask(0)
     session = MeasureSession.open(target)
     rows, items = [], []
     for variant in MODELS:
@@ -58,12 +58,12 @@ def measure_all(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
                     "config": config.to_json(),
                     "label": label(config),
                     "params": net.param_count(config),
-                    "val": evaluate(net, splits.val.x, splits.val.y, config),
-                    "test": evaluate(net, splits.test.x, splits.test.y, config),
+                    "val": evaluate(net, task, "val", config),
+                    "test": evaluate(net, task, "test", config),
                     "predicted_ms": predictor.predict(net.blocks(config), net.family).ms,
                 }
             )
-            items.append(session.compile(net.extract(config), net.example_input(), subnet_identity(net, config)))
+            items.append(session.compile(net.extract(config), net.example_inputs()[0], subnet_identity(net, config)))
     log.info("measuring %d subnets interleaved on %s", len(items), target.name)
     for row, stats in zip(rows, session.measure(items), strict=True):
         row["measured_ms"], row["measured_cv"] = stats.median_ms, stats.cv

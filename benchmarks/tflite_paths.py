@@ -79,7 +79,7 @@ DEFAULT_ONNX2TF_VENV = ROOT / ".cache" / "onnx2tf-venv"
 ONNX2TF_VERSION = "1.29.24"  # the newest onnx2tf that installs for Python 3.11 here
 SUBNET_SEED = 0  # the random subnets
 RANDOM_SUBNETS = 3
-CALIBRATION_IMAGES = 256  # int8: training images from deploy.tasks.mnist_data.load_splits().train.x
+CALIBRATION_IMAGES = 256  # int8: training images from deploy.tasks.mnist.load_splits().train.x
 ONNX2TF_TIMEOUT_S = 300  # one conversion measured 20-34 s (TOOLCHAIN.md); tensorflow's import adds ~10 s
 ONNX2TF_ATTEMPTS = 2  # a failed or wrong conversion gets one more fresh process
 
@@ -328,7 +328,7 @@ def add_ort(sub: Subnet, entry: hub.HubEntry, target: Target, backend: OnnxRunti
 
 def calibration_images() -> tuple[np.ndarray | None, str]:
     try:
-        from deploy.tasks.mnist_data import load_splits
+        from deploy.tasks.mnist import load_splits
 
         return load_splits().train.x[:CALIBRATION_IMAGES].numpy(), ""
     except DeployError as exc:
@@ -347,7 +347,7 @@ def prepare(
     tfl, ort = TFLiteBackend(), OnnxRuntimeBackend()
     fp32, int8 = tflite_target(ort_target, "fp32"), tflite_target(ort_target, "int8")
     calibration, no_int8 = calibration_images()
-    x = net.example_input()
+    x = net.example_inputs()[0]
     subnets = []
     for label, config in picked:
         module = net.extract(config).eval()

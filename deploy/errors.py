@@ -17,6 +17,19 @@ class DuplicateNameError(DeployError):
     """A registry was given a name it already holds."""
 
 
+class PluginError(DeployError):
+    """A user's plugin that cannot be used: a reference or entry point that does not import, a family
+    missing a method of the protocol, a task whose evaluation returns something that is not a number."""
+
+
+class WorkspaceError(DeployError):
+    """A --workspace folder that is not one (no targets/, models/, latency_tables/ or checkpoints/)."""
+
+
+class ExtractionError(DeployError):
+    """An extracted subnet that does not compute what the supernet computes at its config."""
+
+
 class UnknownTargetError(UnknownNameError):
     """No targets/<name>.yaml exists."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,4 +86,8 @@ def pydantic_error_line(path: Path, exc: Exception) -> str:
     first = errors[0]
     field = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{path}: field '{field}': {first.get('msg')}{more}"
+    msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    nested = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg)  # a validator naming a field inside its own
+    if nested:
+        field, msg = f"{field}.{nested.group(1)}", nested.group(2)
+    return f"{path}: field '{field}': {msg}{more}"

@@ -6,12 +6,21 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
-from deploy import paths
+from deploy import workspace
 from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
 from deploy.io import pydantic_error_line, read_yaml
 from deploy.latency.stats import MeasureProtocol
+from deploy.runners.specs import LocalSpec, RunnerSpecBase, parse_runner
 
 NAME_RE = re.compile(r"^[a-z0-9-]+$")
 
@@ -26,43 +35,10 @@ class DeviceInfo(_Strict):
     notes: str = ""
 
 
-def _argument_safe(pattern: str, what: str) -> Any:
-    """A string that reaches a program's argument list: never an option (leading '-'), no whitespace or
-    control characters, only the characters `pattern` allows (a target file must not run commands)."""
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if value.startswith("-"):
-            raise ValueError(f"{value!r} starts with '-', which ssh/adb would read as an option; {what}")
-        if any(c.isspace() or not c.isprintable() for c in value):
-            raise ValueError(f"{value!r} holds whitespace or control characters; {what}")
-        if not compiled.fullmatch(value):
-            raise ValueError(f"{value!r} holds characters that are not allowed; {what}")
-        return value
-
-    return Annotated[str, AfterValidator(check)]
-
-
-Host = _argument_safe(r"[A-Za-z0-9_.:%\[\]-]+", "give a host name or IP address")
-User = _argument_safe(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*", "give a plain user name")
-Serial = _argument_safe(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", "give the serial that `adb devices` lists")
-FilePath = _argument_safe(r"[A-Za-z0-9_./~+@:=-]+", "give a path without spaces or shell characters")
-CpuMask = _argument_safe(r"[0-9a-fA-F]+", "give a hexadecimal CPU mask such as f0")
-
-
-class RunnerSpec(_Strict):
-    kind: Literal["local", "ssh", "adb"] = "local"
-    host: Host | None = None
-    user: User | None = None
-    port: int | None = Field(None, ge=1, le=65535)
-    key_path: FilePath | None = None
-    python: FilePath | None = "python3"  # remote interpreter that has elastic-deploy installed (ssh runner)
-    serial: Serial | None = None
-    benchmark_binary: FilePath | None = None
-    cpu_mask: CpuMask | None = None
-
-
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
+
+
+Runner = Annotated[SerializeAsAny[RunnerSpecBase], BeforeValidator(parse_runner)]
 
 
 class DeviceSpec(_Strict):
@@ -74,14 +50,15 @@ class DeviceSpec(_Strict):
     """
 
     id: str = Field(pattern=DEVICE_ID_RE.pattern)  # recorded in the table entries it measures
-    runner: RunnerSpec = RunnerSpec()
+    runner: Runner = LocalSpec()
     ray_resources: dict[str, float] = Field(default_factory=dict)
 
 
-def default_device_id(runner: RunnerSpec) -> str:
+def default_device_id(runner: RunnerSpecBase) -> str:
     """The id of a target's only device when it gives `runner:` rather than `devices:`."""
-    where = {"ssh": runner.host, "adb": runner.serial}.get(runner.kind)
-    return f"{runner.kind}:{where}" if where else runner.kind
+    where = runner.where()
+    # A host such as fe80::1%eth0 is a valid address but not a valid id: other characters become '_'.
+    return re.sub(r"[^A-Za-z0-9_.:@-]", "_", f"{runner.kind}:{where}" if where else runner.kind)
 
 
 class MeasurementSpec(_Strict):
@@ -104,20 +81,6 @@ class MeasurementSpec(_Strict):
             max_retries=self.max_retries,
             cooldown_s=self.cooldown_s,
         )
-
-
-class CoreMLOptions(_Strict):
-    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
-    minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS16"
-
-
-class TensorRTOptions(_Strict):
-    workspace_mib: int = Field(1024, ge=16)
-    builder_optimization_level: int = Field(3, ge=0, le=5)
-    calibration_images: int = Field(256, ge=8)  # int8 entropy calibration, drawn from the training split
-    warmup_runs: int = Field(50, ge=0)  # benchmark like trtexec: warm-up, then ≥min_runs and ≥min_time_s
-    min_runs: int = Field(200, ge=1)
-    min_time_s: float = Field(1.0, ge=0)
 
 
 class AnchorSpec(_Strict):
@@ -151,7 +114,7 @@ class Target(_Strict):
     description: str = ""
     device: DeviceInfo
     backend: str
-    runner: RunnerSpec = RunnerSpec()
+    runner: Runner = LocalSpec()
     # Several units of the same device model: `tables build --executor ray` spreads blocks across them.
     # None: the one device `runner` describes.
     devices: tuple[DeviceSpec, ...] | None = None
@@ -170,8 +133,8 @@ class Target(_Strict):
     parity_atol: float = Field(1e-4, gt=0)
     measurement: MeasurementSpec = MeasurementSpec()
     bench_tolerance_pct: float | None = Field(None, gt=0)  # `bench` gate on |measured - predicted|; default 15
-    coreml: CoreMLOptions = CoreMLOptions()  # used by the coreml backend only
-    tensorrt: TensorRTOptions = TensorRTOptions()  # used by the tensorrt backend only
+    # The backend's own options, checked against its declared schema (backend.options_model) on load.
+    backend_options: dict[str, Any] = Field(default_factory=dict)
     estimate: EstimateSpec | None = None  # present when no device is at hand to measure the table
 
     @model_validator(mode="after")
@@ -194,6 +157,28 @@ class Target(_Strict):
             raise ValueError("give either runner (one device) or devices (several, each with its runner), not both")
         # Whatever measures on one device (deploy, bench, the local executor) uses the first one.
         object.__setattr__(self, "runner", self.devices[0].runner)
+        return self
+
+    @model_validator(mode="after")
+    def _backend_and_runners_fit(self) -> Target:
+        """The backend exists and accepts `backend_options`; every device's runner can run its artifacts."""
+        from deploy.backends import BACKENDS
+        from deploy.runners import RUNNERS
+
+        backend = BACKENDS.load(self.backend)  # an unknown name lists the known ones
+        try:
+            backend.options_model.model_validate(self.backend_options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ()))
+            raise ValueError(f"backend_options.{field} for backend {self.backend}: {first.get('msg')}") from None
+        for device in self.device_list:
+            runner = RUNNERS.load(device.runner.kind)
+            if runner.backends is not None and self.backend not in runner.backends:
+                raise ValueError(
+                    f"runner {device.runner.kind} runs {', '.join(runner.backends)} artifacts, not {self.backend}: "
+                    "change the backend or the runner"
+                )
         return self
 
     @property
@@ -227,10 +212,20 @@ class Target(_Strict):
         return self.model_copy(update={"precision": precision})
 
     @property
-    def table_path(self) -> Path:
+    def table_file(self) -> str:
         primary = self.search_precisions[0]
         suffix = "" if self.precision == primary else f".{self.precision}"
-        return paths.tables_dir() / f"{self.name}{suffix}.json"
+        return f"{self.name}{suffix}.json"
+
+    @property
+    def table_path(self) -> Path:
+        """The table in force: the workspace's, else the shipped one (else where the workspace's would be)."""
+        return workspace.resolve("latency_tables", self.table_file)
+
+    @property
+    def table_write_path(self) -> Path:
+        """Where builds, estimates and validations write this table: always the workspace, never the package."""
+        return workspace.tables_dir() / self.table_file
 
 
 def check_name(name: str) -> str:
@@ -242,17 +237,20 @@ def check_name(name: str) -> str:
 
 
 def known_targets(directory: Path | None = None) -> list[str]:
-    directory = directory or paths.targets_dir()
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    """The workspace's targets and the shipped ones (or those of `directory` alone)."""
+    if directory is not None:
+        return sorted(p.stem for p in directory.glob("*.yaml"))
+    return workspace.names("targets", ".yaml")
 
 
 def load_target(name: str, directory: Path | None = None) -> Target:
+    """targets/<name>.yaml of the workspace, else the shipped one (or of `directory` alone)."""
     check_name(name)
-    directory = directory or paths.targets_dir()
-    path = directory / f"{name}.yaml"
+    path = directory / f"{name}.yaml" if directory is not None else workspace.resolve("targets", f"{name}.yaml")
     if not path.exists():
         known = ", ".join(known_targets(directory)) or "(none)"
-        raise UnknownTargetError(f"unknown target '{name}'; known targets: {known} (files in {directory})")
+        where = directory or " and ".join(str(d) for d in workspace.search_dirs("targets"))
+        raise UnknownTargetError(f"unknown target '{name}'; known targets: {known} (files in {where})")
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: expected a mapping of fields, got {type(data).__name__}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.families import build
+from deploy.models import build
 
 REPO = Path(__file__).resolve().parent.parent
 

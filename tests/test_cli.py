@@ -64,8 +64,17 @@ def test_select_prints_best_row_within_budget(tmp_path):
     assert '"id": "c"' in out.read_text() and '"note": "mid"' in out.read_text()
 
 
-def test_families_lists_every_variant_with_space_size_and_shipped_accuracy():
-    proc = run_cli("families", env={**os.environ, "COLUMNS": "200"})  # rich wraps cells at 80 otherwise
+def test_families_lists_every_family_with_where_it_comes_from_and_its_models():
+    proc = run_cli("families", env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    for family, model in (("matformer_vit", "matformer_vit_mnist"), ("learngene_tuned", "learngene_mnist_tuned")):
+        assert family in out and model in out
+    assert "elastic-deploy" in out  # built in (a plugin's family names its distribution)
+
+
+def test_models_lists_every_model_with_space_size_and_shipped_accuracy():
+    proc = run_cli("models", env={**os.environ, "COLUMNS": "200"})  # rich wraps cells at 80 otherwise
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())
     for variant in ("matformer_vit_mnist", "poa_vit_mnist", "elastic_vit_mnist", "elastic_vit_tiny"):

@@ -14,8 +14,8 @@ from deploy.errors import (
     TableIncompleteError,
     TableUncalibratedError,
 )
-from deploy.families import build
 from deploy.families.base import BlockKey
+from deploy.models import build
 from deploy.pipeline import deploy
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def test_deploy_host_cpu_ort_writes_artifact_manifest_report_and_plot(shipped):
     assert m["subnet"]["config"] != result.selection.front[-1].config.to_json() or len(result.selection.front) == 1
 
     again = deploy("host-cpu-ort", progress=False, measure=False)
-    assert again.manifest["hub_entry"] == m["hub_entry"]
+    assert again.manifest.model_dump(mode="json")["hub_entry"] == m["hub_entry"]
 
 
 def test_deploy_with_incomplete_table_names_missing_blocks(shipped):
@@ -108,4 +108,4 @@ def test_deploy_without_a_budget_picks_the_most_accurate_subnet_the_cache_knows(
     result = deploy("host-cpu-ort", progress=False, measure=False)
     choice = result.selection.choice
     assert choice.accuracy_source == "exact" and choice.accuracy >= best
-    assert result.manifest["selection"]["rescoring"]["stable"]
+    assert result.manifest.model_dump(mode="json")["selection"]["rescoring"]["stable"]

@@ -29,7 +29,7 @@ def test_deploy_jetson_without_tensorrt_packages_validated_onnx_and_says_to_buil
     assert said[0].startswith("ESTIMATED latency table for jetson-orin-nano")
     for name in ("model.onnx", "references.npz", "manifest.json", "report.md", "pareto.png"):
         assert (out / name).stat().st_size > 0, name
-    m = result.manifest
+    m = result.manifest.model_dump(mode="json")
     v = m["validation"]
     assert m["artifact"]["status"] == "deferred" and v["ran_here"] is False and "TensorRT" in v["not_run_reason"]
     assert v["build_on_device"] == f"elastic-deploy compile --target jetson-orin-nano {out / 'model.onnx'}"
@@ -50,7 +50,7 @@ def test_deploy_iphone_on_linux_compiles_mlpackage_and_checks_its_spec(tmp_root,
     result = deploy("iphone15", progress=False)
     out = tmp_root / "dist" / "iphone15"
     assert (out / "model.mlpackage").is_dir() and (out / "manifest.json").exists()
-    m = result.manifest
+    m = result.manifest.model_dump(mode="json")
     v = m["validation"]
     assert m["artifact"]["status"] == "compiled" and len(m["artifact"]["sha256"]) == 64
     assert "macOS" in v["not_run_reason"] and v["spec_problems"] == []

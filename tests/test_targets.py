@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownTargetError
+from deploy.errors import ConfigFileError, InvalidTargetNameError, UnknownNameError, UnknownTargetError
 from deploy.targets import known_targets, load_target
 
 GOOD = """name: t1
@@ -26,7 +26,7 @@ def test_every_shipped_target_loads():
 
 def test_unknown_target_lists_known_ones(tmp_root):
     (tmp_root / "targets" / "t1.yaml").write_text(GOOD)
-    with pytest.raises(UnknownTargetError, match="unknown target 'nope'; known targets: t1"):
+    with pytest.raises(UnknownTargetError, match=r"unknown target 'nope'; known targets: .*t1"):
         load_target("nope")
 
 
@@ -60,9 +60,9 @@ def test_name_must_match_file(tmp_root):
 
 
 def test_every_shipped_target_has_a_table_covering_its_model():
-    from deploy.families import build
     from deploy.latency.predictor import LatencyPredictor
     from deploy.latency.table import LatencyTable
+    from deploy.models import build
 
     for name in known_targets():
         target = load_target(name)
@@ -82,7 +82,7 @@ def test_every_shipped_target_has_a_table_covering_its_model():
 
 
 DEVICES = (
-    GOOD
+    GOOD.replace("backend: onnxruntime", "backend: tflite")
     + """devices:
   - id: phone-a
     runner: {kind: adb, serial: A1}
@@ -114,7 +114,7 @@ def test_target_with_runner_only_is_one_device_named_after_it(tmp_root):
         ("devices: []\n", "devices is empty"),
         ("devices:\n  - {id: a}\n  - {id: a}\n", "device id(s) a appear more than once"),
         ("devices:\n  - {runner: {kind: local}}\n", "field 'devices.0.id'"),
-        ("devices:\n  - {id: a, runner: {kind: usb}}\n", "field 'devices.0.runner.kind'"),
+        ("devices:\n  - {id: a, runner: {kind: usb}}\n", "field 'devices.0.runner': unknown runner 'usb'"),
         ("devices:\n  - {id: 'a b'}\n", "field 'devices.0.id'"),
         ("runner: {kind: ssh, host: h}\ndevices:\n  - {id: a}\n", "either runner (one device) or devices"),
     ],
@@ -145,11 +145,13 @@ SSH = GOOD + "runner:\n  kind: ssh\n  host: 127.0.0.1\n"
     ],
 )
 def test_runner_field_that_could_reach_an_argument_list_as_an_option_is_refused(tmp_root, field, value):
-    runner = {"kind": "ssh", "host": "127.0.0.1", field: value}
+    adb = field in ("serial", "benchmark_binary", "cpu_mask")
+    runner = {"kind": "adb", field: value} if adb else {"kind": "ssh", "host": "127.0.0.1", field: value}
     import yaml
 
     data = yaml.safe_load(GOOD)
     data["runner"] = runner
+    data["backend"] = "tflite" if adb else "onnxruntime"
     (tmp_root / "targets" / "t1.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigFileError, match=rf"field 'runner.{field}'") as err:
         load_target("t1")
@@ -167,4 +169,26 @@ def test_plain_runner_fields_are_accepted(tmp_root):
 def test_infinite_budget_is_refused_with_the_field_named(tmp_root):
     (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("budget_ms: 1.5", "budget_ms: .inf"))
     with pytest.raises(ConfigFileError, match=r"field 'budget_ms'.*finite"):
+        load_target("t1")
+
+
+def test_runner_that_cannot_run_the_backend_is_refused_when_the_target_loads(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "runner: {kind: adb, serial: A1}\n")
+    with pytest.raises(ConfigFileError, match="runner adb runs tflite artifacts, not onnxruntime"):
+        load_target("t1")
+
+
+def test_backend_options_are_checked_against_the_backend_schema_when_the_target_loads(tmp_root):
+    coreml = GOOD.replace("backend: onnxruntime", "backend: coreml")
+    (tmp_root / "targets" / "t1.yaml").write_text(coreml + "backend_options: {compute_units: GPU_ONLY}\n")
+    with pytest.raises(ConfigFileError, match=r"backend_options.compute_units for backend coreml"):
+        load_target("t1")
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "backend_options: {threads: 4}\n")
+    with pytest.raises(ConfigFileError, match=r"backend_options.threads for backend onnxruntime"):
+        load_target("t1")
+
+
+def test_unknown_backend_lists_the_known_ones(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("backend: onnxruntime", "backend: tpu"))
+    with pytest.raises(UnknownNameError, match=r"unknown backend 'tpu'; known: .*onnxruntime"):
         load_target("t1")

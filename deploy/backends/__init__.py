@@ -1,4 +1,5 @@
-"""Registered backends (name -> class). Adding one is one line here plus its module."""
+"""Registered backends (name -> class). Adding one is one line here plus its module; a user's backend
+registers through the `elastic_deploy.backends` entry-point group."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ BACKENDS: Registry[type[Backend]] = Registry(
         "tensorrt": "deploy.backends.tensorrt:TensorRTBackend",
         "torch_cuda": "deploy.backends.torch_cuda:TorchCudaBackend",
     },
+    group="elastic_deploy.backends",
 )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from deploy.export.hub import HubEntry
@@ -37,23 +38,33 @@ def check_precision(backend_name: str, supported: tuple[str, ...], target: Targe
         )
 
 
-class Backend(Protocol):
-    """compile / run / timed_call, plus what the pipeline must know where a runtime cannot run here.
+class NoOptions(BaseModel):
+    """A backend without options: `backend_options` in a target must be empty."""
 
-    A backend whose runtime has its own device clock (CUDA events) may also define
-    `device_timed_call(artifact, inputs) -> Callable[[], float]` (one run, returning its duration in
-    ms on the device's clock) and `device_clock() -> str` (e.g. "CUDA events on NVIDIA H100"); the
-    local runner then times with it instead of the host's wall clock around `timed_call`.
-    `needs_program` says whether compile reads the hub's torch.export program (else only its ONNX).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backend(Protocol):
+    """What a backend declares and does. Declared (class attributes, checked by the backend registry sweep):
+
+    - `precisions` it can compile, and `parity_atol`: the documented tolerance (max abs difference of
+      outputs against the torch references) per precision, as optimum's ATOL_FOR_VALIDATION;
+    - `options_model`: the pydantic schema of a target's `backend_options` (validated when it loads);
+    - `needs_program`: compile reads the hub's torch.export program (else only its ONNX);
+    - `compiles_on_device`: compile must run on the device itself (a TensorRT engine is built for one
+      GPU); where its toolchain is missing here a deploy packages the hub's ONNX and says which
+      command builds it there. Every other backend compiles here, and a missing toolchain is an error;
+    - `times_on_device`: `device_timed_call` returns each run's duration on the device's own clock
+      (CUDA events), which the local runner then uses instead of the host's clock around `timed_call`.
     """
 
-    name: str
-    precisions: tuple[str, ...]  # what compile accepts as target.precision
-    needs_program: bool  # compile reads entry.load_program() (the hub must export it), not only the ONNX
-    # compile must run on the device itself (a TensorRT engine is built for one GPU): where its toolchain is
-    # missing here, a deploy packages the hub's ONNX and says which command builds it there. Every other
-    # backend compiles here, so a missing toolchain is an error that names the install command.
-    compiles_on_device: bool
+    name: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    parity_atol: ClassVar[Mapping[str, float]]
+    options_model: ClassVar[type[BaseModel]]
+    needs_program: ClassVar[bool]
+    compiles_on_device: ClassVar[bool]
+    times_on_device: ClassVar[bool]
 
     def version(self) -> str:
         """Version of the runtime/converter (recorded in tables and manifests)."""
@@ -80,3 +91,30 @@ class Backend(Protocol):
 
     def timed_call(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
         """A zero-argument callable that runs one inference (loaded once), for the local runner to time."""
+
+    def device_timed_call(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> Callable[[], float]:
+        """Where `times_on_device`: one run per call, returning its duration in ms on the device's clock."""
+
+    def device_clock(self) -> str:
+        """What times the runs: the device's clock (e.g. "CUDA events on NVIDIA H100") or the host's."""
+
+
+class BackendBase:
+    """Defaults for the declarations a backend may leave out: no options, compiled here, host-timed."""
+
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+    needs_program: ClassVar[bool] = False
+    compiles_on_device: ClassVar[bool] = False
+    times_on_device: ClassVar[bool] = False
+
+    def device_timed_call(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> Callable[[], float]:
+        raise NotImplementedError(f"{type(self).__name__} times on the host clock (times_on_device is False)")
+
+    def device_clock(self) -> str:
+        return "host wall clock"
+
+
+def backend_options(backend: type[Backend] | Backend, target: Target) -> Any:
+    """The target's `backend_options` as the backend's validated options model (the target checked them
+    when it loaded; this gives them their type)."""
+    return backend.options_model.model_validate(dict(target.backend_options))

@@ -30,11 +30,12 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from deploy.backends.base import Artifact, check_precision
+from deploy.backends.base import Artifact, BackendBase, backend_options, check_precision
 from deploy.errors import BackendUnavailableError, DeployError, ExportError, UnsupportedOpError
 
 if TYPE_CHECKING:
@@ -199,11 +200,20 @@ def check_spec(artifact: Artifact, entry: HubEntry, summary: Mapping[str, Any] |
     return problems
 
 
-class CoreMLBackend:
+class CoreMLOptions(BaseModel):
+    """`backend_options` of a coreml target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
+    minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS16"
+
+
+class CoreMLBackend(BackendBase):
     name = "coreml"
     precisions = PRECISIONS
+    parity_atol: ClassVar[Mapping[str, float]] = {"fp32": FP32_PARITY_ATOL, "fp16": FP16_PARITY_ATOL}
+    options_model = CoreMLOptions
     needs_program = True  # coremltools converts the torch.export program
-    compiles_on_device = False
 
     def __init__(self) -> None:
         self._models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -236,8 +246,8 @@ class CoreMLBackend:
         check_precision(self.name, self.precisions, target)
         ct = _ct()  # fail on a missing converter before writing anything
         opts = {
-            "compute_units": target.coreml.compute_units,
-            "minimum_deployment_target": target.coreml.minimum_deployment_target,
+            "compute_units": backend_options(self, target).compute_units,
+            "minimum_deployment_target": backend_options(self, target).minimum_deployment_target,
             "compute_precision": _COMPUTE_PRECISION[target.precision],
             "coremltools": str(ct.__version__),
         }
@@ -274,7 +284,7 @@ class CoreMLBackend:
         )
         if self.runs_here() is None:
             self.model(artifact)  # prove it loads here, once
-        log.info(
+        log.debug(
             "compiled %s for %s (%s, %s, %.1f s)", path, target.name, target.precision, opts["compute_units"], seconds
         )
         return artifact

@@ -7,11 +7,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from deploy.backends.base import Artifact, check_precision
+from deploy.backends.base import Artifact, BackendBase, check_precision
 from deploy.errors import BackendUnavailableError, DeployError, UnsupportedOpError
 from deploy.io import atomic_write_bytes
 
@@ -78,11 +78,10 @@ def onnx_summary(path: Path, precision: str) -> dict[str, Any]:
     }
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BackendBase):
     name = "onnxruntime"
     precisions = PRECISIONS
-    needs_program = False
-    compiles_on_device = False
+    parity_atol: ClassVar[Mapping[str, float]] = {"fp32": 1e-4}
 
     def __init__(self) -> None:
         self._sessions: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -128,7 +127,7 @@ class OnnxRuntimeBackend:
             options={**self.session_options(target.threads), "onnxruntime": ort.__version__},
         )
         self.session(artifact)  # prove it loads here, once
-        log.info("compiled %s for %s (%d threads)", path, target.name, target.threads)
+        log.debug("compiled %s for %s (%d threads)", path, target.name, target.threads)
         return artifact
 
     def session(self, artifact: Artifact) -> Any:

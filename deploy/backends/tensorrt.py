@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from deploy import paths
+from deploy import workspace
 from deploy.backends import cuda
-from deploy.backends.base import Artifact, check_precision
+from deploy.backends.base import Artifact, BackendBase, backend_options, check_precision
 from deploy.errors import (
     BackendUnavailableError,
     DataShapeError,
@@ -180,7 +181,7 @@ def _calibrator(trt: Any, batches: dict[str, list[np.ndarray]], cache_path: Path
 
 def timing_cache_path(target: Target) -> Path:
     """Kept next to the latency table: rebuilding many block engines for one target reuses tactic timings."""
-    return paths.tables_dir() / f"{target.name}.trt-timing-cache"
+    return workspace.tables_dir() / f"{target.name}.trt-timing-cache"
 
 
 @dataclass
@@ -191,11 +192,26 @@ class _Loaded:
     lock: threading.Lock = field(default_factory=threading.Lock)  # an execution context is not re-entrant
 
 
-class TensorRTBackend:
+class TensorRTOptions(BaseModel):
+    """`backend_options` of a tensorrt target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    workspace_mib: int = Field(1024, ge=16)
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    calibration_images: int = Field(256, ge=8)  # int8 entropy calibration, drawn from the training split
+    warmup_runs: int = Field(50, ge=0)  # benchmark like trtexec: warm-up, then ≥min_runs and ≥min_time_s
+    min_runs: int = Field(200, ge=1)
+    min_time_s: float = Field(1.0, ge=0)
+
+
+class TensorRTBackend(BackendBase):
     name = "tensorrt"
     precisions = PRECISIONS
+    parity_atol = PARITY_ATOL
+    options_model = TensorRTOptions
     needs_program = False  # the ONNX parser reads the hub ONNX
-    compiles_on_device = True
+    compiles_on_device = True  # an engine is built for the GPU it runs on
+    times_on_device = True  # CUDA events
 
     def __init__(self) -> None:
         self._engines: OrderedDict[tuple[Any, ...], _Loaded] = OrderedDict()
@@ -222,7 +238,7 @@ class TensorRTBackend:
                 f"{reason}. An engine is specific to its GPU and TensorRT version, so build it on the device "
                 f"from the packaged ONNX: elastic-deploy compile --target {target.name} <dist folder>/model.onnx"
             )
-        trt, opts, precision = _trt(), target.tensorrt, target.precision
+        trt, opts, precision = _trt(), backend_options(self, target), target.precision
         builder = trt.Builder(_logger())
         network = builder.create_network(0)  # TensorRT 10: always explicit batch; not STRONGLY_TYPED, flags decide
         parser = trt.OnnxParser(network, _logger())

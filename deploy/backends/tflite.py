@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.backends.base import Artifact, check_precision
+from deploy.backends.base import Artifact, BackendBase, check_precision
 from deploy.errors import BackendUnavailableError, DataShapeError, DeployError, ExportError, UnsupportedOpError
 from deploy.io import atomic_write_bytes
 
@@ -193,11 +193,11 @@ def _tensor_spec(detail: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-class TFLiteBackend:
+class TFLiteBackend(BackendBase):
     name = "tflite"
     precisions = PRECISIONS
+    parity_atol = PARITY_ATOL
     needs_program = True  # litert-torch converts the torch.export program
-    compiles_on_device = False
 
     def __init__(self) -> None:
         self._interpreters: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -227,8 +227,14 @@ class TFLiteBackend:
             "litert_torch", "litert-torch to convert models"
         )  # fail on a missing converter before writing anything
         precision = target.precision
-        (sample,) = entry.reference_inputs().values()
+        samples = list(entry.reference_inputs().values())
+        sample = samples[0]
         rows: list[np.ndarray] = []
+        if precision == "int8" and len(samples) > 1:
+            raise DataShapeError(
+                f"tflite int8 calibration feeds one input; hub entry {entry.key} has {len(samples)} "
+                f"({', '.join(entry.input_names)}): use int8_dynamic or fp16 for this model"
+            )
         if precision == "int8":  # check the data before the (slow) conversion
             where = "the calibration argument" if calibration is not None else f"hub entry {entry.key} references"
             rows = representative_dataset(sample, calibration, where)
@@ -243,7 +249,8 @@ class TFLiteBackend:
             sub.training = False
         try:
             with _quiet():
-                model = bytes(litert_torch.convert(module, (torch.from_numpy(sample),)).model_content())
+                example = tuple(torch.from_numpy(s) for s in samples)
+                model = bytes(litert_torch.convert(module, example).model_content())
                 if precision != "fp32":
                     model = _quantize(model, precision, rows)
         except DeployError:
@@ -273,7 +280,7 @@ class TFLiteBackend:
             },
         )
         self.interpreter(artifact)  # prove it loads here, once
-        log.info("compiled %s (%s, %d bytes, %.1f s) for %s", path, precision, len(model), seconds, target.name)
+        log.debug("compiled %s (%s, %d bytes, %.1f s) for %s", path, precision, len(model), seconds, target.name)
         return artifact
 
     def interpreter(self, artifact: Artifact) -> Any:

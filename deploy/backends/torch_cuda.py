@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.backends.base import Artifact, check_precision
+from deploy.backends.base import Artifact, BackendBase, check_precision
 from deploy.errors import BackendUnavailableError, DeployError
 from deploy.io import atomic_write_bytes
 
@@ -40,11 +40,12 @@ def _torch() -> Any:
     return torch
 
 
-class TorchCudaBackend:
+class TorchCudaBackend(BackendBase):
     name = "torch_cuda"
     precisions = ("fp32", "fp16")
+    parity_atol = PARITY_ATOL
     needs_program = True
-    compiles_on_device = False
+    times_on_device = True  # CUDA events
 
     def __init__(self) -> None:
         self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import torch
-
     from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import Measurable, MeasureSession
     from deploy.latency.stats import LatencyStats
     from deploy.runners.base import Runner
     from deploy.search.space import SubnetConfig
     from deploy.targets import Target
+    from deploy.tasks.base import Split, Task
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,9 @@ class Executor(Protocol):
         """Each key measured once, on one device of the session's target, yielded as soon as it is done."""
 
     def evaluate(
-        self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: Sequence[SubnetConfig]
+        self, supernet: Supernet, task: Task, split: Split, configs: Sequence[SubnetConfig]
     ) -> Iterator[tuple[SubnetConfig, float]]:
-        """Top-1 accuracy of each config on (x, y), yielded as results come in (any order)."""
+        """The task's metric of each config on the split, yielded as results come in (any order)."""
 
     def close(self) -> None:
         """Release what the executor started (actors, a cluster it started itself)."""

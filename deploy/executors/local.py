@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy.executors.base import MakeItem, MeasuredBlock
+from deploy.tasks.base import Split, Task, predictor
 
 if TYPE_CHECKING:
-    import torch
-
     from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import MeasureSession
     from deploy.runners.base import Runner
@@ -48,12 +47,15 @@ class LocalExecutor:
             yield MeasuredBlock(key, stats, device)
 
     def evaluate(
-        self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: Sequence[SubnetConfig]
+        self, supernet: Supernet, task: Task, split: Split, configs: Sequence[SubnetConfig]
     ) -> Iterator[tuple[SubnetConfig, float]]:
-        from deploy.accuracy.oracle import evaluate
-
-        for config in configs:
-            yield config, evaluate(supernet, x, y, config)
+        was_training = supernet.training
+        supernet.eval()
+        try:
+            for config in configs:
+                yield config, task.evaluate(predictor(supernet, supernet.input_names(), config=config), split)
+        finally:
+            supernet.train(was_training)
 
     def close(self) -> None:
         pass

@@ -26,17 +26,17 @@ try:
 except ImportError:
     raise ExecutorError(INSTALL) from None
 
-from deploy import paths  # noqa: E402  (after the guarded import: ray's absence is reported first)
+from deploy import workspace  # noqa: E402  (after the guarded import: ray's absence is reported first)
 from deploy.executors.base import MakeItem, MeasuredBlock  # noqa: E402
 from deploy.executors.ray_farm import DeviceFarm, spread  # noqa: E402
 
 if TYPE_CHECKING:
-    import torch
 
     from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import MeasureSession
     from deploy.search.space import SubnetConfig
     from deploy.targets import Target
+    from deploy.tasks.base import Split, Task
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,13 @@ def connect(address: str | None) -> bool:
 
 
 @ray.remote(num_cpus=1)
-def _evaluate_chunk(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: list[SubnetConfig]) -> list[float]:
+def _evaluate_chunk(supernet: Supernet, task: Task, split: Split, configs: list[SubnetConfig]) -> list[float]:
     import torch
 
-    from deploy.accuracy.oracle import evaluate
+    from deploy.executors.local import LocalExecutor
 
     torch.set_num_threads(1)  # one core per task, as Ray schedules it: tasks side by side do not fight
-    return [evaluate(supernet, x, y, config) for config in configs]
+    return [value for _, value in LocalExecutor().evaluate(supernet, task, split, configs)]
 
 
 def chunk_size(n: int, workers: int) -> int:
@@ -124,7 +124,8 @@ class RayExecutor:
         from deploy.latency.session import MeasureSession
 
         # Not MeasureSession.open: whether the backend runs is for the device's host to say (its actor does).
-        return MeasureSession(target, get_backend(target.backend), self.runner(target), cache_dir or paths.cache_dir())
+        runner = self.runner(target)
+        return MeasureSession(target, get_backend(target.backend), runner, cache_dir or workspace.cache_dir())
 
     def spread(self, session: MeasureSession, keys: Sequence[BlockKey], make_item: MakeItem) -> Iterator[MeasuredBlock]:
         farm = session.runner
@@ -133,7 +134,7 @@ class RayExecutor:
         return spread(farm, keys, make_item, session.target.measurement.protocol())
 
     def evaluate(
-        self, supernet: Supernet, x: torch.Tensor, y: torch.Tensor, configs: Sequence[SubnetConfig]
+        self, supernet: Supernet, task: Task, split: Split, configs: Sequence[SubnetConfig]
     ) -> Iterator[tuple[SubnetConfig, float]]:
         """Configs in chunks, one task per chunk, at most `workers` at once; shared inputs stored once."""
         configs = list(configs)
@@ -142,7 +143,7 @@ class RayExecutor:
         workers = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = chunk_size(len(configs), workers)
         chunks = [configs[i : i + size] for i in range(0, len(configs), size)]
-        shared = ray.put(supernet), ray.put(x), ray.put(y)
+        shared = ray.put(supernet), ray.put(task), ray.put(split)
         in_flight: dict[Any, list[SubnetConfig]] = {}
         while chunks or in_flight:
             while chunks and len(in_flight) < workers:

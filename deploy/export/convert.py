@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploy import paths
+from deploy import workspace
 from deploy.backends import get_backend
 from deploy.errors import DeployError, UnsupportedOpError
 from deploy.export import hub
 from deploy.export.check import build_and_check, measure_artifact
-from deploy.io import atomic_write_json
 from deploy.latency.table import now_iso
 from deploy.models.checkpoint import sha256_tree
+from deploy.packaging.manifest import ConvertedModel, ConvertManifest, MeasuredRecord, MeasurementRecord
 from deploy.packaging.output import check_output_dir, staged_dir
 from deploy.targets import load_target
 
@@ -39,7 +39,7 @@ SHAPE_HINT = "write it as comma-separated integers, e.g. --input-shape 1,3,224,2
 @dataclass(frozen=True)
 class ConvertResult:
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: ConvertManifest
 
 
 def _first_line(exc: BaseException) -> str:
@@ -150,7 +150,7 @@ def convert(
     example = torch.randn(shape, generator=torch.Generator().manual_seed(EXAMPLE_SEED))
     _dry_run(model, example, model_spec)
     out_dir = check_output_dir(
-        out_dir or paths.dist_dir() / f"{target.name}-{model_spec.partition(':')[2].split('.')[-1]}"
+        out_dir or workspace.dist_dir() / f"{target.name}-{model_spec.partition(':')[2].split('.')[-1]}"
     )
     n_params = sum(p.numel() for p in model.parameters())
     shape_text = "x".join(map(str, shape))
@@ -181,32 +181,32 @@ def convert(
                 f"{measured.n_runs} runs on {measured.where})"
             )
 
-        manifest: dict[str, Any] = {
-            "model": {"spec": model_spec, "class": type(model).__qualname__, "params": n_params},
-            "input_shape": list(shape),
-            "example_input": f"torch.randn(seed {EXAMPLE_SEED})",
-            "target": target.name,
-            "device": target.device.name,
-            "backend": target.backend,
-            "precision": target.precision,
-            "artifact": {
+        manifest = ConvertManifest(
+            model=ConvertedModel(spec=model_spec, class_=type(model).__qualname__, params=n_params),
+            input_shape=list(shape),
+            example_input=f"torch.randn(seed {EXAMPLE_SEED})",
+            target=target.name,
+            device=target.device.name,
+            backend=target.backend,
+            precision=target.precision,
+            artifact={
                 "path": str(out_dir / artifact.path.name),
                 "sha256": sha256_tree(artifact.path),
                 "format": artifact.backend,
                 "status": check.status,
                 "options": dict(artifact.options),
             },
-            "validation": {**check.to_json(), "parity_atol": target.parity_atol},
-            "latency": {
-                "measured_ms": None if measured is None else measured.median_ms,
-                "measured": None if measured is None else measured.to_json(),
-                "not_measured_reason": not_measured,
-            },
-            "hub_entry": entry.key,
-            "versions": {**entry.meta.get("versions", {}), "torch": torch.__version__, backend.name: backend.version()},
-            "created": now_iso(),
-        }
-        atomic_write_json(staging / "manifest.json", manifest)
+            validation={**check.to_json(), "parity_atol": target.parity_atol},
+            latency=MeasurementRecord(
+                measured_ms=None if measured is None else measured.median_ms,
+                measured=None if measured is None else MeasuredRecord(stats=measured.to_json(), how=measured.where),
+                not_measured_reason=not_measured,
+            ),
+            hub_entry=entry.key,
+            versions={**entry.meta.get("versions", {}), "torch": torch.__version__, backend.name: backend.version()},
+            created=now_iso(),
+        )
+        manifest.save(staging)
     say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json)")
     if check.build_on_device:
         say(f"next, on the device: {check.build_on_device}")

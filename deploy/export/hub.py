@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy import paths
+from deploy import workspace
 from deploy.errors import DeployError, ExportError, UnsupportedOpError
 from deploy.io import atomic_write_bytes, atomic_write_json, read_json
 
@@ -94,12 +94,13 @@ def output_name(identity: Mapping[str, str]) -> str:
 
 
 def hub_key(identity: Mapping[str, str]) -> str:
-    """Short sha256 over the identity, the toolchain versions and the export settings."""
+    """Short sha256 over the identity (input names and shapes included), the toolchain versions and the
+    export settings."""
     payload = {
         "identity": {str(k): str(v) for k, v in sorted(identity.items())},
         "versions": toolchain_versions(),
         "export": dict(EXPORT_SETTINGS),
-        "names": [INPUT_NAME, output_name(identity)],
+        "names": [output_name(identity)],
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -231,24 +232,62 @@ def _try_load(entry_dir: Path) -> HubEntry | None:
     return None
 
 
+Example = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _inputs(example: Example, input_names: Sequence[str] | None) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...]]:
+    examples = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    names = (
+        tuple(input_names)
+        if input_names is not None
+        else ((INPUT_NAME,) if len(examples) == 1 else tuple(f"{INPUT_NAME}_{i}" for i in range(len(examples))))
+    )
+    if len(names) != len(examples):
+        raise ExportError(f"{len(examples)} example inputs but {len(names)} input names ({', '.join(names)})")
+    return examples, names
+
+
+def _describe_inputs(examples: Sequence[torch.Tensor], names: Sequence[str]) -> dict[str, str]:
+    def one(t: torch.Tensor) -> tuple[str, str]:
+        return "x".join(str(d) for d in t.shape), str(t.dtype).removeprefix("torch.")
+
+    if tuple(names) == (INPUT_NAME,):  # one image input: the identity fields entries have always had
+        shape, dtype = one(examples[0])
+        return {"input_shape": shape, "input_dtype": dtype}
+    return {"inputs": ";".join(f"{n}:{':'.join(one(t))}" for n, t in zip(names, examples, strict=True))}
+
+
+def export_subnet(supernet: Any, config: Any, checkpoint_sha256: str, cache_dir: Path | None = None) -> HubEntry:
+    """The hub entry of a supernet's subnet at `config` (extracted, with the family's example inputs)."""
+    return get_or_export(
+        supernet.extract(config),
+        supernet.example_inputs(),
+        {"subnet": config.id, "checkpoint": checkpoint_sha256},
+        cache_dir=cache_dir,
+        input_names=supernet.input_names(),
+    )
+
+
 def get_or_export(
     module: nn.Module,
-    example: torch.Tensor,
+    example: Example,
     identity: Mapping[str, str],
     cache_dir: Path | None = None,
     with_program: bool = True,
+    input_names: Sequence[str] | None = None,
 ) -> HubEntry:
-    """The hub entry of `module` at batch-1 input `example`, exported unless an identical one is cached.
+    """The hub entry of `module` at batch-1 input(s) `example`, exported unless an identical one is cached.
 
     The key covers `identity` (e.g. {"subnet": id, "checkpoint": sha} or {"block": str(key)}) plus the
-    input shape and a digest of the module's weights, so a cached entry always matches the module.
-    `entry.key == hub_key(entry.meta["identity"])`.
+    inputs' names, shapes and dtypes and a digest of the module's weights, so a cached entry always
+    matches the module. `entry.key == hub_key(entry.meta["identity"])`. Several inputs are given as a
+    tuple with their `input_names` (a family's InputSpec names; default "input").
     """
-    hub_dir = Path(cache_dir or paths.cache_dir()) / "hub"
+    examples, names = _inputs(example, input_names)
+    hub_dir = Path(cache_dir or workspace.cache_dir()) / "hub"
     full_identity = {
         **{str(k): str(v) for k, v in identity.items()},
-        "input_shape": "x".join(str(d) for d in example.shape),
-        "input_dtype": str(example.dtype).removeprefix("torch."),
+        **_describe_inputs(examples, names),
         "weights": weights_digest(module),
     }
     key = hub_key(full_identity)
@@ -256,7 +295,7 @@ def get_or_export(
     cached = _try_load(final)
     if cached is not None:
         if with_program and cached.program_path is None:
-            cached = _add_program(cached, module, example)
+            cached = _add_program(cached, module, examples)
         log.debug("hub entry %s reused for %s", key, dict(identity))
         return cached
 
@@ -264,7 +303,7 @@ def get_or_export(
     tmp = Path(tempfile.mkdtemp(dir=hub_dir, prefix=f".{key}.", suffix=".tmp"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
     try:
-        entry = _build(module, example, full_identity, key, tmp, with_program)
+        entry = _build(module, examples, names, full_identity, key, tmp, with_program)
         _commit(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,7 +313,7 @@ def get_or_export(
     if winner.meta.get("export_id") != entry.meta.get("export_id"):
         log.debug("hub entry %s was exported concurrently by another process; using theirs", key)
         if with_program and winner.program_path is None:
-            return _add_program(winner, module, example)
+            return _add_program(winner, module, examples)
         return winner
     return HubEntry.load(final, reused=False)
 
@@ -298,9 +337,9 @@ def _commit(tmp: Path, final: Path) -> None:
     raise ExportError(f"could not move the hub entry into {final}; delete that folder and rerun")
 
 
-def _add_program(entry: HubEntry, module: nn.Module, example: torch.Tensor) -> HubEntry:
+def _add_program(entry: HubEntry, module: nn.Module, examples: tuple[torch.Tensor, ...]) -> HubEntry:
     program_path = entry.dir / PROGRAM_FILE
-    seconds = _save_program(module, example, program_path)
+    seconds = _save_program(module, examples, program_path)
     meta = {**entry.meta, "program_seconds": round(seconds, 3)}
     updated = HubEntry(
         entry.key,
@@ -316,11 +355,11 @@ def _add_program(entry: HubEntry, module: nn.Module, example: torch.Tensor) -> H
     return updated
 
 
-def _save_program(module: nn.Module, example: torch.Tensor, path: Path) -> float:
+def _save_program(module: nn.Module, examples: tuple[torch.Tensor, ...], path: Path) -> float:
     start = time.perf_counter()
     with _eval_mode(module):
         try:
-            program = torch.export.export(module, (example,))
+            program = torch.export.export(module, examples)
         except Exception as exc:
             op = find_op(str(exc))
             if op:
@@ -372,15 +411,17 @@ def _quiet_output() -> Iterator[None]:
                 log.debug("exporter output:\n%s", text)
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, out_name: str) -> tuple[str, str | None]:
+def _export_onnx(
+    module: nn.Module, examples: tuple[torch.Tensor, ...], names: Sequence[str], path: Path, out_name: str
+) -> tuple[str, str | None]:
     """Export with the legacy exporter; on failure retry with dynamo. Returns the exporter used and, when the
     legacy exporter failed on an operator, that operator (the fallback's graph may still fail the checker)."""
-    common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [out_name], "opset_version": OPSET}
+    common: dict[str, Any] = {"input_names": list(names), "output_names": [out_name], "opset_version": OPSET}
     op = None
     with _quiet_output(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            torch.onnx.export(module, (example,), str(path), dynamo=False, do_constant_folding=True, **common)
+            torch.onnx.export(module, examples, str(path), dynamo=False, do_constant_folding=True, **common)
             exporter = "torchscript"
         except Exception as legacy_exc:
             op = find_op(str(legacy_exc))
@@ -388,7 +429,7 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, out_name:
             path.unlink(missing_ok=True)
             try:
                 torch.onnx.export(
-                    module, (example,), str(path), dynamo=True, external_data=False, verbose=False, **common
+                    module, examples, str(path), dynamo=True, external_data=False, verbose=False, **common
                 )
                 exporter = "dynamo"
             except Exception as dynamo_exc:
@@ -412,7 +453,8 @@ def _op_counts(model: Any) -> dict[str, int]:
 
 def _build(
     module: nn.Module,
-    example: torch.Tensor,
+    examples: tuple[torch.Tensor, ...],
+    names: tuple[str, ...],
     identity: Mapping[str, str],
     key: str,
     tmp: Path,
@@ -425,9 +467,9 @@ def _build(
     raw_path, onnx_path = tmp / "raw.onnx", tmp / ONNX_FILE
     start = time.perf_counter()
     with _eval_mode(module):
-        exporter, legacy_op = _export_onnx(module, example, raw_path, out_name)
+        exporter, legacy_op = _export_onnx(module, examples, names, raw_path, out_name)
         with torch.inference_mode():
-            reference = module(example)
+            reference = module(*examples)
     try:
         onnx.checker.check_model(str(raw_path), full_check=True)
         raw = onnx.shape_inference.infer_shapes(onnx.load(str(raw_path)), check_type=True, strict_mode=True)
@@ -450,7 +492,9 @@ def _build(
     input_names = tuple(i.name for i in slim.graph.input)
     output_names = tuple(o.name for o in slim.graph.output)
     outputs = reference if isinstance(reference, tuple | list) else (reference,)
-    arrays = {f"{_IN}{input_names[0]}": example.detach().cpu().numpy()}
+    if input_names != names:  # an input the graph does not use is dropped by the exporter
+        raise ExportError(f"the ONNX export of hub entry {key} takes inputs {list(input_names)}, not {list(names)}")
+    arrays = {f"{_IN}{n}": t.detach().cpu().numpy() for n, t in zip(names, examples, strict=True)}
     for name, tensor in zip(output_names, outputs, strict=True):
         arrays[f"{_OUT}{name}"] = tensor.detach().cpu().numpy()
     buffer = io.BytesIO()
@@ -461,7 +505,7 @@ def _build(
     program_seconds = 0.0
     if with_program:
         program_path = tmp / PROGRAM_FILE
-        program_seconds = _save_program(module, example, program_path)
+        program_seconds = _save_program(module, examples, program_path)
 
     meta = {
         "identity": dict(identity),
@@ -485,7 +529,7 @@ def _build(
 
 def clear(cache_dir: Path | None = None, keys: Sequence[str] | None = None) -> int:
     """Delete hub entries (all, or the given keys); returns how many were removed."""
-    hub_dir = Path(cache_dir or paths.cache_dir()) / "hub"
+    hub_dir = Path(cache_dir or workspace.cache_dir()) / "hub"
     if not hub_dir.is_dir():
         return 0
     removed = 0

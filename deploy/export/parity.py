@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -82,3 +83,38 @@ def check_parity(
     worst = max((d.max_abs_diff for d in diffs), default=0.0)
     ok = bool(diffs) and all(not d.problem and d.max_abs_diff <= atol for d in diffs)
     return ParityReport(tuple(diffs), worst, float(atol), ok)
+
+
+EXTRACTION_ATOL = 1e-4  # fp32: an extracted subnet is the supernet's own arithmetic, sliced (DESIGN: ≤1e-5 typical)
+
+
+def check_extraction(supernet: Any, config: Any, seed: int = 1) -> float:
+    """The extracted subnet at `config` computes what the supernet computes there (max abs diff of the first
+    output on seeded example inputs); ExtractionError naming the family and the difference otherwise."""
+    import torch
+
+    from deploy.errors import ExtractionError
+
+    inputs = supernet.example_inputs(seed)
+    was_training = supernet.training
+    supernet.eval()
+    try:
+        with torch.inference_mode():
+            want = supernet(*inputs, config=config)
+            got = supernet.extract(config).eval()(*inputs)
+    finally:
+        supernet.train(was_training)
+    want = want[0] if isinstance(want, tuple | list) else want
+    got = got[0] if isinstance(got, tuple | list) else got
+    if tuple(want.shape) != tuple(got.shape):
+        raise ExtractionError(
+            f"{supernet.family}.extract({config.id}) returns shape {tuple(got.shape)}, the supernet "
+            f"{tuple(want.shape)} at that config; fix the family's extract"
+        )
+    diff = float((want.float() - got.float()).abs().max())
+    if not diff <= EXTRACTION_ATOL:
+        raise ExtractionError(
+            f"{supernet.family}.extract({config.id}) differs from the supernet at that config by {diff:.2e} "
+            f"(> {EXTRACTION_ATOL:.0e}): the extracted weights are not the supernet's; fix the family's extract"
+        )
+    return diff

@@ -1,33 +1,25 @@
-"""Registered elastic families and their variants (name -> factory). One line per variant."""
+"""Registered elastic families (name -> class). One line per family; a user's family registers through the
+`elastic_deploy.families` entry-point group, or a model spec names it as `package.module:Class`.
+
+Models (a family at given dimensions, with weights and a task) are data: models/<name>.yaml (deploy/models).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from deploy.families.base import BlockKey, Supernet
+from deploy.families.base import BlockKey, ImageSupernet, InputSpec, Supernet
 from deploy.registry import Registry
 
-VARIANTS: Registry[Callable[[], Supernet]] = Registry(
-    "model",
+FAMILIES: Registry[type[Supernet]] = Registry(
+    "family",
     {
-        "elastic_vit_mnist": "deploy.families.elastic_vit:mnist",
-        "elastic_vit_tiny": "deploy.families.elastic_vit:tiny",
-        "learngene_mnist": "deploy.families.learngene:mnist",
-        "learngene_mnist_tuned": "deploy.families.learngene:mnist_tuned",
-        "learngene_tiny": "deploy.families.learngene:tiny",
-        "matformer_vit_mnist": "deploy.families.matformer_vit:mnist",
-        "matformer_vit_tiny": "deploy.families.matformer_vit:tiny",
-        "poa_vit_mnist": "deploy.families.poa_vit:mnist",
-        "poa_vit_tiny": "deploy.families.poa_vit:tiny",
-        "stitchable_mnist": "deploy.families.stitchable:mnist",
-        "stitchable_tiny": "deploy.families.stitchable:tiny",
+        "elastic_vit": "deploy.families.elastic_vit:ElasticViT",
+        "learngene": "deploy.families.learngene:Learngene",
+        "learngene_tuned": "deploy.families.learngene:LearngeneTuned",
+        "matformer_vit": "deploy.families.matformer_vit:MatFormerViT",
+        "poa_vit": "deploy.families.poa_vit:PoaViT",
+        "stitchable": "deploy.families.stitchable:Stitchable",
     },
+    group="elastic_deploy.families",
 )
 
-
-def build(variant: str) -> Supernet:
-    """An untrained supernet of a registered variant (weights come from `checkpoint.load`)."""
-    return VARIANTS.load(variant)()
-
-
-__all__ = ["VARIANTS", "BlockKey", "Supernet", "build"]
+__all__ = ["FAMILIES", "BlockKey", "ImageSupernet", "InputSpec", "Supernet"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,21 +39,97 @@ class BlockKey:
         return f"{self.kind}(" + ",".join(f"{k}={v}" for k, v in self.shape) + ")"
 
 
+DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a family's models: its name, the shape of one deployed batch (batch 1), its dtype, and
+    for integer inputs the range of valid values [0, high) (token ids: the vocabulary size)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Literal["float32", "int64", "int32"] = "float32"
+    high: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype != "float32" and (self.high is None or self.high < 1):
+            raise ValueError(f"integer input '{self.name}' needs high (its values lie in [0, high))")
+
+    def example(self, generator: torch.Generator, batch: int | None = None) -> torch.Tensor:
+        """A seeded example value (of `batch` rows instead of the deployed 1): N(0, 1) floats, or integers
+        drawn from [0, high)."""
+        shape = self.shape if batch is None else (batch, *self.shape[1:])
+        if self.dtype == "float32":
+            return torch.randn(shape, generator=generator)
+        assert self.high is not None
+        return torch.randint(0, self.high, shape, generator=generator, dtype=DTYPES[self.dtype])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "high": self.high}
+
+
 class Supernet(nn.Module, ABC):
-    """An elastic model. `forward(x, config)` runs the supernet at a config; `extract` cuts it out."""
+    """An elastic model. `forward(*inputs, config=…)` runs the supernet at a config; `extract` cuts it out.
+
+    Required: `family`, `dims_type` (the frozen dataclass a model spec's `dims` fill), `inputs`, `space`,
+    `forward`, `extract`, `blocks`, `build_block`, `param_count`, `smallest`. Optional, with defaults that
+    say "not available": `flops` (complexity-aware sampling needs it), `position_embedding` (training
+    starts it at a sin-cos grid), `set_calibration_inputs` (BatchNorm families keep per-subnet statistics).
+    """
 
     family: ClassVar[str]
+    dims_type: ClassVar[type]
 
     def __init__(self, variant: str) -> None:
         super().__init__()
         self.variant = variant
 
-    dims: Any  # the family's frozen dimensions dataclass (with `channels` and `image` for image models)
+    dims: Any  # an instance of dims_type
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input batch of size 1 (what deployed artifacts take)."""
-        return (1, self.dims.channels, self.dims.image, self.dims.image)
+    @classmethod
+    def from_dims(cls, variant: str, dims: Mapping[str, Any] | None = None, **options: Any) -> Supernet:
+        """The family at the dimensions a model spec gives (defaults for those it leaves out)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from deploy.errors import ConfigFileError
+
+        known = [f.name for f in fields(cls.dims_type)]
+        unknown = sorted(set(dims or {}) - set(known))
+        if unknown:
+            raise ConfigFileError(
+                f"model {variant}: dims {', '.join(unknown)} are not dimensions of family {cls.family}; "
+                f"it takes {', '.join(known)}"
+            )
+        try:
+            value = TypeAdapter(cls.dims_type).validate_python(dict(dims or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ())) or "(dims)"
+            raise ConfigFileError(f"model {variant}: dims.{field}: {first.get('msg')}") from None
+        return cls(variant, value, **options)
+
+    @abstractmethod
+    def inputs(self) -> tuple[InputSpec, ...]:
+        """The inputs of the supernet and of every extracted subnet, in `forward`'s order."""
+
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(spec.example(gen) for spec in self.inputs())
+
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.inputs())
+
+    def flops(self, config: SubnetConfig) -> float | None:
+        """Analytic FLOPs of the extracted subnet, where the family knows them (else None)."""
+        return None
+
+    def position_embedding(self) -> nn.Parameter | None:
+        """The learned (1, 1 + patches, dim) position embedding, where the family has one (else None)."""
+        return None
+
+    def set_calibration_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Training inputs for families whose subnets need their own statistics (BatchNorm); others ignore them."""
 
     def hparams(self) -> dict[str, Any]:
         """The variant's dimensions; stored beside a checkpoint and checked when it is loaded."""
@@ -80,9 +156,6 @@ class Supernet(nn.Module, ABC):
     @abstractmethod
     def param_count(self, config: SubnetConfig) -> int:
         """Analytic parameter count of the extracted subnet."""
-
-    def set_calibration_images(self, x: torch.Tensor) -> None:
-        """Training images for families whose subnets need their own statistics (BatchNorm); others ignore them."""
 
     def largest(self) -> SubnetConfig:
         space = self.space()
@@ -114,6 +187,16 @@ class Supernet(nn.Module, ABC):
             torch.manual_seed(0)
             return self.build_block(key)
 
-    def example_input(self, seed: int = 0) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randn(self.input_shape, generator=gen)
+
+
+class ImageSupernet(Supernet):
+    """A family whose models take one float image batch named "input": dims give `channels` and `image`."""
+
+    def inputs(self) -> tuple[InputSpec, ...]:
+        return (InputSpec("input", self.input_shape),)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one image batch of size 1 (what deployed artifacts take)."""
+        d = self.dims
+        return (1, d.channels, d.image, d.image)

@@ -15,6 +15,7 @@ checkpoint (`bn_images`); training uses batch statistics as usual.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from deploy.families.base import BlockKey, Supernet
+from deploy.families.base import BlockKey, ImageSupernet
 from deploy.families.elastic_vit_blocks import (
     HybridViT,
     MBConv,
@@ -81,8 +82,9 @@ def _cut(name: str, src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return src[index]
 
 
-class ElasticViT(Supernet):
+class ElasticViT(ImageSupernet):
     family = FAMILY
+    dims_type = ElasticViTDims
 
     def __init__(self, variant: str, dims: ElasticViTDims) -> None:
         super().__init__(variant)
@@ -109,7 +111,7 @@ class ElasticViT(Supernet):
             )
             cin, size = widths[-1], out_size(size, stride)
         self.head = PoolHead(cin, d.classes)
-        # Random until training stores real ones (set_calibration_images); saved with the weights.
+        # Random until training stores real ones (set_calibration_inputs); saved with the weights.
         images = torch.randn(d.bn_images, d.channels, d.image, d.image, generator=torch.Generator().manual_seed(0))
         self.register_buffer("bn_images", images)
         self._templates: dict[BlockKey, nn.Module] = {}  # weightless (meta) dense blocks, one per shape
@@ -282,8 +284,9 @@ class ElasticViT(Supernet):
         return HybridViT(*blocks).eval()
 
     # --- per-subnet BatchNorm statistics ------------------------------------------------------
-    def set_calibration_images(self, x: torch.Tensor) -> None:
-        """Keep the first `bn_images` of `x` (training images) for recalibrating BatchNorm per subnet."""
+    def set_calibration_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Keep the first `bn_images` training images for recalibrating BatchNorm per subnet."""
+        x = inputs["input"]
         n = self.bn_images.shape[0]
         if x.shape[0] < n or tuple(x.shape[1:]) != tuple(self.bn_images.shape[1:]):
             raise ValueError(f"need {n} images of shape {tuple(self.bn_images.shape[1:])}, got {tuple(x.shape)}")
@@ -378,26 +381,3 @@ class ElasticViT(Supernet):
     def flops(self, config: SubnetConfig) -> int:
         """Multiply-accumulates of the extracted subnet at batch 1 (what complexity-aware sampling weighs)."""
         return sum(block_macs(key) for key in self.blocks(config))
-
-
-def mnist() -> ElasticViT:
-    """The shipped model: trained on MNIST (make train MODEL=elastic_vit_mnist)."""
-    return ElasticViT("elastic_vit_mnist", ElasticViTDims())
-
-
-def tiny() -> ElasticViT:
-    """For tests: one MBConv and one transformer stage, every width <= 16; builds and exports in a second."""
-    dims = ElasticViTDims(
-        stem=(4, 8),
-        depths=(1, 2),
-        conv_widths=((8, 12),),
-        conv_strides=(2,),
-        expands=(2, 3),
-        kernels=(3, 5),
-        vit_widths=((12, 16),),
-        vit_strides=(2,),
-        vit_heads=((1, 2),),
-        head_dim=8,
-        mlp_ratios=(1, 2),
-    )
-    return ElasticViT("elastic_vit_tiny", dims)

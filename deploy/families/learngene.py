@@ -15,15 +15,13 @@ Blocks are matformer_vit's dense modules (keys shared with poa_vit: vit_block(to
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from deploy import paths
-from deploy.families.base import BlockKey, Supernet
+from deploy.families.base import BlockKey, ImageSupernet
 from deploy.families.matformer_vit import (
     Block,
     Head,
@@ -66,10 +64,11 @@ def expansion(depth: int) -> list[float]:
     return [0.0] if depth == 1 else [i / (depth - 1) for i in range(depth)]
 
 
-class _DepthFamily(Supernet):
+class _DepthFamily(ImageSupernet):
     """What the learngene and its fine-tuned descendants share: the depth space and the blocks."""
 
     family = FAMILY
+    dims_type = LearngeneDims
     dims: LearngeneDims
 
     def space(self) -> SearchSpace:
@@ -132,6 +131,9 @@ class Learngene(_DepthFamily):
                 p.mul_(0.1 if name.endswith("weight") and p.dim() == 2 else 0.0)
         self.head = Head(dims.dim, dims.classes)
 
+    def position_embedding(self) -> nn.Parameter:
+        return self.embed.pos_embed
+
     def layer_params(self, depth: int) -> list[dict[str, torch.Tensor]]:
         """θ_l for each layer of a depth-`depth` descendant (differentiable in θ_A and θ_B)."""
         a, b = dict(self.gene_a.named_parameters()), dict(self.gene_b.named_parameters())
@@ -179,36 +181,3 @@ class LearngeneTuned(_DepthFamily):
     def extract(self, config: SubnetConfig) -> nn.Module:
         self._check(config)
         return copy.deepcopy(self.net).eval()
-
-
-TUNED_DEFAULT_DEPTH = 4
-
-
-def tuned_depth(variant: str) -> int:
-    """The depth `make train … DEPTH=L` gave the shipped checkpoint (its JSON), else the default."""
-    config = paths.checkpoints_dir() / f"{variant}.json"
-    if config.exists():
-        return int(json.loads(config.read_text())["hparams"]["max_depth"])
-    return TUNED_DEFAULT_DEPTH
-
-
-def _tuned(variant: str, source: Learngene, depth: int | None) -> LearngeneTuned:
-    depth = tuned_depth(variant) if depth is None else depth
-    if depth not in source.dims.depths:
-        raise ValueError(f"DEPTH must be in [{source.dims.min_depth}, {source.dims.max_depth}], got {depth}")
-    return LearngeneTuned(variant, replace(source.dims, min_depth=depth, max_depth=depth), source.variant)
-
-
-def mnist() -> Learngene:
-    """The shipped learngene: width 64 (4 heads), trained through a depth-6 model; descendants of depth 1..12."""
-    return Learngene("learngene_mnist", LearngeneDims())
-
-
-def tiny() -> Learngene:
-    """For tests: width 16, depths 1..5."""
-    return Learngene("learngene_tiny", LearngeneDims(patch=7, dim=16, heads=2, aux_depth=3, max_depth=5))
-
-
-def mnist_tuned(depth: int | None = None) -> LearngeneTuned:
-    """learngene_mnist's descendant of one depth, fine-tuned (`make train MODEL=learngene_mnist DEPTH=L`)."""
-    return _tuned("learngene_mnist_tuned", mnist(), depth)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.families.base import BlockKey, Supernet
+from deploy.families.base import BlockKey, ImageSupernet
 from deploy.search.space import Gene, Genes, SearchSpace, SubnetConfig
 
 FAMILY = "matformer_vit"
@@ -155,8 +155,9 @@ class ViT(nn.Module):
         return self.head(x)
 
 
-class MatFormerViT(Supernet):
+class MatFormerViT(ImageSupernet):
     family = FAMILY
+    dims_type = MatFormerViTDims
 
     def __init__(self, variant: str, dims: MatFormerViTDims) -> None:
         super().__init__(variant)
@@ -166,6 +167,9 @@ class MatFormerViT(Supernet):
         self.head = Head(dims.dim, dims.classes)
 
     # --- search space -------------------------------------------------------------------------
+    def position_embedding(self) -> nn.Parameter:
+        return self.embed.pos_embed
+
     def space(self) -> SearchSpace:
         d = self.dims
         options = (0, *d.widths)  # 0 = layer skipped
@@ -257,13 +261,3 @@ class MatFormerViT(Supernet):
         d = self.dims
         embed = patch_embed_params(d.channels, d.patch, d.tokens, d.dim)
         return embed + sum(vit_block_params(d.dim, k) for k in ffn) + head_params(d.dim, d.classes)
-
-
-def mnist() -> MatFormerViT:
-    """The shipped model: trained on MNIST (make train MODEL=matformer_vit_mnist)."""
-    return MatFormerViT("matformer_vit_mnist", MatFormerViTDims())
-
-
-def tiny() -> MatFormerViT:
-    """For tests: same family, small enough to build and export in a second."""
-    return MatFormerViT("matformer_vit_tiny", MatFormerViTDims(patch=7, dim=16, depth=3, heads=2, ffn_max=64))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.families.base import BlockKey, Supernet
+from deploy.families.base import BlockKey, ImageSupernet
 from deploy.families.matformer_vit import (
     Block,
     Head,
@@ -119,8 +119,9 @@ def _run_block(x: torch.Tensor, p: Params, heads: int, eps: float) -> torch.Tens
     return x + F.linear(h, p["fc2.weight"], p["fc2.bias"])
 
 
-class PoaViT(Supernet):
+class PoaViT(ImageSupernet):
     family = FAMILY
+    dims_type = PoaViTDims
 
     def __init__(self, variant: str, dims: PoaViTDims) -> None:
         super().__init__(variant)
@@ -134,6 +135,9 @@ class PoaViT(Supernet):
         self.head = Head(dims.dim, dims.classes)
 
     # --- search space -------------------------------------------------------------------------
+    def position_embedding(self) -> nn.Parameter:
+        return self.embed.pos_embed
+
     def space(self) -> SearchSpace:
         d = self.dims
         depths = tuple(range(d.min_depth, d.depth + 1))
@@ -230,13 +234,3 @@ class PoaViT(Supernet):
         block = t * k * 3 * k + 2 * t * t * k + t * k * k + 2 * t * k * d.mlp_ratio * k
         head = k * d.classes  # the head reads the class token only
         return embed + n * block + head
-
-
-def mnist() -> PoaViT:
-    """The shipped model: width 32..96 (2..6 heads of 16), depth 1..6, mlp ratio 2 (trains on 2 CPU cores)."""
-    return PoaViT("poa_vit_mnist", PoaViTDims())
-
-
-def tiny() -> PoaViT:
-    """For tests: same family, small enough to build and export in a second."""
-    return PoaViT("poa_vit_tiny", PoaViTDims(patch=7, head_dim=8, heads=(2, 3, 4), depth=3))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deploy.families.base import BlockKey, Supernet
+from deploy.families.base import BlockKey, ImageSupernet
 from deploy.families.matformer_vit import (
     Block,
     Head,
@@ -82,8 +82,9 @@ def neighbour_pairs(n_anchors: int) -> list[tuple[int, int]]:
     return [(a, a + 1) for a in range(n_anchors - 1)] + [(a + 1, a) for a in range(n_anchors - 1)]
 
 
-class Stitchable(Supernet):
+class Stitchable(ImageSupernet):
     family = FAMILY
+    dims_type = StitchableDims
 
     def __init__(self, variant: str, dims: StitchableDims) -> None:
         super().__init__(variant)
@@ -224,13 +225,3 @@ class Stitchable(Supernet):
 def _copy(module: nn.Module) -> nn.Module:
     """A detached copy, so the extracted model shares no parameters with the supernet."""
     return copy.deepcopy(module).eval()
-
-
-def mnist() -> Stitchable:
-    """The shipped model: anchors of width 32, 64 and 96 (2, 4, 6 heads of 16), depth 6, mlp ratio 2."""
-    return Stitchable("stitchable_mnist", StitchableDims())
-
-
-def tiny() -> Stitchable:
-    """For tests: two small anchors, depth 3."""
-    return Stitchable("stitchable_tiny", StitchableDims(patch=7, head_dim=8, heads=(2, 4), depth=3))

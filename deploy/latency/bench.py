@@ -17,14 +17,14 @@ import glob
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deploy import paths
+from deploy import workspace
 from deploy.backends import Artifact, Backend, get_backend
 from deploy.errors import BenchGateError, ConfigFileError, DeployError
 from deploy.executors.base import Executor
@@ -34,6 +34,7 @@ from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.latency.table import now_iso
 from deploy.models.checkpoint import sha256_tree
+from deploy.packaging.manifest import Manifest
 from deploy.runners.local import cpu_model, usable_cores
 from deploy.targets import Target, load_target
 
@@ -85,79 +86,67 @@ class BenchResult:
 
 
 def bench_dir() -> Path:
-    return paths.root() / "bench"
+    return workspace.root() / "bench"
 
 
 def baseline_path(target_name: str) -> Path:
     return bench_dir() / "baselines" / f"{target_name}.json"
 
 
-def _load_manifest(target_name: str, folder: Path) -> dict[str, Any]:
+def _load_manifest(target_name: str, folder: Path) -> Manifest:
     path = folder / "manifest.json"
     if not path.exists():
         raise DeployError(
             f"no deployed artifact for {target_name}: {path} does not exist; "
             f"run `make deploy TARGET={target_name}` first"
         )
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("target") != target_name or "artifact" not in manifest:
-        raise ConfigFileError(f"{path}: not a manifest of target {target_name}; run `make deploy TARGET={target_name}`")
+    manifest = Manifest.load(path)
+    if manifest.target != target_name:
+        raise ConfigFileError(
+            f"{path}: a manifest of target {manifest.target}, not {target_name}; run `make deploy TARGET={target_name}`"
+        )
     return manifest
 
 
-def _onnx_io(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], tuple[str, ...]]:
-    """Graph inputs (name -> shape, dtype; symbolic dims as 1) and output names, read from the ONNX file."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    inputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim)
-        inputs[value.name] = (shape, np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)))
-    return inputs, tuple(o.name for o in model.graph.output)
+def seeded_inputs(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Latency does not depend on the values: seeded normal floats, zeros for integer inputs (a valid token id)."""
+    rng = np.random.default_rng(INPUT_SEED)
+    return {
+        name: rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        for name, (shape, dtype) in specs.items()
+    }
 
 
-def load_artifact(manifest: dict[str, Any], folder: Path) -> tuple[Artifact, dict[str, np.ndarray]]:
-    """The Artifact beside the manifest (sha256 checked) and a seeded random input of its input shape."""
-    target = manifest["target"]
-    entry = manifest["artifact"]
-    path = folder / Path(entry["path"]).name
+def load_artifact(manifest: Manifest, folder: Path) -> tuple[Artifact, dict[str, np.ndarray]]:
+    """The Artifact beside the manifest (sha256 checked) and a seeded input of its inputs' shapes (random
+    floats; zeros for integer inputs such as token ids, always a valid id)."""
+    target = manifest.target
+    entry = manifest.artifact
+    path = folder / Path(entry.path).name
     if not path.exists():
         raise DeployError(
             f"artifact {path} named by {folder / 'manifest.json'} is missing; run `make deploy TARGET={target}`"
         )
     digest = sha256_tree(path)
-    if digest != entry["sha256"]:
+    if digest != entry.sha256:
         raise DeployError(
-            f"artifact {path} has sha256 {digest[:12]}… but the manifest says {entry['sha256'][:12]}…; "
+            f"artifact {path} has sha256 {digest[:12]}… but the manifest says {entry.sha256[:12]}…; "
             f"it was changed after deploying: run `make deploy TARGET={target}` again"
         )
-    if entry.get("status") == "deferred":
+    if entry.status == "deferred":
         raise DeployError(
             f"{target}'s artifact was not compiled here ({path.name} is the ONNX to build on the device); "
             f"bench it on the device after `elastic-deploy compile --target {target} {path}`"
         )
-    if "inputs" in entry:  # any backend: the hub's I/O, recorded by the deploy
-        specs = {i["name"]: (tuple(i["shape"]), np.dtype(i["dtype"])) for i in entry["inputs"]}
-        output_names = tuple(entry["output_names"])
-    elif path.suffix == ".onnx":  # manifests from before the I/O was recorded
-        specs, output_names = _onnx_io(path)
-    else:
-        raise DeployError(f"{folder / 'manifest.json'} does not record the artifact's inputs; deploy again")
-    rng = np.random.default_rng(INPUT_SEED)
-    inputs = {name: rng.standard_normal(shape).astype(dtype) for name, (shape, dtype) in specs.items()}
+    specs = {i.name: (tuple(i.shape), np.dtype(i.dtype)) for i in entry.inputs}
+    inputs = seeded_inputs(specs)
     artifact = Artifact(
         path=path,
-        backend=entry.get("backend", manifest["backend"]),
-        precision=manifest["precision"],
+        backend=entry.backend,
+        precision=manifest.precision,
         input_names=tuple(specs),
-        output_names=output_names,
-        options=dict(entry.get("options", {})),
+        output_names=tuple(entry.output_names),
+        options=dict(entry.options),
     )
     return artifact, inputs
 
@@ -179,11 +168,11 @@ def thermal_readings() -> list[dict[str, Any]] | None:
     return readings or None
 
 
-def environment(backend: Backend, artifact: Artifact, manifest: dict[str, Any]) -> dict[str, Any]:
+def environment(backend: Backend, artifact: Artifact, manifest: Manifest) -> dict[str, Any]:
     """Where the numbers were taken (this host: the local runner measures here)."""
     return {
         "runtime": {backend.name: backend.version(), "python": platform.python_version(), "numpy": np.__version__},
-        "deployed_with": manifest.get("versions", {}),
+        "deployed_with": manifest.versions,
         "threads": artifact.options.get("intra_op_num_threads"),
         "cpu_model": cpu_model(),
         "usable_cores": usable_cores(),
@@ -326,10 +315,10 @@ def bench(
 
     On the target's first device; with the Ray executor, in that device's actor on the cluster."""
     target = load_target(target_name)
-    folder = Path(dist_dir) if dist_dir is not None else paths.dist_dir() / target.name
+    folder = Path(dist_dir) if dist_dir is not None else workspace.dist_dir() / target.name
     manifest = _load_manifest(target.name, folder)
     artifact, inputs = load_artifact(manifest, folder)
-    backend = get_backend(manifest["backend"])
+    backend = get_backend(manifest.backend)
     runner = (executor or LocalExecutor()).runner(target)
     protocol: MeasureProtocol = target.measurement.protocol()
     with measuring(runner, f"bench {target.name}"):  # one device, one measurement at a time
@@ -344,7 +333,7 @@ def bench(
     tolerance = tolerance_pct if tolerance_pct is not None else (target.bench_tolerance_pct or DEFAULT_TOLERANCE_PCT)
     base_file = baseline_path(target.name)
     baseline = read_json(base_file) if base_file.exists() else None
-    predicted = float(manifest["latency"]["predicted_ms"])
+    predicted = float(manifest.latency.predicted_ms)
     checks = evaluate(
         measured.median_ms,
         target=target,
@@ -352,14 +341,14 @@ def bench(
         tolerance_pct=tolerance,
         baseline=baseline,
         baseline_file=base_file,
-        artifact_sha256=manifest["artifact"]["sha256"],
+        artifact_sha256=manifest.artifact.sha256,
     )
     failed = [c for c in checks if c.passed is False]
     report: dict[str, Any] = {
         "target": target.name,
-        "subnet": manifest["subnet"]["id"],
-        "artifact": {"path": str(artifact.path), "sha256": manifest["artifact"]["sha256"]},
-        "artifact_sha256": manifest["artifact"]["sha256"],
+        "subnet": manifest.subnet.id,
+        "artifact": {"path": str(artifact.path), "sha256": manifest.artifact.sha256},
+        "artifact_sha256": manifest.artifact.sha256,
         "measured": measured.to_json(),
         "predicted_ms": predicted,
         "prediction_error_pct": round(_pct(measured.median_ms, predicted), 3),

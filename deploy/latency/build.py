@@ -12,6 +12,7 @@ window (those figures replace the ones measured one by one) and fits measured â‰
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class BuildResult:
     reused: int
     calibration: Calibration
     by_device: dict[str, int] = field(default_factory=dict)  # blocks each device measured in this run
+    blocks_s: float = 0.0  # wall time of the block phase (compiling and measuring each missing block)
+    calibration_s: float = 0.0  # wall time of the calibration window (compiles, then the interleaved measurement)
 
 
 def block_identity(key: BlockKey) -> dict[str, str]:
@@ -258,13 +261,14 @@ def build_table(
     over the target's devices (deploy/executors; default: one at a time, here); the calibration
     window runs on one device.
     """
-    path = path or target.table_path
+    path = path or target.table_write_path
     partial_path = partial_table_path(path)
+    in_force = path if path.exists() or path != target.table_write_path else target.table_path  # else: shipped
     executor = executor or LocalExecutor()
     session = executor.session(target, cache_dir)
     fingerprints = session.fingerprints()  # per device: a table may merge devices of several runner kinds
     table = new_table(session)
-    old = LatencyTable.load(path, target.name) if path.exists() else None
+    old = LatencyTable.load(in_force, target.name) if in_force.exists() else None
     pending = _load_partial(partial_path, target.name)
     if pending is not None and pending.build is not None and pending.build.rebuild:
         rebuild = True  # an interrupted rebuild goes on as one, whatever the rerun's flags
@@ -302,6 +306,7 @@ def build_table(
 
     # The device is held for the whole build: a deploy measuring between two blocks would see this
     # process compiling the next one (and the blocks would see the deploy).
+    started = time.perf_counter()
     with (
         measuring(session.runner, f"tables build {target.name}"),
         Progress(disable=not progress, transient=False) as bar,
@@ -325,6 +330,7 @@ def build_table(
 
         # Calibration: blocks and whole subnets interleaved in one time window, so the fit sees the
         # ratio between them rather than the machine's drift between two separate sweeps.
+        blocks_s = time.perf_counter() - started
         cal = bar.add_task("[magenta]calibration subnets", total=len(configs) + len(window_blocks))
         block_items = []
         for key in window_blocks:
@@ -333,7 +339,11 @@ def build_table(
             bar.update(cal, advance=1)
         subnet_items = []
         for net, config in configs:
-            subnet_items.append(session.compile(net.extract(config), net.example_input(), subnet_identity(net, config)))
+            subnet_items.append(
+                session.compile(
+                    net.extract(config), net.example_inputs(), subnet_identity(net, config), net.input_names()
+                )
+            )
             bar.update(cal, advance=1)
         bar.update(cal, description="[magenta]measuring blocks and subnets interleaved")
         try:
@@ -388,5 +398,11 @@ def build_table(
             fit.residual_pct,
         )
     return BuildResult(
-        path, measured=len(todo), reused=len(blocks) - len(todo), calibration=table.calibration, by_device=by_device
+        path,
+        measured=len(todo),
+        reused=len(blocks) - len(todo),
+        calibration=table.calibration,
+        by_device=by_device,
+        blocks_s=blocks_s,
+        calibration_s=time.perf_counter() - started - blocks_s,
     )

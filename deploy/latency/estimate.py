@@ -177,7 +177,7 @@ def estimate_table(
         entries=entries,
         calibration=calibration,
     )
-    out = path or target.table_path
+    out = path or target.table_write_path
     estimated.save(out)
     log.info("wrote ESTIMATED %s (factor %.4g on %s)", out, factor, source.name)
     return EstimateResult(out, factor, anchor_ms, len(entries), target.precision, where)

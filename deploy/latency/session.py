@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy import paths
+from deploy import workspace
 from deploy.backends import get_backend
 from deploy.backends.base import Artifact, Backend
 from deploy.export import hub
@@ -46,7 +46,7 @@ class MeasureSession:
                 f"cannot measure {target.name} on this machine: {reason}; run this on the device itself"
                 + (estimate if target.estimate is not None else "")
             )
-        return cls(target, backend, get_runner(target.runner), cache_dir or paths.cache_dir())
+        return cls(target, backend, get_runner(target.runner), cache_dir or workspace.cache_dir())
 
     def fingerprint(self, runner_name: str | None = None) -> str:
         """What a table entry was measured with; an entry with another fingerprint is stale."""
@@ -67,11 +67,19 @@ class MeasureSession:
 
     def device_id(self) -> str:
         """The device the last measurement ran on (a farm of devices fails over; else the first one)."""
-        return getattr(self.runner, "device_id", None) or self.target.device_list[0].id
+        return self.runner.device_id or self.target.device_list[0].id
 
-    def compile(self, module: nn.Module, example: torch.Tensor, identity: Mapping[str, str]) -> Measurable:
+    def compile(
+        self,
+        module: nn.Module,
+        example: hub.Example,
+        identity: Mapping[str, str],
+        input_names: Sequence[str] | None = None,
+    ) -> Measurable:
         with_program = self.backend.needs_program
-        entry = hub.get_or_export(module, example, identity, cache_dir=self.cache_dir, with_program=with_program)
+        entry = hub.get_or_export(
+            module, example, identity, cache_dir=self.cache_dir, with_program=with_program, input_names=input_names
+        )
         out_dir = self.cache_dir / "artifacts" / self.target.name / entry.key
         artifact = self.backend.compile(entry, self.target, out_dir)
         return artifact, entry.reference_inputs()

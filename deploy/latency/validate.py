@@ -141,7 +141,12 @@ def validate_table(
         subnet_items = []
         for config in configs:
             subnet_items.append(
-                session.compile(supernet.extract(config), supernet.example_input(), subnet_identity(supernet, config))
+                session.compile(
+                    supernet.extract(config),
+                    supernet.example_inputs(),
+                    subnet_identity(supernet, config),
+                    supernet.input_names(),
+                )
             )
             bar.update(task, advance=1)
         block_items = []
@@ -203,5 +208,5 @@ def validate_table(
         table.validations[supernet.family] = report.to_validation()
         if supernet.variant == target.model:
             table.validation = report.to_validation()
-        table.save(target.table_path)
+        table.save(target.table_write_path)
     return report

@@ -17,10 +17,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from deploy import paths
+from deploy import workspace
 from deploy.errors import CheckpointError
-from deploy.families import Supernet, build
+from deploy.families import Supernet
 from deploy.io import atomic_write_bytes, atomic_write_json
+from deploy.models.spec import ModelSpec, build_from_spec, load_spec
+from deploy.tasks import get_task
+from deploy.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,14 @@ SUFFIX = ".safetensors"
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
-    sha256: str  # of the safetensors file as read; keys the accuracy cache
+    sha256: str  # of the safetensors file as read (of the weights, for random ones); keys the accuracy cache
     meta: dict[str, Any] = field(default_factory=dict)
+    spec: ModelSpec | None = None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed every split is read with: the one the weights were trained on."""
+        return int(self.meta.get("data_seed", self.spec.task.seed if self.spec else 0))
 
 
 def sha256_file(path: Path) -> str:
@@ -62,7 +71,9 @@ def train_command(variant: str) -> str:
 
 
 def default_path(variant: str) -> Path:
-    return paths.checkpoints_dir() / f"{variant}{SUFFIX}"
+    """Where the model's checkpoint is read from: its spec's `checkpoint`, else checkpoints/<name>.safetensors."""
+    spec = load_spec(variant)
+    return spec.checkpoint_path() or workspace.resolve("checkpoints", f"{variant}{SUFFIX}")
 
 
 def weights_path(stem: Path) -> Path:
@@ -145,9 +156,56 @@ def _read_tensors(weights: Path, variant: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def latency_model(name: str) -> Supernet:
+    """The model as latency tables measure it: with its weights where it has them, else untrained (latency
+    does not depend on weight values, so a model without a checkpoint yet can be measured)."""
+    spec = load_spec(name)
+    if spec.random_weights is not None or default_path(name).exists():
+        return load(name)[0]
+    return build_from_spec(spec)
+
+
+def task_for(info: CheckpointInfo) -> Task:
+    """The task the checkpoint's spec names, read with the data seed the weights were trained on."""
+    if info.spec is None:
+        raise CheckpointError(f"{info.path}: no model spec names this checkpoint, so its task is unknown")
+    return get_task(info.spec.task.name, info.data_seed, info.spec.task.options)
+
+
+def _random(spec: ModelSpec) -> tuple[Supernet, CheckpointInfo]:
+    """The spec's seeded random weights: the same on every machine, their sha256 keys the caches."""
+    assert spec.random_weights is not None
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.random_weights.seed)
+        net = build_from_spec(spec)
+    sha = hashlib.sha256(serialize(net)).hexdigest()
+    meta = {"random_weights": spec.random_weights.model_dump(), "task": spec.task.name, "data_seed": spec.task.seed}
+    path = workspace.checkpoints_dir() / f"{spec.name}.random-{spec.random_weights.seed}"
+    return net.eval(), CheckpointInfo(path, sha, meta, spec)
+
+
+def _check_task(spec: ModelSpec, meta: dict[str, Any], weights: Path) -> None:
+    """The checkpoint was trained on the spec's task and data seed (every split is read with that seed)."""
+    trained_on = meta.get("task")
+    if trained_on is not None and trained_on != spec.task.name:
+        raise CheckpointError(
+            f"{weights} was trained on task '{trained_on}' but {spec.path} names task '{spec.task.name}'; "
+            "fix the spec's task or point it at the right checkpoint"
+        )
+    seed = meta.get("data_seed")
+    if seed is not None and int(seed) != spec.task.seed:
+        raise CheckpointError(
+            f"{weights} was trained with data seed {seed} but {spec.path} gives seed {spec.task.seed}: its "
+            f"validation split would hold training images; set task.seed: {seed} in the spec"
+        )
+
+
 def load(variant: str, path: Path | None = None) -> tuple[Supernet, CheckpointInfo]:
-    """The variant's supernet with trained weights (in eval mode) and where they came from."""
-    net = build(variant)  # first: an unknown variant is reported as such, listing the known ones
+    """The model's supernet with its weights (in eval mode) and where they came from."""
+    spec = load_spec(variant)  # first: an unknown model is reported as such, listing the known ones
+    if path is None and spec.random_weights is not None:
+        return _random(spec)
+    net = build_from_spec(spec)
     weights = Path(path) if path is not None else default_path(variant)
     if weights.suffix != SUFFIX:
         raise CheckpointError(
@@ -184,4 +242,5 @@ def load(variant: str, path: Path | None = None) -> tuple[Supernet, CheckpointIn
         # keyed by this sha, so they are re-evaluated).
         log.warning("%s: sha256 differs from the one recorded in %s", weights, config_path(weights).name)
     meta = config.get("meta") if isinstance(config.get("meta"), dict) else {}
-    return net.eval(), CheckpointInfo(weights, sha, meta)
+    _check_task(spec, meta, weights)
+    return net.eval(), CheckpointInfo(weights, sha, meta, spec)

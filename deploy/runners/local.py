@@ -15,7 +15,7 @@ from deploy.backends.base import Artifact, Backend
 from deploy.latency.measure import measure_interleaved
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.runners.base import Progress, SingleFromMany
-from deploy.targets import RunnerSpec
+from deploy.runners.specs import LocalSpec
 
 
 @functools.cache
@@ -40,9 +40,11 @@ def usable_cores() -> int:
 
 class LocalRunner(SingleFromMany):
     name = "local"
+    spec_model = LocalSpec
+    backends = None  # any backend whose runtime runs on this machine
 
-    def __init__(self, spec: RunnerSpec | None = None) -> None:
-        self.spec = spec or RunnerSpec()
+    def __init__(self, spec: LocalSpec | None = None) -> None:
+        self.spec = spec or LocalSpec()
         self.hostname = socket.gethostname()
 
     @property
@@ -63,12 +65,10 @@ class LocalRunner(SingleFromMany):
         on_progress: Progress | None = None,
     ) -> list[LatencyStats]:
         # A backend with a device clock (CUDA events) times each run itself; others use the host clock.
-        device_timed = getattr(backend, "device_timed_call", None)
-        make_call = device_timed or backend.timed_call
+        device_timed = backend.times_on_device
+        make_call = backend.device_timed_call if device_timed else backend.timed_call
         # Keys carry the position: the same artifact may appear twice (to measure repeatability).
         calls = {f"{i}:{artifact.path}": make_call(artifact, inputs) for i, (artifact, inputs) in enumerate(items)}
-        where = f"{self.where} ({backend.device_clock()})" if device_timed else self.where  # type: ignore[attr-defined]
-        stats = measure_interleaved(
-            calls, protocol, on_progress=on_progress, where=where, self_timed=device_timed is not None
-        )
+        where = f"{self.where} ({backend.device_clock()})" if device_timed else self.where
+        stats = measure_interleaved(calls, protocol, on_progress=on_progress, where=where, self_timed=device_timed)
         return [stats[key] for key in calls]

@@ -33,7 +33,6 @@ from deploy.errors import DeployError
 
 log = logging.getLogger(__name__)
 
-INPUT_SEED = 0
 EXIT_ERROR = 2
 SUPPORTED_BACKENDS = ("onnxruntime",)
 
@@ -70,19 +69,35 @@ def protocol_from_json(text: str) -> Any:
         raise RemoteBenchError(f"--protocol is not a JSON object of MeasureProtocol fields: {exc}") from None
 
 
+def onnx_io(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], tuple[str, ...]]:
+    """Graph inputs (name -> shape, dtype; symbolic dims as 1) and output names, read from the ONNX file."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim)
+        inputs[value.name] = (shape, np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)))
+    return inputs, tuple(o.name for o in model.graph.output)
+
+
 def load_item(path: Path, backend: str, threads: int) -> tuple[Artifact, dict[str, np.ndarray]]:
     """An Artifact for the ONNX file and a seeded random input of its graph input shape."""
     from deploy.backends.onnxruntime import OnnxRuntimeBackend
-    from deploy.latency.bench import _onnx_io
+    from deploy.latency.bench import seeded_inputs
 
     if not path.is_file():
         raise RemoteBenchError(f"artifact {path} does not exist on {socket.gethostname()}; copy it there first")
     try:
-        specs, output_names = _onnx_io(path)
+        specs, output_names = onnx_io(path)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise RemoteBenchError(f"{path} is not a readable ONNX file ({type(exc).__name__}); copy it again") from None
-    rng = np.random.default_rng(INPUT_SEED)
-    inputs = {name: rng.standard_normal(shape).astype(dtype) for name, (shape, dtype) in specs.items()}
+    inputs = seeded_inputs(specs)
     artifact = Artifact(
         path=path,
         backend=backend,

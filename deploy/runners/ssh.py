@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from deploy import paths
+from deploy import workspace
 from deploy.backends.base import Artifact, Backend
 from deploy.errors import RunnerError
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.models.checkpoint import sha256_file
 from deploy.runners.base import Progress, SingleFromMany
-from deploy.targets import RunnerSpec
+from deploy.runners.remote_bench import SUPPORTED_BACKENDS
+from deploy.runners.specs import SshSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ def _last_line(text: str) -> str:
 
 class SshRunner(SingleFromMany):
     name = "ssh"
+    spec_model = SshSpec
+    backends = SUPPORTED_BACKENDS  # what deploy.runners.remote_bench loads on the host
 
-    def __init__(self, spec: RunnerSpec, cache_dir: Path | None = None) -> None:
+    def __init__(self, spec: SshSpec, cache_dir: Path | None = None) -> None:
         if not spec.host:
             raise RunnerError("runner kind ssh needs a host: set runner.host (and user, port, key_path) in the target")
         self.spec = spec
@@ -57,7 +60,7 @@ class SshRunner(SingleFromMany):
         self.port = spec.port or 22
         self.key_path = Path(spec.key_path).expanduser() if spec.key_path else None
         self.python = spec.python or "python3"
-        self.known_hosts = (cache_dir or paths.cache_dir()) / "ssh" / "known_hosts"
+        self.known_hosts = (cache_dir or workspace.cache_dir()) / "ssh" / "known_hosts"
         self._described: str | None = None
 
     @property

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy.backends import get_backend
 from deploy.errors import NoFeasibleSubnetError
 from deploy.export import hub
-from deploy.export.check import artifact_accuracy
+from deploy.export.check import artifact_metric
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable
 from deploy.search.select import Constraints, Selection, select
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from deploy.models.checkpoint import CheckpointInfo
     from deploy.search.space import SubnetConfig
     from deploy.targets import Target
-    from deploy.tasks.mnist_data import Splits
+    from deploy.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,16 @@ class PrecisionOption:
     artifact_test: float | None = None
     rejected: str | None = None
 
+    direction: str = "higher"
+    percent: bool = True
+
     @property
     def drop_pp(self) -> float | None:
+        """How much worse the artifact scores than the torch subnet (pp for a percentage; <0: better)."""
         if self.artifact_val is None or self.selection is None:
             return None
-        return (self.selection.choice.accuracy - self.artifact_val) * 100
+        sign = 1.0 if self.direction == "higher" else -1.0
+        return sign * (self.selection.choice.accuracy - self.artifact_val) * (100 if self.percent else 1)
 
     def to_json(self) -> dict[str, Any]:
         c = self.selection.choice if self.selection else None
@@ -93,6 +98,7 @@ def select_at(target: Target, supernet: Supernet, accuracy: AccuracyModel) -> Pr
         p = predictor.predict(supernet.blocks(config), supernet.family)
         return p.ms, p.std_ms
 
+    metric = accuracy.oracle.task.metric
     selection = select(
         supernet.space(),
         latency,
@@ -101,8 +107,11 @@ def select_at(target: Target, supernet: Supernet, accuracy: AccuracyModel) -> Pr
         params=supernet.param_count,
         exact_accuracy=accuracy.exact,
         known_accuracy=accuracy.known,
+        direction=metric.direction,
     )
-    return PrecisionOption(target.precision, table, margin, selection)
+    return PrecisionOption(
+        target.precision, table, margin, selection, direction=metric.direction, percent=metric.percent
+    )
 
 
 def measure_option(
@@ -110,32 +119,28 @@ def measure_option(
     target: Target,
     supernet: Supernet,
     ckpt: CheckpointInfo,
-    splits: Splits,
+    task: Task,
     calibration: Any,
     cache_dir: Path | None,
 ) -> PrecisionOption:
-    """Compile the option's subnet at its precision and measure the artifact's val and test accuracy."""
+    """Compile the option's subnet at its precision and measure the artifact's val and test metric."""
     assert option.selection is not None
     backend = get_backend(target.backend)
     config = option.selection.choice.config
-    entry = hub.get_or_export(
-        supernet.extract(config), supernet.example_input(), {"subnet": config.id, "checkpoint": ckpt.sha256}, cache_dir
-    )
+    entry = hub.export_subnet(supernet, config, ckpt.sha256, cache_dir)
     with tempfile.TemporaryDirectory(prefix="precision-") as tmp:
         artifact = backend.compile(entry, target.at_precision(option.precision), Path(tmp), calibration=calibration)
-        name = artifact.input_names[0]
-
-        def run(x: Any) -> Any:
-            return backend.run(artifact, {name: x})[0]
-
-        val, test = artifact_accuracy(run, splits.val), artifact_accuracy(run, splits.test)
-    drop = (option.selection.choice.accuracy - val) * 100
+        val = artifact_metric(backend, artifact, task, task.split("val"))
+        test = artifact_metric(backend, artifact, task, task.split("test"))
+    measured = replace(option, artifact_val=val, artifact_test=test)
+    drop = measured.drop_pp or 0.0
     rejected = (
-        f"loses {drop:.2f} pp of val accuracy > max_accuracy_drop_pp {target.max_accuracy_drop_pp}"
+        f"loses {drop:.2f} {task.metric.unit} of val {task.metric.name} > max_accuracy_drop_pp "
+        f"{target.max_accuracy_drop_pp}"
         if drop > target.max_accuracy_drop_pp
         else None
     )
-    return PrecisionOption(option.precision, option.table, option.margin_pct, option.selection, val, test, rejected)
+    return replace(measured, rejected=rejected)
 
 
 def choose_precision(
@@ -143,7 +148,6 @@ def choose_precision(
     supernet: Supernet,
     ckpt: CheckpointInfo,
     accuracy: AccuracyModel,
-    splits: Splits,
     calibration: Any,
     cache_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
@@ -162,16 +166,15 @@ def choose_precision(
             continue
         reason = get_backend(target.backend).runs_here()
         if reason is None:
-            option = measure_option(option, target, supernet, ckpt, splits, calibration, cache_dir)
-        else:
-            option = PrecisionOption(p, option.table, option.margin_pct, option.selection)
+            option = measure_option(option, target, supernet, ckpt, accuracy.oracle.task, calibration, cache_dir)
         options.append(option)
         c = option.selection.choice  # type: ignore[union-attr]
+        fmt = accuracy.oracle.task.metric.format
         say(
-            f"  {p:>12}: {c.config.id} predicted {c.latency_ms:.3f} ms, torch val {c.accuracy:.2%}"
+            f"  {p:>12}: {c.config.id} predicted {c.latency_ms:.3f} ms, torch val {fmt(c.accuracy)}"
             + (
-                f", artifact val {option.artifact_val:.2%} ({-option.drop_pp:+.2f} pp)"
-                if option.drop_pp is not None
+                f", artifact val {fmt(option.artifact_val)} ({-option.drop_pp:+.2f} {accuracy.oracle.task.metric.unit})"
+                if option.drop_pp is not None and option.artifact_val is not None
                 else ""
             )
             + (f" — rejected: {option.rejected}" if option.rejected else "")
@@ -184,8 +187,10 @@ def choose_precision(
             + f". Raise budget_ms or max_accuracy_drop_pp in targets/{target.name}.yaml"
         )
 
+    sign = accuracy.oracle.task.metric.sign
+
     def score(o: PrecisionOption) -> tuple[float, float]:
         acc = o.artifact_val if o.artifact_val is not None else o.selection.choice.accuracy  # type: ignore[union-attr]
-        return (acc, -o.selection.choice.latency_ms)  # type: ignore[union-attr]
+        return (sign * acc, -o.selection.choice.latency_ms)  # type: ignore[union-attr]
 
     return max(usable, key=score), options

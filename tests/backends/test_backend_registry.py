@@ -5,7 +5,7 @@ import pytest
 from deploy.backends import BACKENDS, get_backend
 from deploy.errors import UnknownNameError
 from deploy.runners import RUNNERS, get_runner
-from deploy.targets import RunnerSpec
+from deploy.runners.specs import RunnerSpecBase
 
 
 def test_backend_registry_lists_onnxruntime():
@@ -34,6 +34,6 @@ def test_runner_registry_lists_local():
 
 def test_get_runner_unknown_kind_lists_known_runners():
     # Every kind the target schema allows may be registered later; test with one that never will be.
-    spec = RunnerSpec.model_construct(kind="carrier-pigeon")
+    spec = RunnerSpecBase.model_construct(kind="carrier-pigeon")
     with pytest.raises(UnknownNameError, match=r"unknown runner 'carrier-pigeon'; known: .*local"):
         get_runner(spec)

@@ -13,8 +13,8 @@ from deploy.backends.coreml import FP16_PARITY_ATOL, FP32_PARITY_ATOL, CoreMLBac
 from deploy.errors import BackendUnavailableError, UnsupportedOpError, UnsupportedPrecisionError
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.families import build
-from deploy.targets import CoreMLOptions, DeviceInfo, Target
+from deploy.models import build
+from deploy.targets import DeviceInfo, Target
 
 MACOS_ONLY = "CoreML models run only on macOS: run `make test` on a Mac with the coreml extra"
 
@@ -32,14 +32,14 @@ def make_target(precision: str = "fp16", compute_units: str = "ALL") -> Target:
         precision=precision,
         budget_ms=10.0,
         model="matformer_vit_tiny",
-        coreml=CoreMLOptions(compute_units=compute_units, minimum_deployment_target="macOS13"),
+        backend_options={"compute_units": compute_units, "minimum_deployment_target": "macOS13"},
     )
 
 
 def export(supernet, cache) -> hub.HubEntry:
     config = supernet.largest()
     return hub.get_or_export(
-        supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache, with_program=True
+        supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache, with_program=True
     )
 
 

@@ -10,7 +10,7 @@ from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.errors import DeployError, UnsupportedOpError
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.families import build
+from deploy.models import build
 from deploy.targets import DeviceInfo, Target
 
 
@@ -33,7 +33,7 @@ def entry(tmp_path_factory):
     config = supernet.largest()
     cache = tmp_path_factory.mktemp("cache")
     return hub.get_or_export(
-        supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache, with_program=False
+        supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache, with_program=False
     )
 
 

@@ -231,7 +231,7 @@ def test_time_once_feeds_the_shared_interleaved_loop_with_gpu_times_in_item_orde
 def entry(tiny, tmp_path):
     config = tiny.largest()
     return hub.get_or_export(
-        tiny.extract(config), tiny.example_input(), {"subnet": config.id}, tmp_path / "cache", with_program=False
+        tiny.extract(config), tiny.example_inputs()[0], {"subnet": config.id}, tmp_path / "cache", with_program=False
     )
 
 

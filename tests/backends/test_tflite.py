@@ -24,7 +24,7 @@ from deploy.errors import (
 )
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.families import build
+from deploy.models import build
 from deploy.targets import DeviceInfo, Target
 
 
@@ -46,7 +46,7 @@ def entry(tmp_path_factory):
     supernet = build("matformer_vit_tiny").eval()
     config = supernet.largest()
     cache = tmp_path_factory.mktemp("cache")
-    return hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache)
+    return hub.get_or_export(supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache)
 
 
 @pytest.fixture(scope="module")

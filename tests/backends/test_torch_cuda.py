@@ -8,7 +8,7 @@ from deploy.backends.torch_cuda import PARITY_ATOL, TorchCudaBackend
 from deploy.errors import BackendUnavailableError, UnsupportedPrecisionError
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.families import build
+from deploy.models import build
 from deploy.targets import DeviceInfo, Target
 
 needs_cuda = pytest.mark.skipif(
@@ -35,7 +35,7 @@ def subnet_and_entry(tmp_path_factory):
     config = supernet.largest()
     subnet = supernet.extract(config).eval()
     cache = tmp_path_factory.mktemp("cache")
-    entry = hub.get_or_export(subnet, supernet.example_input(), {"subnet": config.id}, cache, with_program=True)
+    entry = hub.get_or_export(subnet, supernet.example_inputs()[0], {"subnet": config.id}, cache, with_program=True)
     return subnet, entry
 
 

@@ -16,6 +16,7 @@ from deploy.latency.table import LatencyTable
 from deploy.latency.validate import validate_table
 from deploy.search.space import SubnetConfig
 from deploy.targets import Target, load_target
+from deploy.tasks.base import ArrayTask
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ class KillAfter:
 
 def test_killing_a_device_actor_mid_build_loses_no_finished_entry_and_the_build_completes(executor, two_devices, tiny):
     from deploy.executors.ray_farm import IN_FLIGHT_PER_DEVICE
-    from deploy.families import build
+    from deploy.models import build
 
     # Two models' blocks (12): after 2 results plenty are left, so b is surely sent more work and found dead.
     nets = [tiny, build("poa_vit_tiny")]
@@ -140,16 +141,16 @@ def test_ray_validate_measures_on_a_device_actor(executor, two_devices, tiny, tm
 
 def test_ray_oracle_gives_the_local_oracle_results_and_the_same_cache(executor, tiny, tmp_path):
     torch.manual_seed(0)
-    x, y = torch.randn(200, *tiny.example_input().shape[1:]), torch.randint(0, 10, (200,))
+    x, y = torch.randn(200, *tiny.example_inputs()[0].shape[1:]), torch.randint(0, 10, (200,))
     rng = np.random.default_rng(0)
     configs = list({c.id: c for c in (tiny.sample(rng) for _ in range(12))}.values())
-    local = EvalOracle(tiny, x, y, tmp_path / "local.json", "sha")
-    remote = EvalOracle(tiny, x, y, tmp_path / "ray.json", "sha")
+    local = EvalOracle(tiny, ArrayTask.of(x, y), "val", tmp_path / "local.json", "sha")
+    remote = EvalOracle(tiny, ArrayTask.of(x, y), "val", tmp_path / "ray.json", "sha")
     expected = local.evaluate_many(configs, progress=False, executor=LocalExecutor())
     executor.workers = 2
     got = remote.evaluate_many(configs, progress=False, executor=executor)
     assert got == expected and remote.evaluations == len(configs)
-    reloaded = EvalOracle(tiny, x, y, tmp_path / "ray.json", "sha")
+    reloaded = EvalOracle(tiny, ArrayTask.of(x, y), "val", tmp_path / "ray.json", "sha")
     assert [(c.id, a) for c, a in reloaded.entries()] == [(c.id, a) for c, a in local.entries()]
     assert all(isinstance(c, SubnetConfig) for c, _ in reloaded.entries())
 

@@ -13,7 +13,7 @@ from deploy.export.compile import compile_onnx
 @pytest.fixture
 def packaged(tiny, tmp_path):
     config = tiny.largest()
-    entry = hub.get_or_export(tiny.extract(config), tiny.example_input(), {"subnet": config.id}, tmp_path / "c")
+    entry = hub.get_or_export(tiny.extract(config), tiny.example_inputs()[0], {"subnet": config.id}, tmp_path / "c")
     artifact = package_onnx(entry, tmp_path / "dist")
     return entry, artifact
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from deploy.errors import UnsupportedOpError
 from deploy.export import hub
-from deploy.families import build
+from deploy.models import build
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def subnet():
     rng = np.random.default_rng(0)
     config = supernet.sample(rng)
     identity = {"subnet": config.id, "checkpoint": "random0"}
-    return supernet.extract(config), supernet.example_input(), identity, config
+    return supernet.extract(config), supernet.example_inputs()[0], identity, config
 
 
 @pytest.fixture(scope="module")

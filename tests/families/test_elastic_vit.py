@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.families.elastic_vit import ElasticViT, mnist, tiny
+from deploy.families.elastic_vit import ElasticViT
 from deploy.families.elastic_vit_blocks import Attention
+from deploy.models import build
 from deploy.search.space import SubnetConfig
 
 
 @pytest.fixture(scope="module")
 def nets() -> dict[str, ElasticViT]:
     torch.manual_seed(0)
-    return {"tiny": tiny().eval(), "mnist": mnist().eval()}
+    return {"tiny": build("elastic_vit_tiny").eval(), "mnist": build("elastic_vit_mnist").eval()}
 
 
 def _configs(net: ElasticViT, name: str) -> list:
@@ -92,7 +93,7 @@ def test_param_count_matches_extracted_model(nets):
 def test_flops_match_forward_hook_count_within_1pct(nets):
     for name, net in nets.items():
         for config in [net.smallest(), net.largest(), _configs(net, name)[-1]]:
-            counted = _hook_macs(net.extract(config), net.example_input())
+            counted = _hook_macs(net.extract(config), net.example_inputs()[0])
             assert abs(net.flops(config) - counted) <= 0.01 * counted, config
 
 
@@ -100,13 +101,13 @@ def test_blocks_run_in_sequence_give_extracted_output_shape_and_params(nets):
     for name, net in nets.items():
         for config in [net.smallest(), net.largest(), *_configs(net, name)]:
             dense = net.extract(config)
-            x = net.example_input()
+            x = net.example_inputs()[0]
             with torch.inference_mode():
                 for key in net.blocks(config):
                     block, example = net.build_block(key)
                     assert example.shape == x.shape, key
                     x = block(x)
-                assert x.shape == dense(net.example_input()).shape
+                assert x.shape == dense(net.example_inputs()[0]).shape
             block_params = sum(p.numel() for k in net.blocks(config) for p in net.build_block(k)[0].parameters())
             assert block_params == sum(p.numel() for p in dense.parameters())
 
@@ -126,7 +127,7 @@ def test_extracted_model_exports_to_onnx_matching_onnxruntime_within_1e4(nets, n
     ort = pytest.importorskip("onnxruntime")
     net = nets[name]
     dense = net.extract(_configs(net, name)[-1])
-    x = net.example_input(seed=1)
+    x = net.example_inputs(seed=1)[0]
     path = tmp_path / "subnet.onnx"
     torch.onnx.export(dense, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -136,9 +137,9 @@ def test_extracted_model_exports_to_onnx_matching_onnxruntime_within_1e4(nets, n
 
 
 def test_supernet_backward_reaches_only_the_chosen_slices(nets):
-    net = tiny().train()
+    net = build("elastic_vit_tiny").train()
     config = net.smallest()
-    net(net.example_input(), config).sum().backward()
+    net(net.example_inputs()[0], config).sum().backward()
     dw = net.convs[0][0].dw[0].weight.grad  # full kernel 5, chosen 3: only the centre 3×3 learns
     hidden = net.dims.stem[0] * net.dims.expands[0]
     assert dw[:hidden, :, 1:4, 1:4].abs().sum() > 0
@@ -172,9 +173,9 @@ def test_config_rejects_unknown_ffn_width_and_foreign_family(nets):
 
 def test_eval_uses_batchnorm_statistics_recalibrated_for_each_subnet():
     torch.manual_seed(0)
-    net = tiny().eval()
+    net = build("elastic_vit_tiny").eval()
     images = torch.randn(net.dims.bn_images + 3, 1, 28, 28)
-    net.set_calibration_images(images)
+    net.set_calibration_inputs({"input": images})
     for config in (net.smallest(), net.largest()):
         dense = net.extract(config)
         conv, bn = dense[0][0], dense[0][1]  # the stem's conv and BatchNorm
@@ -192,7 +193,7 @@ def test_eval_uses_batchnorm_statistics_recalibrated_for_each_subnet():
 
 def test_recalibrated_statistics_are_recomputed_after_training_changes_weights():
     torch.manual_seed(0)
-    net = tiny().eval()
+    net = build("elastic_vit_tiny").eval()
     x = torch.randn(4, 1, 28, 28)
     config = net.smallest()
     with torch.inference_mode():
@@ -209,6 +210,6 @@ def test_recalibrated_statistics_are_recomputed_after_training_changes_weights()
 
 
 def test_calibration_images_of_the_wrong_shape_are_rejected():
-    net = tiny()
+    net = build("elastic_vit_tiny")
     with pytest.raises(ValueError, match="need 256 images"):
-        net.set_calibration_images(torch.randn(10, 1, 28, 28))
+        net.set_calibration_inputs({"input": torch.randn(10, 1, 28, 28)})

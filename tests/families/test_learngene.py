@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from deploy.errors import UnknownNameError
-from deploy.families import build
-from deploy.families.learngene import expansion, mnist_tuned, tiny, tuned_depth
-from deploy.training.train import tuned_variant
+from deploy.families.learngene import LearngeneTuned, expansion
+from deploy.models import build, load_spec
+from deploy.training.train import tuned_spec
 
 
 @pytest.fixture(scope="module")
 def gene():
     torch.manual_seed(0)
-    net = tiny().eval()
+    net = build("learngene_tiny").eval()
     with torch.no_grad():  # θ_B as large as θ_A, so the layers of a descendant differ visibly
         for p in net.gene_b.parameters():
             p.normal_()
@@ -47,25 +45,22 @@ def test_depth_outside_the_space_is_rejected_with_the_range(gene):
 def test_tuned_descendant_starts_equal_to_the_learngenes_descendant():
     torch.manual_seed(0)
     source = build("learngene_mnist").eval()
-    tuned = mnist_tuned(depth=3).eval()
+    spec = load_spec("learngene_mnist_tuned")
+    dims = {**spec.dims, "min_depth": 3, "max_depth": 3}
+    tuned = LearngeneTuned.from_dims(spec.name, dims, source="learngene_mnist").eval()
     tuned.init_from(source)
-    x = source.example_input(seed=2)
+    (x,) = source.example_inputs(seed=2)
     with torch.inference_mode():
         torch.testing.assert_close(tuned(x), source(x, source.config(3)))
     assert tuned.space().size() == 1 and tuned.largest() == source.config(3)
     assert tuned.blocks(tuned.largest()) == source.blocks(source.config(3))  # same table entries
 
 
-def test_depth_flag_names_the_tuned_variant_or_says_which_models_have_one():
-    assert tuned_variant("learngene_mnist", 5) == ("learngene_mnist_tuned", {"depth": 5})
-    assert tuned_variant("poa_vit_mnist", None) == ("poa_vit_mnist", {})
+def test_depth_flag_writes_the_tuned_spec_into_the_workspace_or_says_which_models_have_one(tmp_root):
+    assert tuned_spec("poa_vit_mnist", None).name == "poa_vit_mnist"
+    spec = tuned_spec("learngene_mnist", 5)
+    assert spec.name == "learngene_mnist_tuned" and spec.dims["max_depth"] == spec.dims["min_depth"] == 5
+    assert (tmp_root / "models" / "learngene_mnist_tuned.yaml").exists(), "the workspace's spec overrides the shipped"
+    assert build("learngene_mnist_tuned").largest()["depth"] == 5
     with pytest.raises(UnknownNameError, match="learngene_mnist"):
-        tuned_variant("poa_vit_mnist", 3)
-
-
-def test_tuned_depth_is_read_from_the_checkpoint_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("ELASTIC_DEPLOY_ROOT", str(tmp_path))
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "learngene_mnist_tuned.json").write_text(json.dumps({"hparams": {"max_depth": 7}}))
-    assert tuned_depth("learngene_mnist_tuned") == 7
-    assert mnist_tuned().largest()["depth"] == 7
+        tuned_spec("poa_vit_mnist", 3)

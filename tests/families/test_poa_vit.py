@@ -8,20 +8,21 @@ import torch
 from torch import nn
 
 from deploy.families.matformer_vit import Attention
-from deploy.families.poa_vit import FAMILY, mnist, tiny
+from deploy.families.poa_vit import FAMILY
+from deploy.models import build
 from deploy.search.space import SubnetConfig
 
 
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
-    return tiny().eval()
+    return build("poa_vit_tiny").eval()
 
 
 @pytest.fixture(scope="module")
 def full():
     torch.manual_seed(0)
-    return mnist().eval()
+    return build("poa_vit_mnist").eval()
 
 
 def _configs(net):
@@ -93,7 +94,7 @@ def _hooked_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 def test_flops_match_forward_hooks_within_1pct(small, full):
     for net, config in _mnist_and_tiny_configs(small, full):
-        hooked = _hooked_macs(net.extract(config), net.example_input())
+        hooked = _hooked_macs(net.extract(config), net.example_inputs()[0])
         assert abs(net.flops(config) - hooked) <= 0.01 * hooked, config
 
 
@@ -102,7 +103,7 @@ def test_flops_match_torch_flop_counter_within_1pct(full):
 
     for config in (full.smallest(), full.largest()):
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            full.extract(config)(full.example_input())
+            full.extract(config)(full.example_inputs()[0])
         macs = counter.get_total_flops() // 2
         assert abs(full.flops(config) - macs) <= 0.01 * macs, config
 
@@ -113,14 +114,14 @@ def test_blocks_chain_to_extracted_output_and_sum_its_params(small, full):
         keys = net.blocks(config)
         assert [k.kind for k in keys] == ["patch_embed", *["vit_block"] * config["depth"], "cls_head"]
         assert set(keys) <= set(net.all_blocks())
-        x, params = net.example_input(), 0
+        x, params = net.example_inputs()[0], 0
         with torch.inference_mode():
             for key in keys:
                 module, example = net.build_block(key)
                 assert example.shape == x.shape, key
                 x = module(x)
                 params += sum(p.numel() for p in module.parameters())
-            assert x.shape == dense(net.example_input()).shape
+            assert x.shape == dense(net.example_inputs()[0]).shape
         assert params == net.param_count(config)
 
 
@@ -141,7 +142,7 @@ def test_build_block_rejects_unknown_kind(small):
 def test_extract_exports_to_onnx_matching_torch_within_1e4(full, which, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     config = getattr(full, which)()
-    dense, x = full.extract(config), full.example_input()
+    dense, x = full.extract(config), full.example_inputs()[0]
     path = tmp_path / "poa.onnx"
     torch.onnx.export(dense, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -161,7 +162,7 @@ def test_config_raises_when_width_or_depth_invalid(full, width, depth, match):
 
 
 def test_forward_raises_when_config_is_foreign_or_malformed(full):
-    x = full.example_input()
+    x = full.example_inputs()[0]
     with pytest.raises(ValueError, match="family"):
         full(x, SubnetConfig.make("matformer_vit", {"width": 96, "depth": 6}))
     with pytest.raises(ValueError, match="width and depth"):
@@ -169,7 +170,7 @@ def test_forward_raises_when_config_is_foreign_or_malformed(full):
     with pytest.raises(ValueError, match="width must be one of"):
         full.extract(SubnetConfig.make(FAMILY, {"width": 80, "depth": 6}))
     with pytest.raises(ValueError, match="width must be one of"):
-        tiny().blocks(SubnetConfig.make(FAMILY, {"width": 48, "depth": 1}))
+        build("poa_vit_tiny").blocks(SubnetConfig.make(FAMILY, {"width": 48, "depth": 1}))
 
 
 def test_largest_config_equals_plain_full_vit(full):

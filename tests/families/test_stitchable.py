@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deploy.families.stitchable import mnist, stitch_name, tiny
+from deploy.families.stitchable import stitch_name
+from deploy.models import build
 from deploy.training.stitch import init_stitches
 
 
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
-    return tiny().eval()
+    return build("stitchable_tiny").eval()
 
 
 def test_space_holds_each_anchor_alone_and_neighbour_stitches_both_ways():
-    full = mnist()
+    full = build("stitchable_mnist")
     configs = list(full.space().enumerate())
     alone = [c for c in configs if c["front"] == c["back"]]
     assert [c["front"] for c in alone] == [0, 1, 2] and all(c["position"] == 6 for c in alone)

@@ -16,12 +16,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deploy.export.hub import get_or_export
-from deploy.families import VARIANTS, build
 from deploy.latency.table import LatencyTable
 from deploy.latency.validate import validate_table
+from deploy.models import build, known_models
 from deploy.targets import load_target
 
-TINY = sorted(name for name in VARIANTS.names() if name.endswith("_tiny"))
+TINY = sorted(name for name in known_models() if name.endswith("_tiny"))
 
 
 @pytest.fixture(scope="module", params=TINY)
@@ -46,14 +46,14 @@ def _onnx_ops(module: torch.nn.Module, x: torch.Tensor, identity: dict[str, str]
 
 
 def test_every_registered_family_has_a_tiny_variant():
-    families = {build(name).family for name in VARIANTS.names()}
+    families = {build(name).family for name in known_models()}
     assert families == {build(name).family for name in TINY}
 
 
 def test_extracted_subnet_runs_the_same_on_onnxruntime_within_1e4(net, tmp_path):
     for config in _configs(net):
         dense = net.extract(config)
-        x = net.example_input(seed=1)
+        x = net.example_inputs(seed=1)[0]
         entry = get_or_export(dense, x, {"subnet": config.id}, cache_dir=tmp_path, with_program=False)
         session = ort.InferenceSession(str(entry.onnx_path), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {entry.input_names[0]: x.numpy()})
@@ -66,7 +66,7 @@ def test_blocks_account_for_all_compute_params_and_ops_of_the_extracted_subnet(n
     # What the table sums must be what runs: the blocks of a config, each built alone, hold the same
     # FLOPs, the same parameters and the same ONNX ops (by type and count) as the extracted subnet.
     for config in _configs(net):
-        dense, x = net.extract(config), net.example_input()
+        dense, x = net.extract(config), net.example_inputs()[0]
         keys = net.blocks(config)
         built = [net.build_block(key) for key in keys]
         assert _flops(dense, x) == sum(_flops(m, e) for m, e in built) > 0

@@ -141,7 +141,7 @@ def test_validate_reports_out_of_sample_errors_and_writes_back(target, tiny, tmp
 
 def test_adding_a_model_to_a_target_measures_only_its_new_blocks(target, tiny):
     from deploy.cli import model_list
-    from deploy.families import build
+    from deploy.models import build
 
     first = build_table(target, [tiny], progress=False)
     assert first.measured == len(tiny.all_blocks())
@@ -157,8 +157,8 @@ def test_adding_a_model_to_a_target_measures_only_its_new_blocks(target, tiny):
 
 
 def test_calibration_subnets_are_per_model_so_each_family_gets_its_own_fit(target, tiny):
-    from deploy.families import build
     from deploy.latency.build import calibration_configs
+    from deploy.models import build
 
     other = build("poa_vit_tiny")
     configs = calibration_configs([tiny, other], 4)
@@ -185,8 +185,8 @@ def test_recalibrate_measures_the_calibration_window_again_and_keeps_every_block
 
 def test_validate_on_a_space_the_calibration_used_up_is_a_clear_error(target):
     from deploy.errors import NothingToValidateError
-    from deploy.families import build
     from deploy.latency.table import LatencyTable
+    from deploy.models import build
 
     poa = build("poa_vit_tiny")  # 9 subnets
     serving = target.model_copy(

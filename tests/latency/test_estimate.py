@@ -90,10 +90,10 @@ def test_measuring_a_table_where_the_backend_cannot_run_points_to_the_device_and
 
 
 def test_shipped_estimated_tables_name_their_method_anchor_and_expected_error():
-    from deploy import paths
+    from deploy import workspace
 
     for name in ("iphone15", "jetson-orin-nano", "rtx-4090"):
         target = load_target(name)
-        table = LatencyTable.load(paths.tables_dir() / f"{name}.json")
+        table = LatencyTable.load(workspace.tables_dir() / f"{name}.json")
         assert table.provenance.method == "estimated" and table.provenance.estimate["source_target"]
         assert f"±{target.estimate.expected_error_pct:.0f}%" in table.provenance.estimation

@@ -29,7 +29,7 @@ def test_save_then_load_round_trips_weights_outputs_and_meta(saved):
     net, path = saved
     assert path.name == "tiny.safetensors" and path.with_suffix(".json").is_file()
     loaded, info = checkpoint.load(TINY, path)
-    x = net.example_input()
+    x = net.example_inputs()[0]
     for config in (None, net.smallest(), net.space().decode((1, 0, 3))):
         assert torch.equal(net(x, config), loaded(x, config))
     assert info.path == path and info.sha256 == checkpoint.sha256_file(path)

@@ -132,7 +132,7 @@ def artifacts(tmp_path_factory):
 
     from deploy.backends import get_backend
     from deploy.export import hub
-    from deploy.families import build
+    from deploy.models import build
     from deploy.targets import DeviceInfo, Target
 
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def artifacts(tmp_path_factory):
     items = []
     for config in (supernet.largest(), supernet.smallest()):
         entry = hub.get_or_export(
-            supernet.extract(config), supernet.example_input(), {"subnet": config.id}, cache, with_program=False
+            supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache, with_program=False
         )
         artifact = backend.compile(entry, target, cache / "artifacts" / entry.key)
         items.append((artifact, entry.reference_inputs()))

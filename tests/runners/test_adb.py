@@ -26,7 +26,7 @@ from deploy.models.checkpoint import sha256_file
 from deploy.runners import adb as adb_module
 from deploy.runners import get_runner
 from deploy.runners.adb import AdbRunner, ParsedRun, parse_benchmark_output, stats_from_runs
-from deploy.targets import RunnerSpec
+from deploy.runners.specs import AdbSpec
 
 DATA = Path(__file__).parent / "data"
 SERIAL = "R58M1234ABC"
@@ -167,7 +167,7 @@ def make_artifact(tmp_path: Path, name: str, backend: str = "tflite", threads: i
 
 
 def runner_for(**overrides) -> AdbRunner:
-    runner = get_runner(RunnerSpec(**{"kind": "adb", "serial": SERIAL, **overrides}))
+    runner = get_runner(AdbSpec(**{"serial": SERIAL, **overrides}))
     assert isinstance(runner, AdbRunner)
     return runner
 
@@ -400,16 +400,16 @@ def test_adb_runner_benchmarks_a_real_tflite_on_the_phone_with_sane_stats(tmp_pa
 
     from deploy.backends import get_backend
     from deploy.export import hub
-    from deploy.families import build
+    from deploy.models import build
     from deploy.targets import DeviceInfo, Target
 
     serial = os.environ["ELASTIC_DEPLOY_ADB_SERIAL"]
     torch.manual_seed(0)
     supernet = build("matformer_vit_tiny").eval()
     target = Target(name="phone", device=DeviceInfo(name="phone"), backend="tflite", budget_ms=50.0,
-                    model="matformer_vit_tiny", runner=RunnerSpec(kind="adb", serial=serial))  # fmt: skip
+                    model="matformer_vit_tiny", runner=AdbSpec(serial=serial))  # fmt: skip
     config = supernet.smallest()
-    entry = hub.get_or_export(supernet.extract(config), supernet.example_input(), {"subnet": config.id},
+    entry = hub.get_or_export(supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id},
                               tmp_path / "cache", with_program=False)  # fmt: skip
     backend = get_backend("tflite")
     artifact = backend.compile(entry, target, tmp_path / "artifact")

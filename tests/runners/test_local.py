@@ -5,14 +5,14 @@ import socket
 from deploy.latency.stats import MeasureProtocol
 from deploy.runners import get_runner
 from deploy.runners.local import LocalRunner
-from deploy.targets import RunnerSpec
+from deploy.runners.specs import LocalSpec
 
 QUICK = MeasureProtocol(warmup_runs=3, min_runs=10, min_time_s=0.01, rounds=2, cv_max=1.0, max_retries=0)
 
 
 def test_local_runner_benchmarks_an_ort_artifact(artifacts):
     backend, items = artifacts
-    runner = get_runner(RunnerSpec(kind="local"))
+    runner = get_runner(LocalSpec())
     assert isinstance(runner, LocalRunner) and runner.name == "local"
     stats = runner.benchmark(backend, *items[0], QUICK)
     assert 0 < stats.median_ms <= stats.p90_ms < 1000

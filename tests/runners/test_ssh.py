@@ -16,8 +16,9 @@ from deploy.models.checkpoint import sha256_file
 from deploy.runners import get_runner
 from deploy.runners import ssh as ssh_module
 from deploy.runners.remote_bench import main as remote_bench_main
+from deploy.runners.specs import SshSpec
 from deploy.runners.ssh import SshRunner
-from deploy.targets import DeviceInfo, MeasurementSpec, RunnerSpec, Target
+from deploy.targets import DeviceInfo, MeasurementSpec, Target
 
 QUICK = MeasureProtocol(warmup_runs=2, min_runs=10, min_time_s=0.0, rounds=2, cv_max=1.0, max_retries=0)
 FAST = MeasurementSpec(
@@ -33,7 +34,7 @@ def remote_root(tmp_path, monkeypatch):
     return root
 
 
-def spec_for(server, **overrides) -> RunnerSpec:
+def spec_for(server, **overrides) -> SshSpec:
     fields = {
         "kind": "ssh",
         "host": server.host,
@@ -42,7 +43,7 @@ def spec_for(server, **overrides) -> RunnerSpec:
         "key_path": str(server.key),
         "python": server.python,
     }
-    return RunnerSpec(**{**fields, **overrides})
+    return SshSpec(**{k: v for k, v in {**fields, **overrides}.items() if k != "kind"})
 
 
 def test_ssh_runner_benchmarks_an_ort_artifact_with_sane_stats(sshd, artifacts, remote_root, tmp_root):
@@ -266,9 +267,8 @@ def test_a_local_and_an_ssh_device_share_one_ray_table_build(sshd, ray_cluster, 
 
 def test_ssh_command_ends_options_before_the_destination():
     from deploy.runners.ssh import SshRunner
-    from deploy.targets import RunnerSpec
 
-    argv = SshRunner(RunnerSpec(kind="ssh", host="example.org", user="me")).ssh_command("hostname")
+    argv = SshRunner(SshSpec(host="example.org", user="me")).ssh_command("hostname")
     assert argv[-3:] == ["--", "me@example.org", "hostname"]
 
 

@@ -37,12 +37,12 @@ def test_deploy_litert_measures_every_precision_and_picks_the_most_accurate_usab
     ship_files(*LITERT)
     edit(tmp_root, "host-cpu-litert", max_accuracy_drop_pp=0.0)  # any measurable loss rejects a precision
     result = deploy("host-cpu-litert", progress=False, measure=False)
-    options = result.manifest["accuracy"]["precisions"]
+    options = result.manifest.model_dump(mode="json")["accuracy"]["precisions"]
     assert [o["precision"] for o in options] == ["fp32", "fp16", "int8_dynamic", "int8"]
     for o in options:
         assert 0.5 < o["artifact_val_accuracy"] <= 1 and 0.5 < o["artifact_test_accuracy"] <= 1
         assert (o["rejected"] is not None) == (o["accuracy_drop_pp"] > 0)
-    chosen = result.manifest["precision"]
+    chosen = result.manifest.model_dump(mode="json")["precision"]
     # most accurate artifact, the faster one on a tie
     best = max(
         (o for o in options if not o["rejected"]), key=lambda o: (o["artifact_val_accuracy"], -o["predicted_ms"])
@@ -70,7 +70,7 @@ def test_deploy_pixel7_without_a_phone_validates_on_the_host_and_says_it_is_esti
     said: list[str] = []
     result = deploy("pixel7", progress=False, say=said.append)
     assert said[0].startswith("ESTIMATED latency table for pixel7")
-    m = result.manifest
+    m = result.manifest.model_dump(mode="json")
     assert m["latency"]["method"] == "estimated" and m["latency"]["measured_ms"] is None
     assert "not measured on the device" in m["latency"]["not_measured_reason"]
     assert m["validation"]["ran_here"] and m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"]

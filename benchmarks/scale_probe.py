@@ -1,0 +1,183 @@
+"""Scale probe: what each stage costs for a model at a size people deploy (MatFormer-ViT at DeiT-Tiny
+dimensions, 224x224x3, 12 layers, width 192, 5.7 M parameters; seeded random weights: its accuracy means
+nothing), on this machine's measured targets.
+
+For each target (a copy of host-cpu-ort-1t and of host-cpu-litert's fp32, serving only the probe, in a
+throwaway workspace so the shipped tables are untouched):
+- table build: wall time of the block phase and of the calibration window, blocks measured, fit residual;
+- `tables validate`: median error, within ±5% / ±10%, and the repeatability of the same run;
+- export and conversion: the hub export (ONNX + torch.export program) and the backend's compile, for the
+  largest subnet;
+- a deploy in a child process: its wall time, peak resident memory (ru_maxrss of the child), parity.
+
+    .venv/bin/python benchmarks/scale_probe.py [--targets host-cpu-ort-1t host-cpu-litert] [--samples 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploy import workspace
+from deploy.backends import get_backend
+from deploy.export import hub
+from deploy.io import atomic_write_json, atomic_write_text
+from deploy.latency.build import build_table
+from deploy.latency.table import now_iso
+from deploy.latency.validate import validate_table
+from deploy.models.checkpoint import load
+from deploy.runners.local import cpu_model, usable_cores
+from deploy.targets import load_target
+
+MODEL = "deit_tiny_probe"
+RESULTS = Path(__file__).resolve().parent / "results"
+log = logging.getLogger("benchmarks.scale_probe")
+
+
+def probe_target(ws: Path, source: str) -> str:
+    """A copy of the shipped target `source`, serving only the probe, at its first precision."""
+    data = yaml.safe_load(workspace.resolve("targets", f"{source}.yaml").read_text())
+    name = f"probe-{source}"
+    data.update(name=name, model=MODEL, description=f"scale probe on {source}'s settings")
+    for key in ("models", "precisions", "estimate"):
+        data.pop(key, None)
+    (ws / "targets" / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return name
+
+
+def run_target(ws: Path, source: str, samples: int) -> dict[str, Any]:
+    name = probe_target(ws, source)
+    target = load_target(name)
+    net, info = load(MODEL)
+    start = time.perf_counter()
+    built = build_table(target, [net], progress=False)
+    build_s = time.perf_counter() - start
+    log.info("%s: table built in %.0f s", name, build_s)
+    report = validate_table(target, net, samples=samples, progress=False)
+    log.info("%s: validated (%.1f%% median)", name, report.median_abs_pct_error)
+
+    backend = get_backend(target.backend)
+    with tempfile.TemporaryDirectory(prefix="probe-export-") as tmp:
+        t0 = time.perf_counter()
+        entry = hub.export_subnet(net, net.largest(), info.sha256, Path(tmp) / "cache")
+        export_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        backend.compile(entry, target, Path(tmp) / "artifact")
+        compile_s = time.perf_counter() - t0
+
+    env = {**os.environ, "ELASTIC_DEPLOY_ROOT": str(ws)}
+    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy", "deploy", "--target", name], env=env, capture_output=True, text=True
+    )
+    deploy_s = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"deploy on {name} failed: {proc.stderr.strip().splitlines()[-1]}")
+    manifest = json.loads((ws / "dist" / name / "manifest.json").read_text())
+    return {
+        "target": name,
+        "settings_of": source,
+        "backend": target.backend,
+        "precision": target.precision,
+        "threads": target.threads,
+        "table": {
+            "blocks_measured": built.measured,
+            "blocks_s": round(built.blocks_s, 1),
+            "calibration_s": round(built.calibration_s, 1),
+            "calibration_subnets": built.calibration.n_subnets,
+            "fit_residual_pct": round(built.calibration.residual_pct, 2),
+            "total_s": round(build_s, 1),
+        },
+        "validation": {
+            "samples": report.samples,
+            "median_abs_pct_error": round(report.median_abs_pct_error, 2),
+            "within_5pct": report.within_5pct,
+            "within_10pct": report.within_10pct,
+            "repeatability_pct": round(report.repeatability_pct, 2),
+            "worst_pct_error": round(report.worst_pct_error, 1),
+        },
+        "largest_subnet": {
+            "export_s": round(export_s, 2),
+            "onnx_bytes": entry.meta.get("onnx_bytes"),
+            "compile_s": round(compile_s, 2),
+        },
+        "deploy": {
+            "wall_s": round(deploy_s, 1),
+            "peak_rss_mib": round(max(peak_kib, before) / 1024, 0),
+            "chosen": manifest["subnet"]["id"],
+            "predicted_ms": manifest["latency"]["predicted_ms"],
+            "measured_ms": manifest["latency"]["measured_ms"],
+            "parity_max_abs_diff": (manifest["parity"] or {}).get("max_abs_diff"),
+            "budget_ms": manifest["latency"]["budget_ms"],
+        },
+    }
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Scale probe: MatFormer-ViT at DeiT-Tiny dimensions",
+        "",
+        f"{meta['date']}, {meta['machine']}. Model `{MODEL}`: 224×224×3, patch 16, width 192, 12 layers, 3 heads, "
+        "FFN 96–768 per layer, 1,000 classes, 5.7 M parameters at its largest; seeded random weights and a "
+        "synthetic task (its accuracy means nothing). Each target is a copy of the shipped one's settings "
+        "(protocol, threads) serving only the probe, in a throwaway workspace.",
+        "",
+        "| target | table: blocks (s) | calibration window (s) | fit residual | validate: median err | ±5% | ±10% "
+        "| repeatability | export largest (s) | compile largest (s) | deploy wall (s) | deploy peak RSS (MiB) "
+        "| predicted / measured ms | parity |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        t, v, s, d = r["table"], r["validation"], r["largest_subnet"], r["deploy"]
+        parity = "—" if d["parity_max_abs_diff"] is None else f"{d['parity_max_abs_diff']:.1e}"
+        measured = "—" if d["measured_ms"] is None else f"{d['measured_ms']:.2f}"
+        lines.append(
+            f"| {r['settings_of']} ({r['backend']} {r['precision']}, {r['threads']} thr) | {t['blocks_measured']} "
+            f"({t['blocks_s']}) | {t['calibration_s']} ({t['calibration_subnets']} subnets) | {t['fit_residual_pct']}% "
+            f"| {v['median_abs_pct_error']}% ({v['samples']}) | {v['within_5pct']:.2f} | {v['within_10pct']:.2f} "
+            f"| {v['repeatability_pct']}% | {s['export_s']} | {s['compile_s']} | {d['wall_s']} "
+            f"| {d['peak_rss_mib']:.0f} | {d['predicted_ms']:.2f} / {measured} | {parity} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", nargs="+", default=["host-cpu-ort-1t", "host-cpu-litert"])
+    parser.add_argument("--samples", type=int, default=10, help="subnets `tables validate` measures end to end")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with tempfile.TemporaryDirectory(prefix="scale-probe-") as tmp:
+        ws = Path(tmp)
+        for kind in workspace.KINDS:
+            (ws / kind).mkdir()
+        os.environ[workspace.ENV] = str(ws)
+        rows = [run_target(ws, source, args.samples) for source in args.targets]
+    meta = {
+        "date": now_iso(),
+        "machine": f"{platform.node()}: {cpu_model()}, {usable_cores()} cores",
+        "model": MODEL,
+        "samples": args.samples,
+    }
+    atomic_write_json(args.out / "scale_probe.json", {"meta": meta, "rows": rows})
+    atomic_write_text(args.out / "scale_probe.md", markdown(rows, meta))
+    print(f"wrote {args.out / 'scale_probe.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Commands that ship an artifact: deploy, bench, compile, convert, select."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from deploy.cli.app import ExecutorOpt, ModelOpt, RayAddressOpt, TargetOpt, _executor, _say, app
+
+
+@app.command()
+def deploy(
+    target: TargetOpt,
+    model: ModelOpt = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default dist/<target>)")] = None,
+    measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
+) -> None:
+    """Pick the best subnet within the target's budget and package its compiled artifact."""
+    from deploy.pipeline import deploy as run_deploy
+
+    result = run_deploy(target, model, out_dir=out, measure=measure, say=lambda m: _say(escape(m)))
+    lat = result.manifest.latency
+    _say(
+        f"[bold green]done[/]: {result.out_dir}/report.md — predicted {lat.predicted_ms:.3f} ms"
+        + (f", measured {lat.measured_ms:.3f} ms" if lat.measured_ms is not None else "")
+        + f", budget {lat.budget_ms} ms. Next: "
+        + (
+            f"on the device, `{build}`"
+            if (build := result.manifest.build_on_device)
+            else f"`elastic-deploy bench --target {target}`, or ship {result.manifest.artifact.path}"
+        )
+    )
+
+
+@app.command("bench")
+def bench_cmd(
+    target: TargetOpt,
+    dist: Annotated[Path | None, typer.Option(help="folder holding manifest.json (default dist/<target>)")] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="store this run as bench/baselines/<target>.json")
+    ] = False,
+    sustained: Annotated[
+        float, typer.Option("--sustained", min=0, help="keep measuring this many seconds and report drift")
+    ] = 0.0,
+    tolerance: Annotated[
+        float | None, typer.Option("--tolerance", min=0, help="allowed % between measured and predicted")
+    ] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
+    from deploy.latency.bench import bench as run_bench
+
+    with _executor(executor, ray_address) as ex:
+        result = run_bench(
+            target,
+            dist_dir=dist,
+            update_baseline=update_baseline,
+            sustained_s=sustained,
+            tolerance_pct=tolerance,
+            say=_say,
+            executor=ex,
+        )
+    _say(f"[bold green]bench passed[/]: {result.md_path}")
+
+
+@app.command("compile")
+def compile_cmd(
+    onnx: Annotated[Path, typer.Argument(help="model.onnx from a deploy (references.npz beside it is used)")],
+    target: TargetOpt,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: beside the ONNX)")] = None,
+) -> None:
+    """Compile a packaged ONNX for the target's backend on the device (e.g. a TensorRT engine on a Jetson)."""
+    from deploy.export.compile import compile_onnx
+
+    result = compile_onnx(onnx, target, out_dir=out)
+    _say(f"[bold green]compiled[/] {result.artifact.path} ({escape(result.summary)})")
+
+
+@app.command("convert")
+def convert_cmd(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="MODULE:FACTORY, a zero-argument callable returning an nn.Module")
+    ],
+    target: TargetOpt,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's input_shape)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default dist/<target>-<factory>)")] = None,
+    measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
+) -> None:
+    """Convert a plain torch model (no subnet selection) for the target, validate it and package it."""
+    from deploy.export.convert import convert
+
+    result = convert(
+        model, target, input_shape=input_shape, out_dir=out, measure=measure, say=lambda m: _say(escape(m))
+    )
+    m = result.manifest
+    parity = m.validation["parity"]
+    onnx = m.validation["onnx_parity_onnxruntime"]
+    checked = f"parity {parity['max_abs_diff']:.2e}" if parity else f"ONNX parity {onnx['max_abs_diff']:.2e}"
+    measured = m.latency.measured_ms
+    build = m.build_on_device
+    _say(
+        f"[bold green]done[/]: {escape(str(result.out_dir))}/ — {checked}"
+        + (f", measured {measured:.3f} ms" if measured is not None else "")
+        + ". Next: "
+        + (f"on the device, `{escape(build)}`" if build else f"ship {escape(m.artifact['path'])}")
+    )
+
+
+@app.command("select")
+def select_cmd(
+    candidates: Annotated[Path, typer.Option(help="CSV with one row per measured candidate")],
+    budget_ms: Annotated[float, typer.Option(help="latency budget in ms")],
+    latency_column: Annotated[str, typer.Option(help="column holding latency in ms")] = "latency_ms",
+    accuracy_column: Annotated[str, typer.Option(help="column holding accuracy")] = "accuracy",
+    id_column: Annotated[str, typer.Option(help="column identifying a candidate")] = "id",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the chosen row as JSON")] = None,
+) -> None:
+    """Choose the most accurate candidate within the budget from externally measured rows."""
+    from deploy.io import atomic_write_json
+    from deploy.packaging.output import check_output_file
+    from deploy.search.candidates import select_from_csv
+
+    if json_out is not None:
+        check_output_file(json_out, "--json")  # before reading: a wrong path fails first, and alone
+    row = select_from_csv(candidates, budget_ms, latency_column, accuracy_column, id_column)
+    _say(json.dumps(row, indent=2))
+    if json_out:
+        atomic_write_json(json_out, row)

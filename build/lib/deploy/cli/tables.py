@@ -1,0 +1,139 @@
+"""`elastic-deploy tables …`: build (measure), estimate, validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from deploy.cli.app import (
+    ExecutorOpt,
+    ModelOpt,
+    PrecisionOpt,
+    RayAddressOpt,
+    TargetOpt,
+    _executor,
+    _say,
+    console,
+    model_list,
+    tables_app,
+)
+
+
+@tables_app.command("build")
+def tables_build(
+    target: TargetOpt,
+    model: ModelOpt = None,
+    rebuild: Annotated[bool, typer.Option(help="measure every entry again")] = False,
+    recalibrate: Annotated[
+        bool, typer.Option(help="measure the calibration subnets again (the machine's speed moved); keeps the blocks")
+    ] = False,
+    precision: PrecisionOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Measure every block the target's models can produce (the union over the models it serves; one
+    table per precision it lists); resumes where an interrupted build stopped. With --executor ray the
+    blocks are spread over the target's devices."""
+    from deploy.latency.build import build_table
+    from deploy.models.checkpoint import latency_model
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    supernets = [latency_model(m) for m in model_list(t, model)]
+    with _executor(executor, ray_address) as ex:
+        results = [
+            (p, build_table(t.at_precision(p), supernets, rebuild=rebuild, recalibrate=recalibrate, executor=ex))
+            for p in ([precision] if precision else t.search_precisions)
+        ]
+    for p, result in results:
+        cal = result.calibration
+        spread = ", ".join(f"{d}: {n}" for d, n in sorted(result.by_device.items()))
+        _say(
+            (
+                f"[bold green]wrote[/] {result.path}: "
+                if result.measured or recalibrate
+                else f"{result.path} is up to date: "
+            )
+            + f"{result.measured} blocks measured{f' ({spread})' if len(result.by_device) > 1 else ''}, "
+            f"{result.reused} reused; "
+            f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
+            f"Next: `elastic-deploy tables validate --target {target} --precision {p} --samples 20`"
+        )
+
+
+@tables_app.command("estimate")
+def tables_estimate(target: TargetOpt) -> None:
+    """Write an ESTIMATED table: the source target's measured table scaled by the anchor-derived factor."""
+    from deploy.errors import ConfigFileError
+    from deploy.latency.estimate import estimate_tables
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    spec = t.estimate
+    if spec is None:
+        raise ConfigFileError(
+            f"target {target} has no 'estimate' section; measure its table on the device with "
+            f"`make latency-tables TARGET={target}` instead"
+        )
+    for result in estimate_tables(t):
+        anchor = (
+            f" ({spec.anchor.model} measured at {result.anchor_source_ms:.3f} ms on {spec.source_target})"
+            if spec.anchor is not None and result.anchor_source_ms is not None
+            else ""
+        )
+        _say(
+            f"[bold yellow]wrote ESTIMATED[/] {result.path}: {result.entries} {result.precision} blocks of "
+            f"{spec.source_target} × {result.factor:.4g}{anchor}; expected error ±{spec.expected_error_pct:.0f}%"
+        )
+    _say(f"Measure it for real on the device with `make latency-tables TARGET={target}` once one is attached")
+
+
+@tables_app.command("validate")
+def tables_validate(
+    target: TargetOpt,
+    samples: Annotated[int, typer.Option(min=2, help="random subnets to measure end to end")] = 20,
+    seed: Annotated[int, typer.Option(help="sampling seed (differs from the calibration's)")] = 12345,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    model: ModelOpt = None,
+    write_back: Annotated[bool, typer.Option(help="store the figures in the table (sets the budget margin)")] = True,
+    precision: PrecisionOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Measure random subnets end to end and report how far the table's prediction is from them."""
+    from deploy.latency.validate import validate_table
+    from deploy.models.checkpoint import load as load_checkpoint
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    t = t.at_precision(precision) if precision else t
+    supernet, _ = load_checkpoint(model or t.model)
+    with _executor(executor, ray_address) as ex:
+        report = validate_table(
+            t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, executor=ex
+        )
+    table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
+    for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "same-window %"):
+        table.add_column(col, justify="right")
+    for r in report.rows:
+        table.add_row(
+            r.subnet_id,
+            f"{r.predicted_ms:.3f}",
+            f"{r.measured_ms:.3f}",
+            f"{r.measured_again_ms:.3f}",
+            f"{r.pct_error:+.1f}",
+            f"{r.same_window_pct_error:+.1f}",
+        )
+    console.print(table)
+    _say(
+        f"median_abs_pct_error {report.median_abs_pct_error:.2f}%  within_5pct {report.within_5pct:.2f}  "
+        f"within_10pct {report.within_10pct:.2f}  worst_pct_error {report.worst_pct_error:.1f}%  "
+        f"(same-window {report.same_window_median_abs_pct_error:.2f}%; repeatability of the measurement "
+        f"itself {report.repeatability_pct:.2f}%; blocks now {report.drift_pct:+.1f}% vs the table; the raw "
+        f"block sum without calibration is off by {report.block_sum_median_pct_error:+.1f}% (median))"
+    )
+    if json_out:
+        _say(f"wrote {json_out}")

@@ -1,0 +1,1 @@
+"""Latency: measurement protocol, tables, prediction, regeneration and validation."""

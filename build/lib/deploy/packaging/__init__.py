@@ -1,0 +1,1 @@
+"""Packaging: the output folder of a deploy, its manifest and its report."""

@@ -1,0 +1,138 @@
+"""deploy(target) = select → extract → export (hub) → compile → validate → package into dist/<target>/."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import workspace
+from deploy.accuracy.model import build_accuracy_model, describe
+from deploy.accuracy.oracle import EvalOracle, user_cache_path
+from deploy.backends import get_backend
+from deploy.export import hub
+from deploy.export.check import build_and_check, measure_artifact
+from deploy.export.parity import check_extraction
+from deploy.latency.table import LatencyTable
+from deploy.models.checkpoint import load as load_checkpoint
+from deploy.models.checkpoint import sha256_tree, task_for
+from deploy.packaging.manifest import Manifest
+from deploy.packaging.output import check_output_dir, staged_dir
+from deploy.packaging.report import plot_pareto, write_manifest, write_report
+from deploy.search.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
+from deploy.search.select import Selection
+from deploy.targets import Target, load_target
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 256  # int8 calibration / representative dataset, from the training split
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    out_dir: Path
+    manifest: Manifest
+    selection: Selection
+
+
+def deploy(
+    target_name: str,
+    model: str | None = None,
+    *,
+    out_dir: Path | None = None,
+    measure: bool = True,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = log.info,
+) -> DeployResult:
+    target: Target = load_target(target_name)
+    variant = model or target.model
+    out_dir = check_output_dir(out_dir or workspace.dist_dir() / target.name)  # before any work
+    supernet, ckpt = load_checkpoint(variant)  # a bad spec, family or checkpoint fails before anything else
+    supernet.eval()
+    task = task_for(ckpt)  # the checkpoint's task, read with the data seed it was trained on
+    primary = LatencyTable.load(target.table_path, target.name)
+    if primary.provenance.method == "estimated":
+        say(f"ESTIMATED latency table for {target.name}: {primary.provenance.estimation}")
+    metric = task.metric
+    calibration = task.calibration_array(CALIBRATION_IMAGES)  # int8: representative data, training split
+
+    # 1. select a subnet per precision the target lists, then the (subnet, precision) pair
+    accuracy = build_accuracy_model(supernet, ckpt, progress=progress)
+    if len(target.search_precisions) > 1:
+        say(f"selecting per precision ({', '.join(target.search_precisions)}), then measuring each artifact:")
+    chosen, options = choose_precision(target, supernet, ckpt, accuracy, calibration, cache_dir, say)
+    target = target.at_precision(chosen.precision)
+    table, selection, margin = chosen.table, chosen.selection, chosen.margin_pct
+    assert table is not None and selection is not None
+    choice = selection.choice
+    say(
+        f"selected {choice.config.id} {choice.config} at {target.precision}: predicted {choice.latency_ms:.3f} ± "
+        f"{choice.latency_std_ms:.3f} ms (budget {target.budget_ms} ms − {margin:.1f}% margin), "
+        f"val {metric.name} {metric.format(choice.accuracy)} ({selection.method}, {selection.evaluated} evaluated)"
+    )
+
+    # 2. extract (checked against the supernet), 3. export once through the hub
+    check_extraction(supernet, choice.config)
+    entry = hub.export_subnet(supernet, choice.config, ckpt.sha256, cache_dir)
+    say(f"hub entry {entry.key} ({'reused' if entry.reused else 'exported'})")
+
+    # 4. compile into a staging folder, swapped into place at the end (a failed deploy leaves the old one)
+    backend = get_backend(target.backend)
+    with staged_dir(out_dir) as staging:
+        # 5. validate: parity and accuracy where the artifact runs here, its structure where it cannot
+        artifact, check = build_and_check(
+            backend, entry, target, staging, out_dir, (task, task.split("test")), say, calibration=calibration
+        )
+        test_cache = user_cache_path(variant, ckpt.sha256, "test")
+        test_acc = EvalOracle(supernet, task, "test", test_cache, ckpt.sha256)(choice.config)
+        artifact_test = check.artifact_test_accuracy
+        say(
+            f"test {metric.name}: torch subnet {metric.format(test_acc)}, compiled artifact "
+            + (metric.format(artifact_test) if artifact_test is not None else "not measured here (it cannot run here)")
+        )
+
+        measured, not_measured = measure_artifact(backend, artifact, entry, target, check, measure, say)
+        if measured is not None:
+            err = (choice.latency_ms - measured.median_ms) / measured.median_ms * 100
+            say(
+                f"measured {measured.median_ms:.3f} ms (p90 {measured.p90_ms:.3f}, cv {measured.cv:.1%}, "
+                f"{measured.n_runs} runs on {measured.where}); prediction off by {err:+.1f}%"
+            )
+
+        manifest = write_manifest(
+            staging,
+            target=target,
+            variant=variant,
+            selection=selection,
+            ckpt=ckpt,
+            artifact=artifact,
+            artifact_sha256=sha256_tree(artifact.path),
+            table=table,
+            margin_pct=margin,
+            measured=measured,
+            not_measured=not_measured,
+            accuracy={
+                **metric.to_json(),
+                "val": choice.accuracy,
+                "test": test_acc,
+                "artifact_test": artifact_test,
+                "predictor": describe(accuracy),
+                "precisions": [o.to_json() for o in options],
+                "task": task.describe(),
+            },
+            check=check,
+            inputs=[
+                {"name": n, "shape": list(v.shape), "dtype": str(v.dtype)} for n, v in entry.reference_inputs().items()
+            ],
+            hub_key=entry.key,
+            versions={**entry.meta.get("versions", {}), backend.name: backend.version()},
+            out_dir=out_dir,
+        )
+        plot_pareto(selection, target, staging / "pareto.png", table.provenance.method)
+        write_report(staging, manifest, selection)
+    say(f"wrote {out_dir}/ ({artifact.path.name}, manifest.json, report.md, pareto.png)")
+    if check.build_on_device:
+        say(f"next, on the device: {check.build_on_device}")
+    return DeployResult(out_dir, manifest, selection)

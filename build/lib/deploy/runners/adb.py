@@ -1,0 +1,358 @@
+"""The adb runner: pushes .tflite artifacts to an Android phone and times them with TFLite's benchmark_model.
+
+Every call runs the real `adb` client with argument lists. Artifacts go to
+`/data/local/tmp/elastic-deploy/<sha256 prefix>.tflite` (pushed once per file per runner), then every
+round runs `benchmark_model` once per item, round-robin, pinned with `taskset` when runner.cpu_mask is set.
+
+benchmark_model prints no per-run times, only count/min/max/avg/std (and, in newer builds,
+p5/median/p95) per invocation. So one invocation is one round, and its figure is the round's median
+where the tool printed one, else its mean: LatencyStats.median_ms is the median of those round figures,
+round_medians_ms are the figures themselves (means on older binaries), mean_ms and std_ms are exact over
+all runs (pooled from each round's count, avg and std), and p90_ms is the 90th percentile of the round
+figures, not of single runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from deploy.backends.base import Artifact, Backend
+from deploy.errors import MeasurementError, RunnerError
+from deploy.latency.measure import outlier_fence, relative_standard_error, stats_from_rounds
+from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.models.checkpoint import sha256_file
+from deploy.runners.base import Progress, SingleFromMany
+from deploy.runners.specs import AdbSpec
+from deploy.runners.ssh import _last_line
+
+log = logging.getLogger(__name__)
+
+REMOTE_DIR = PurePosixPath("/data/local/tmp/elastic-deploy")
+DEFAULT_BINARY = "/data/local/tmp/benchmark_model"
+SHA_PREFIX = 16
+ADB_TIMEOUT_S = 60.0
+PUSH_TIMEOUT_S = 600.0
+BENCH_TIMEOUT_S = 600.0  # benchmark_model's own --max_secs defaults to 150 s per phase
+US_PER_MS = 1000.0
+INSTALL_ADB = (
+    "adb not found: sudo apt-get install adb (or Android platform-tools), then connect the phone with "
+    "USB debugging on and check `adb devices`"
+)
+CHECK_DEVICES = "then check that `adb devices` lists it as 'device'"
+_COUNT = re.compile(r"(?:^|\s|:\s)count=(\d+)((?:\s+\w+=[-+\w.]+)*)")
+_FIELD = re.compile(r"(\w+)=([-+\d.eE]+)")
+_HEADER = re.compile(r"Running benchmark for at least")
+_SUMMARY = re.compile(
+    r"Inference timings in us: Init: ([-+\d.eE]+), First inference: ([-+\d.eE]+), "
+    r"Warmup \(avg\): ([-+\d.eE]+), Inference \(avg\): ([-+\d.eE]+)"
+)
+_MEMORY = re.compile(
+    r"Memory footprint delta from the start of the tool \(MB\): init=([-+\d.eE]+) overall=([-+\d.eE]+)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    """One `count=... avg=...` line of benchmark_model, in milliseconds (the tool prints microseconds)."""
+
+    count: int
+    avg_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    first_ms: float | None = None
+    median_ms: float | None = None  # p5/median/p95 appear in newer builds only
+    p5_ms: float | None = None
+    p95_ms: float | None = None
+
+    @property
+    def figure_ms(self) -> float:
+        """The round's statistic: its median where the tool printed one, else its mean."""
+        return self.median_ms if self.median_ms is not None else self.avg_ms
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedRun:
+    steady: Timings  # the timed runs
+    warmup: Timings | None = None
+    init_ms: float | None = None
+    first_inference_ms: float | None = None
+    memory_init_mb: float | None = None
+    memory_overall_mb: float | None = None
+
+
+def _timings(count: int, fields: str) -> Timings:
+    us = {k: float(v) for k, v in _FIELD.findall(fields)}
+    ms = {k: round(v / US_PER_MS, 9) for k, v in us.items()}  # 9 places: exact for the printed µs
+    curr = ms.get("curr", ms.get("avg", 0.0))  # a single run prints only `count=1 curr=...`
+    avg = ms.get("avg", curr)
+    return Timings(
+        count,
+        avg,
+        ms.get("min", avg),
+        ms.get("max", avg),
+        ms.get("std", 0.0),
+        ms.get("first"),
+        ms.get("median"),
+        ms.get("p5"),
+        ms.get("p95"),
+    )
+
+
+def parse_benchmark_output(text: str) -> ParsedRun:
+    """Timings of one benchmark_model invocation (classic TFLite and LiteRT builds, with or without op profiling).
+
+    The count line after the first "Running benchmark for at least" header is the warm-up, the one after
+    the last header the timed runs; output without headers falls back to its last count line with an avg
+    (e.g. "Timings (microseconds): count=50 ... avg=... std=...").
+    """
+    phases: list[Timings] = []
+    loose: list[Timings] = []
+    after_header = False
+    for line in text.splitlines():
+        if _HEADER.search(line):
+            after_header = True
+            continue
+        match = _COUNT.search(line)
+        if match is None:
+            continue
+        timings = _timings(int(match.group(1)), match.group(2))
+        if after_header:
+            phases.append(timings)
+            after_header = False
+        elif "avg=" in match.group(2):
+            loose.append(timings)
+    if len(phases) >= 2:
+        warmup, steady = phases[0], phases[-1]
+    elif phases or loose:
+        warmup, steady = None, (phases or loose)[-1]
+    else:
+        raise MeasurementError(f"benchmark_model printed no timings (last line: {_last_line(text) or 'no output'!r})")
+    summary, memory = _SUMMARY.search(text), _MEMORY.search(text)
+    return ParsedRun(
+        steady=steady,
+        warmup=warmup,
+        init_ms=float(summary.group(1)) / US_PER_MS if summary else None,
+        first_inference_ms=float(summary.group(2)) / US_PER_MS if summary else None,
+        memory_init_mb=float(memory.group(1)) if memory else None,
+        memory_overall_mb=float(memory.group(2)) if memory else None,
+    )
+
+
+def stats_from_runs(runs: Sequence[ParsedRun], where: str = "") -> LatencyStats:
+    """LatencyStats of one item's rounds (one benchmark_model invocation each); see the module docstring.
+
+    Median, p90, CV and the outlier rule (a round above Q3 + 3·IQR of the rounds is dropped, with its runs)
+    come from stats_from_rounds over the round figures; mean and std are pooled over the kept rounds' runs.
+    """
+    steady = [run.steady for run in runs]
+    figures = np.array([t.figure_ms for t in steady])
+    base = stats_from_rounds([[f] for f in figures], where)
+    kept = [t for t in steady if t.figure_ms <= outlier_fence(figures)]
+    n_all, n_kept = sum(t.count for t in steady), sum(t.count for t in kept)
+    mean = sum(t.count * t.avg_ms for t in kept) / n_kept
+    var = sum(t.count * (t.std_ms**2 + (t.avg_ms - mean) ** 2) for t in kept) / n_kept
+    return dataclasses.replace(
+        base, mean_ms=round(mean, 6), std_ms=round(var**0.5, 6), n_runs=n_all, trimmed=n_all - n_kept
+    )
+
+
+class AdbRunner(SingleFromMany):
+    name = "adb"
+    spec_model = AdbSpec
+    backends = ("tflite",)  # benchmark_model runs .tflite files
+
+    def __init__(self, spec: AdbSpec) -> None:
+        self.spec = spec
+        self.serial = spec.serial
+        self.binary = spec.benchmark_binary or DEFAULT_BINARY
+        self.cpu_mask = spec.cpu_mask
+        self._model: str | None = None
+        self._pushed: dict[str, PurePosixPath] = {}  # sha256 -> remote path, pushed by this runner
+        self._binary_checked = False
+
+    @property
+    def where(self) -> str:
+        return f"adb:{self.serial}"
+
+    def _adb(self, *args: str, timeout: float = ADB_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `adb [-s SERIAL] ARGS` (the one place adb is called); check=True raises on a non-zero exit."""
+        argv = ["adb", *(["-s", self.serial] if self.serial else []), *args]
+        log.debug("adb: %s", shlex.join(argv))
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False
+            )
+        except FileNotFoundError:
+            raise RunnerError(INSTALL_ADB) from None
+        except subprocess.TimeoutExpired:
+            raise RunnerError(
+                f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s: check the phone is awake and "
+                f"connected, {CHECK_DEVICES}"
+            ) from None
+        if check and proc.returncode != 0:
+            detail = _last_line(proc.stderr) or _last_line(proc.stdout) or f"exit {proc.returncode}"
+            raise RunnerError(f"`{shlex.join(argv)}` failed ({detail}); {CHECK_DEVICES}")
+        return proc
+
+    def _connect(self) -> str:
+        """The serial to use, after checking that `adb devices` shows it ready ('device' state)."""
+        listed = {}
+        for line in self._adb("devices", timeout=ADB_TIMEOUT_S).stdout.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 2:
+                listed[parts[0]] = parts[1]
+        usb = "connect the phone by USB with USB debugging on (Settings > Developer options)"
+        if self.serial is None:
+            ready = [s for s, state in listed.items() if state == "device"]
+            if len(ready) > 1:
+                raise RunnerError(
+                    f"{len(ready)} phones are connected ({', '.join(ready)}): set runner.serial in the "
+                    "target to one of them"
+                )
+            if not ready:
+                seen = f" (adb sees {', '.join(f'{s} {st}' for s, st in listed.items())})" if listed else ""
+                raise RunnerError(
+                    f"no Android phone is ready for adb{seen}: {usb}, accept the RSA key prompt on "
+                    f"the phone, {CHECK_DEVICES}"
+                )
+            self.serial = ready[0]
+        state = listed.get(self.serial)
+        if state is None:
+            known = ", ".join(listed) or "none"
+            raise RunnerError(
+                f"phone {self.serial} is not connected (adb devices lists: {known}): {usb}, "
+                f"{CHECK_DEVICES}, or fix runner.serial in the target"
+            )
+        if state == "unauthorized":
+            raise RunnerError(
+                f"phone {self.serial} is unauthorized: unlock it and accept the 'Allow USB "
+                f"debugging?' RSA key prompt on the phone, {CHECK_DEVICES}"
+            )
+        if state != "device":
+            raise RunnerError(
+                f"phone {self.serial} is {state}: reconnect the USB cable (or `adb kill-server`), {CHECK_DEVICES}"
+            )
+        return self.serial
+
+    def device_key(self) -> str:
+        return f"adb:{self.serial or 'default'}"
+
+    def describe(self) -> str:
+        if self._model is None:
+            self._connect()
+            self._model = self._adb("shell", "getprop", "ro.product.model").stdout.strip() or "unknown model"
+        return f"{self.where} ({self._model}, cores {self.cpu_mask or 'all'})"
+
+    def _check_binary(self) -> None:
+        if self._binary_checked:
+            return
+        proc = self._adb("shell", "ls", self.binary, check=False)
+        if proc.returncode != 0 or "No such file" in proc.stdout + proc.stderr:
+            parent = PurePosixPath(self.binary).parent
+            raise RunnerError(
+                f"benchmark_model is not at {self.binary} on {self.where}: download TFLite's prebuilt "
+                "android_aarch64_benchmark_model nightly binary (LiteRT/TensorFlow docs page 'TFLite Model "
+                "Benchmark Tool') or `bazel build -c opt --config=android_arm64 "
+                "//tensorflow/lite/tools/benchmark:benchmark_model`, then "
+                f"`adb push benchmark_model {parent} && adb shell chmod +x {self.binary}` "
+                "(or set runner.benchmark_binary in the target)"
+            )
+        self._binary_checked = True
+
+    def push(self, artifacts: Sequence[Artifact]) -> list[PurePosixPath]:
+        """Remote paths of the artifacts, pushing each distinct file once (named by its sha256, so reusable)."""
+        digests = {Path(a.path): sha256_file(Path(a.path)) for a in artifacts}
+        if any(d not in self._pushed for d in digests.values()):
+            self._adb("shell", "mkdir", "-p", str(REMOTE_DIR))
+        for path, digest in digests.items():
+            if digest not in self._pushed:
+                remote = REMOTE_DIR / f"{digest[:SHA_PREFIX]}.tflite"
+                self._adb("push", str(path), str(remote), timeout=PUSH_TIMEOUT_S)
+                self._pushed[digest] = remote
+        return [self._pushed[digests[Path(a.path)]] for a in artifacts]
+
+    def bench_command(self, remote: PurePosixPath, threads: int, protocol: MeasureProtocol) -> str:
+        """The remote shell command for one round of one artifact."""
+        argv = [
+            *(["taskset", self.cpu_mask] if self.cpu_mask else []),
+            self.binary,
+            f"--graph={remote}",
+            f"--num_threads={threads}",
+            "--use_xnnpack=true",
+            f"--warmup_runs={protocol.warmup_runs}",
+            f"--num_runs={protocol.min_runs}",
+            "--min_secs=0",  # exactly num_runs: rounds, not the tool's 1 s minimum, set the duration
+            "--enable_op_profiling=false",
+        ]
+        return shlex.join(argv)
+
+    def _run_round(self, command: str) -> ParsedRun:
+        proc = self._adb("shell", command, timeout=BENCH_TIMEOUT_S, check=False)
+        output = proc.stdout + "\n" + proc.stderr
+        if proc.returncode != 0 and re.search(r"error: (device|no devices|closed)|device offline", proc.stderr):
+            raise RunnerError(f"lost {self.where} while benchmarking ({_last_line(proc.stderr)}); {CHECK_DEVICES}")
+        try:
+            return parse_benchmark_output(output)
+        except MeasurementError as exc:
+            raise MeasurementError(
+                f"{exc} on {self.where} (exit {proc.returncode}); run `adb -s {self.serial} shell {command}` by hand"
+            ) from None
+
+    def benchmark_many(
+        self,
+        backend: Backend,
+        items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
+        protocol: MeasureProtocol,
+        on_progress: Progress | None = None,
+    ) -> list[LatencyStats]:
+        """Rounds interleaved across items (round r runs item 0, 1, ...), with retries while too noisy."""
+        if not items:
+            return []
+        artifacts = [artifact for artifact, _ in items]
+        for artifact in artifacts:
+            if artifact.backend != "tflite":
+                raise RunnerError(
+                    f"the adb runner runs .tflite files with TFLite's benchmark_model, but {artifact.path} is a "
+                    f"{artifact.backend} artifact: set backend: tflite in the target"
+                )
+        progress = on_progress or (lambda _msg: None)
+        self._connect()
+        self._check_binary()
+        progress(f"pushing {len(artifacts)} artifact(s) to {self.where}")
+        commands = [
+            self.bench_command(remote, _threads(a), protocol)
+            for a, remote in zip(artifacts, self.push(artifacts), strict=True)
+        ]
+        runs: list[list[ParsedRun]] = [[] for _ in items]
+        stats: list[LatencyStats] = []
+        for attempt in range(protocol.max_retries + 1):
+            for r in range(protocol.rounds):
+                tag = f" (retry {attempt}/{protocol.max_retries})" if attempt else ""
+                for i, command in enumerate(commands):
+                    if protocol.cooldown_s > 0 and (attempt or r or i):
+                        time.sleep(protocol.cooldown_s)  # let the phone cool: throttling skews later rounds
+                    progress(
+                        f"round {r + 1}/{protocol.rounds}{tag}: {Path(artifacts[i].path).name} [{i + 1}/{len(items)}]"
+                    )
+                    runs[i].append(self._run_round(command))
+            stats = [stats_from_runs(item_runs, self.where) for item_runs in runs]
+            if all(relative_standard_error(s) <= protocol.cv_max for s in stats):
+                break
+            if attempt < protocol.max_retries:
+                progress(f"some item(s) above the precision gate; measuring all {len(items)} again")
+        return stats
+
+
+def _threads(artifact: Artifact) -> int:
+    options = artifact.options  # the tflite backend records target.threads as "threads"
+    return int(options.get("threads", options.get("num_threads", 1)))

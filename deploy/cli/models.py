@@ -1,0 +1,166 @@
+"""Commands about models and targets: families, models, targets, train, accuracy, init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from deploy.cli.app import ExecutorOpt, RayAddressOpt, _executor, _say, app, console
+from deploy.errors import DeployError
+
+
+@app.command("accuracy")
+def accuracy_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="model variant (its shipped checkpoint)")],
+    samples: Annotated[int, typer.Option(min=1, help="candidate subnets to evaluate (seeded, distinct)")] = 200,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    split: Annotated[str, typer.Option(help="val or test (train is for training)")] = "val",
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Evaluate many candidate subnets exactly on a split, into the accuracy cache that deploys read."""
+    from deploy.accuracy.sweep import sweep
+
+    with _executor(executor, ray_address) as ex:
+        r = sweep(model, samples, seed=seed, split=split, executor=ex)
+    rate = f" in {r.seconds:.1f} s ({r.per_second:.1f}/s with the {executor} executor)" if r.evaluated else ""
+    _say(
+        f"[bold green]{r.candidates} candidates[/] of {model} on {r.images} {split} images: {r.evaluated} "
+        f"evaluated{rate}, {r.candidates - r.evaluated} from the cache; best {r.best[0]} {r.best[1]:.2%}, "
+        f"worst {r.worst[0]} {r.worst[1]:.2%}; cache {escape(str(r.cache_path))}"
+    )
+
+
+@app.command()
+def train(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="model to train (models/<name>.yaml)")
+    ] = "matformer_vit_mnist",
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    depth: Annotated[
+        int | None, typer.Option(help="learngene models: fine-tune the descendant of this depth as <model>_tuned")
+    ] = None,
+) -> None:
+    """Train a model here (CPU) with its spec's recipe and write its checkpoint under checkpoints/."""
+    from deploy.training.train import train as run_train
+
+    result = run_train(model, seed=seed, depth=depth)
+    _say(f"[bold green]trained[/] {result}")
+
+
+@app.command()
+def targets() -> None:
+    """List the targets: backend, precisions, budget, default model, and whether its latencies are measured."""
+    from deploy.latency.table import LatencyTable
+    from deploy.targets import known_targets, load_target
+
+    table = Table(title="targets")
+    for col in ("name", "device", "backend", "precisions", "budget ms", "model", "latency table"):
+        table.add_column(col)
+    for name in known_targets():
+        t = load_target(name)
+        try:
+            lat = LatencyTable.load(t.table_path, name)
+            v = lat.validation
+            method = lat.provenance.method.upper() if lat.provenance.method == "estimated" else "measured"
+            status = method + (f", {v.median_abs_pct_error:.1f}% median error" if v else "")
+        except DeployError as exc:
+            status = f"[red]{type(exc).__name__}[/]"
+        table.add_row(
+            t.name, t.device.name, t.backend, ", ".join(t.search_precisions), f"{t.budget_ms}", t.model, status
+        )
+    console.print(table)
+
+
+@app.command()
+def families() -> None:
+    """List the registered families (built in, or from an installed plugin's entry points) and their models."""
+    from deploy.families import FAMILIES
+    from deploy.models import known_models, load_spec
+
+    by_family: dict[str, list[str]] = {}
+    for name in known_models():
+        try:
+            by_family.setdefault(load_spec(name).family, []).append(name)
+        except DeployError as exc:
+            _say(f"[yellow]skipped model {name}[/]: {escape(str(exc))}")
+    table = Table(title="families")
+    for col in ("family", "from", "models"):
+        table.add_column(col)
+    for name in sorted(set(FAMILIES.names()) | set(by_family)):
+        table.add_row(name, FAMILIES.origin(name), ", ".join(by_family.get(name, [])) or "(none yet)")
+    console.print(table)
+
+
+@app.command()
+def models() -> None:
+    """List the models (models/*.yaml): family, task, search-space size and the metric range its cache knows."""
+    from deploy.accuracy.oracle import accuracy_cache_path
+    from deploy.io import read_json
+    from deploy.models import build, known_models, load_spec
+    from deploy.models.checkpoint import default_path, train_command
+
+    table = Table(title="models")
+    for col in ("model", "family", "task", "space size", "weights: val metric range (evaluated subnets)"):
+        table.add_column(col)
+    for name in known_models():
+        try:
+            spec = load_spec(name)
+            net = build(name)
+        except DeployError as exc:
+            table.add_row(name, "?", "?", "?", f"[red]{escape(str(exc))}[/]")
+            continue
+        if spec.random_weights is not None:
+            acc = f"seeded random weights ({spec.random_weights.why})"
+        else:
+            weights = default_path(name)
+            meta_path, cache = weights.with_suffix(".json"), accuracy_cache_path(weights)
+            if meta_path.exists():  # every evaluated subnet (the cache), else the named ones of the meta
+                val = read_json(meta_path).get("meta", {}).get("accuracy", {}).get("val", {})
+                if cache.exists():
+                    val = {e["id"]: e["accuracy"] for e in read_json(cache).get("entries", [])} or val
+                acc = f"{min(val.values()):.2%} – {max(val.values()):.2%}" if val else "not recorded"
+            else:
+                acc = f"none yet ({train_command(name)})"
+        size = net.space().size()
+        table.add_row(name, spec.family, spec.task.name, f"{size:,}" if size < 10**7 else f"{size:.2e}", escape(acc))
+    console.print(table)
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="the new workspace (created; must be empty if it exists)")],
+    target: Annotated[
+        str, typer.Option("--from-target", help="shipped target to copy as an example")
+    ] = "host-cpu-ort-1t",
+) -> None:
+    """Scaffold a workspace: targets/, models/, latency_tables/, checkpoints/ with an example target and model spec."""
+    from deploy.workspace import scaffold
+
+    made = scaffold(folder, target)
+    for line in made:
+        _say(escape(line))
+    _say(
+        f"[bold green]workspace ready[/]: {escape(str(folder))}. Next: `cd {escape(str(folder))}` and "
+        "`elastic-deploy tables build --target my-cpu`, then `elastic-deploy deploy --target my-cpu`"
+    )
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Option("--model", "-m", help="model to check (models/<name>.yaml)")],
+) -> None:
+    """Check a model's family against the protocol: extraction equals the supernet, counts, blocks, inputs."""
+    from deploy.errors import PluginError
+    from deploy.families.checks import CHECKS, check_family
+    from deploy.models import build
+
+    net = build(model)
+    findings = check_family(net)
+    if findings:
+        raise PluginError(f"{model} ({net.family}) fails {len(findings)} check(s): " + "; ".join(map(str, findings)))
+    _say(f"[bold green]{escape(model)}[/] ({escape(net.family)}) passes {len(CHECKS)} checks: {', '.join(CHECKS)}")
