@@ -359,3 +359,58 @@ def make_transformer() -> torch.nn.Module:
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
     return torch.nn.Sequential(torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False))
+
+
+# --- a whole deploy to host-cpu-executorch, then a bench that meets a .pte of another release -----------------
+
+
+def _tables(tmp_root: Path) -> str:
+    """host-cpu-executorch's shipped tables; until they are measured, LiteRT's host tables stand in (same
+    block keys, 1 thread): the selection then runs on LiteRT's numbers, everything after it is ExecuTorch's."""
+    repo = Path(__file__).resolve().parents[2] / "latency_tables"
+    for suffix, source in (("", "host-cpu-litert"), (".int8", "host-cpu-litert.int8")):
+        shipped = repo / f"host-cpu-executorch{suffix}.json"
+        data = json.loads((shipped if shipped.exists() else repo / f"{source}.json").read_text())
+        data["provenance"]["target"] = "host-cpu-executorch"
+        (tmp_root / "latency_tables" / f"host-cpu-executorch{suffix}.json").write_text(json.dumps(data))
+    return "shipped" if (repo / "host-cpu-executorch.json").exists() else "stand-in"
+
+
+@pytest.mark.slow
+def test_deploy_host_cpu_executorch_picks_a_precision_records_delegation_warns_and_bench_refuses_another_release(
+    tmp_root, ship_files, capsys
+):
+    pytest.importorskip("mlxtend")
+    from deploy.cli import main
+    from deploy.pipeline import deploy
+
+    ship_files("targets/host-cpu-executorch.yaml", "checkpoints")
+    _tables(tmp_root)
+    said: list[str] = []
+    result = deploy("host-cpu-executorch", progress=False, measure=False, say=said.append)
+    m = result.manifest
+    out = tmp_root / "dist" / "host-cpu-executorch"
+    assert (out / "model.pte").is_file() and m["backend"] == "executorch" and m["precision"] in ("fp32", "int8")
+    options = {o["precision"]: o for o in m["accuracy"]["precisions"]}
+    assert set(options) == {"fp32", "int8"}
+    for o in options.values():  # each precision's artifact measured for real on val and test
+        assert 0.5 < o["artifact_val_accuracy"] <= 1 and 0.5 < o["artifact_test_accuracy"] <= 1
+    assert m["validation"]["ran_here"] and m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"]
+    delegation = m["artifact"]["options"]["delegation"]
+    assert delegation["not_delegated_ops"]["aten.native_layer_norm"] > 0  # XNNPACK has no LayerNorm
+    assert m["validation"]["inspection"]["ops"]["aten::native_layer_norm.out"] > 0
+    assert any(s.startswith("warning: ") and "aten.native_layer_norm" in s for s in said)
+    assert m["versions"]["executorch"] == "executorch 1.5.1"
+
+    # The deployed .pte, as if built by an ExecuTorch release this runtime does not promise to read.
+    manifest_path = out / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["artifact"]["options"]["executorch"] = "1.3.0"
+    manifest_path.write_text(json.dumps(data))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--target", "host-cpu-executorch"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "written by ExecuTorch 1.3.0" in err and len(err.splitlines()) == 1
+    assert not (tmp_root / "bench").exists(), "nothing written"
