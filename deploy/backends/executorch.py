@@ -83,10 +83,12 @@ _STRUCTURAL = {"getitem"}  # tuple unpacking of multi-output ops and delegate ca
 #   fp32  tiny 3.0e-7  mnist ref 1.2e-6  test 8.6e-6  float reordering only (XNNPACK vs torch)
 #   int8  tiny 4.3e-2  mnist ref 2.5     test 1.1     int8 linear/bmm inputs; LayerNorm stays float;
 #                                                     test accuracy 92.00% vs 91.47% fp32, argmax agrees 98.8%
+#         the hub reference inputs of 8 MNIST subnets (smallest, largest, 6 random): 1.2 - 3.4
+#         (smallest), with |logit| <= 5.3: that input is noise, not a digit, far outside the calibration
 #   fp16  not runnable here (CoreML delegate): the coreml backend's documented 2e-2
-# int8: >= 2.5x the worse reference figure. Its parity only catches a broken conversion; accuracy
-# decides whether int8 is usable.
-PARITY_ATOL: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 6.5}
+# int8: >= 2.5x the worst reference figure (as tflite's). Its parity only catches a broken conversion;
+# accuracy decides whether int8 is usable.
+PARITY_ATOL: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 8.5}
 
 
 def _require(module: str, why: str, install: str = INSTALL) -> Any:
@@ -606,9 +608,7 @@ class ExecuTorchCoreMLBackend(ExecuTorchBackend):
         return super().runs_here()
 
     def _partitioner(self, target: Target) -> Any:
-        from deploy.backends.coreml import _ct  # coremltools, imported quietly (its Linux warnings)
-
-        ct = _ct()
+        ct = _require("coremltools", "coremltools for its CoreML delegate", INSTALL_COREML)  # inside _quiet
         partition = _require("executorch.backends.apple.coreml.partition", "its CoreML partitioner", INSTALL_COREML)
         compiler = _require("executorch.backends.apple.coreml.compiler", "its CoreML compiler", INSTALL_COREML)
         specs = compiler.CoreMLBackend.generate_compile_specs(
