@@ -18,15 +18,17 @@ BACKEND := $(shell sed -n 's/^backend:[[:space:]]*//p' targets/$(TARGET).yaml 2>
 EXTRAS_onnxruntime := data
 EXTRAS_tflite      := data,tflite
 EXTRAS_coreml      := data,coreml
+EXTRAS_executorch  := data,executorch
+EXTRAS_executorch_coreml := data,executorch,coreml
 # TensorRT installs only where there is an NVIDIA driver; elsewhere a deploy packages the ONNX.
 comma := ,
 HAS_GPU := $(shell command -v nvidia-smi 2>/dev/null)
 EXTRAS_tensorrt    := $(if $(HAS_GPU),data$(comma)tensorrt,data)
 EXTRAS_torch_cuda  := data
 EXTRAS := $(or $(EXTRAS_$(BACKEND)),data)$(if $(filter ray,$(EXECUTOR)),$(comma)ray)
-# Tests run the real converters that install on Linux (LiteRT, coremltools) and a local Ray cluster;
-# TensorRT needs a GPU.
-TEST_EXTRAS := dev,tflite,coreml,ray
+# Tests run the real converters that install on Linux (LiteRT, coremltools, ExecuTorch) and a local Ray
+# cluster; TensorRT needs a GPU.
+TEST_EXTRAS := dev,tflite,coreml,executorch,ray
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 EXECUTOR_FLAGS := --executor $(EXECUTOR)$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))
 

@@ -174,7 +174,7 @@ def test_infinite_budget_is_refused_with_the_field_named(tmp_root):
 
 def test_runner_that_cannot_run_the_backend_is_refused_when_the_target_loads(tmp_root):
     (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "runner: {kind: adb, serial: A1}\n")
-    with pytest.raises(ConfigFileError, match="runner adb runs tflite artifacts, not onnxruntime"):
+    with pytest.raises(ConfigFileError, match="runner adb runs tflite, executorch artifacts, not onnxruntime"):
         load_target("t1")
 
 

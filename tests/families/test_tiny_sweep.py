@@ -62,6 +62,29 @@ def test_extracted_subnet_runs_the_same_on_onnxruntime_within_1e4(net, tmp_path)
         assert np.abs(got - want).max() <= 1e-4, config
 
 
+def test_extracted_subnet_runs_the_same_on_executorch_xnnpack_within_1e4(net, tmp_path):
+    # The torch.export program lowered by ExecuTorch's XNNPACK partitioner, run by executorch.runtime,
+    # fp32, 1 thread: the same bound as ONNX Runtime. What XNNPACK did not take runs on ExecuTorch's own
+    # kernels and must agree too.
+    pytest.importorskip("executorch.exir", reason="executorch not installed: pip install 'elastic-deploy[executorch]'")
+    from deploy.backends import get_backend
+    from deploy.targets import DeviceInfo, Target
+
+    backend = get_backend("executorch")
+    target = Target(name="sweep-executorch", device=DeviceInfo(name="host"), backend="executorch", budget_ms=1.0,
+                    model="matformer_vit_tiny", threads=1)  # fmt: skip
+    for config in _configs(net):
+        dense = net.extract(config)
+        x = net.example_inputs(seed=1)[0]
+        entry = get_or_export(dense, x, {"subnet": config.id}, cache_dir=tmp_path)
+        artifact = backend.compile(entry, target, tmp_path / "executorch" / config.id)
+        (got,) = backend.run(artifact, {entry.input_names[0]: x.numpy()})
+        with torch.inference_mode():
+            want = dense(x).numpy()
+        assert np.abs(got - want).max() <= 1e-4, (config, artifact.options["delegation"])
+        assert artifact.options["delegation"]["n_delegated"] > 0, config
+
+
 def test_blocks_account_for_all_compute_params_and_ops_of_the_extracted_subnet(net, tmp_path):
     # What the table sums must be what runs: the blocks of a config, each built alone, hold the same
     # FLOPs, the same parameters and the same ONNX ops (by type and count) as the extracted subnet.

@@ -20,12 +20,18 @@ import numpy as np
 import pytest
 
 from deploy.backends.base import Artifact
-from deploy.errors import MeasurementError, RunnerError
+from deploy.errors import MeasurementError, RunnerError, UnsupportedOpError
 from deploy.latency.stats import MeasureProtocol
 from deploy.models.checkpoint import sha256_file
 from deploy.runners import adb as adb_module
 from deploy.runners import get_runner
-from deploy.runners.adb import AdbRunner, ParsedRun, parse_benchmark_output, stats_from_runs
+from deploy.runners.adb import (
+    AdbRunner,
+    ParsedRun,
+    parse_benchmark_output,
+    parse_executor_runner_output,
+    stats_from_runs,
+)
 from deploy.runners.specs import AdbSpec
 
 DATA = Path(__file__).parent / "data"
@@ -106,14 +112,63 @@ if args[0] == "shell":
         counter.write_text(str(n + 1))
         sys.stdout.write(pathlib.Path(outputs[n % len(outputs)]).read_text())
         sys.exit(cfg.get("bench_exit", 0))
+    if "--model_path=" in cmd:  # executor_runner: its pid first, then its log (or, Android build, to logcat)
+        name = cmd.split("--model_path=")[1].split()[0].rsplit("/", 1)[-1]
+        outputs = cfg["outputs"][name]
+        counter = pathlib.Path(cfg["state"]) / name
+        n = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(n + 1))
+        pid = 4000 + n
+        print("elastic-deploy-pid=" + str(pid))
+        text = pathlib.Path(outputs[n % len(outputs)]).read_text()
+        if cfg.get("et_logcat"):
+            (pathlib.Path(cfg["state"]) / ("logcat-" + str(pid))).write_text(text)
+        else:
+            sys.stderr.write(text)  # the posix PAL logs to stderr
+        sys.exit(cfg.get("bench_exit", 0))
+if args[0] == "logcat":
+    pid = [a for a in args if a.startswith("--pid=")][0].split("=")[1]
+    buffered = pathlib.Path(cfg["state"]) / ("logcat-" + pid)
+    if buffered.exists():
+        sys.stdout.write(buffered.read_text())
+    sys.exit(0)
 print("fake adb: unexpected " + repr(args), file=sys.stderr)
 sys.exit(1)
 """
 
 
-def real_output() -> str:
-    text = (DATA / "benchmark_model_output.txt").read_text()
+def real_output(name: str = "benchmark_model_output.txt") -> str:
+    text = (DATA / name).read_text()
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+
+
+def et_log(times_ms: list[float], *, logcat: bool = False, pid: int = 4000, load_ms: float = 12.5) -> str:
+    """executor_runner's log of one invocation in ExecuTorch >= 1.3's format.
+
+    No verbatim capture of that version's per-execution lines was found, so this is built from its format
+    strings: examples/portable/executor_runner/executor_runner.cpp @74403e2f91 (pytorch/executorch #18802):
+    "Model loaded in %f ms.", "Iteration %u of %u: %f ms", "Model executed successfully %u time(s) in %f ms.";
+    prefixed as the posix PAL prints them (runtime/platform/default/posix.cpp, "%c %02u:%02u:%02u.%06lu
+    executorch:%s:%zu] %s", as in data/executor_runner_output.txt) or as `adb logcat` (threadtime) shows
+    the android PAL's (runtime/platform/default/android.cpp: tag "ExecuTorch", the message alone)."""
+    n = len(times_ms)
+    messages = [
+        "Resetting threadpool with num threads = 4",
+        "Model file /data/local/tmp/elastic-deploy/x.pte is loaded.",
+        "Using method forward",
+        f"Model loaded in {load_ms:f} ms.",
+        *(f"Iteration {i + 1} of {n}: {t:f} ms" for i, t in enumerate(times_ms)),
+        f"Model executed successfully {n} time(s) in {sum(times_ms):f} ms.",
+        "1 outputs: ",
+    ]
+    if logcat:
+        lines = [
+            f"12-02 10:15:{i // 1000:02d}.{i % 1000:03d}  {pid}  {pid} I ExecuTorch: {m}"
+            for i, m in enumerate(messages)
+        ]
+    else:
+        lines = [f"I 00:00:00.{i:06d} executorch:executor_runner.cpp:{500 + i}] {m}" for i, m in enumerate(messages)]
+    return "\n".join(lines) + "\nOutputX 0: tensor(sizes=[1, 10], [0.1, 0.2])\n"
 
 
 class FakeAdb:
@@ -126,11 +181,19 @@ class FakeAdb:
     def write(self) -> None:
         (self.root / "config.json").write_text(json.dumps(self.config))
 
-    def serve(self, artifact: Artifact, avgs_us: list[float] | None = None, text: str | None = None) -> str:
-        """Make benchmark runs of this artifact print the real output with these steady-state avgs, in turn."""
-        name = f"{sha256_file(artifact.path)[:16]}.tflite"
-        texts = [text] if text is not None else [real_output().replace(STEADY, STEADY.replace("1096.48", f"{a}"))
-                                                 for a in avgs_us or [1096.48]]  # fmt: skip
+    def serve(
+        self,
+        artifact: Artifact,
+        avgs_us: list[float] | None = None,
+        text: str | None = None,
+        texts: list[str] | None = None,
+    ) -> str:
+        """Make benchmark runs of this artifact print the real output with these steady-state avgs, in turn
+        (or the given texts, in turn)."""
+        name = f"{sha256_file(artifact.path)[:16]}{'.pte' if artifact.backend == 'executorch' else '.tflite'}"
+        if texts is None:
+            texts = [text] if text is not None else [real_output().replace(STEADY, STEADY.replace("1096.48", f"{a}"))
+                                                     for a in avgs_us or [1096.48]]  # fmt: skip
         files = []
         for i, body in enumerate(texts):
             path = self.root / f"{name}.{i}.out"
@@ -159,7 +222,7 @@ def fake_adb(tmp_path, monkeypatch) -> FakeAdb:
 
 
 def make_artifact(tmp_path: Path, name: str, backend: str = "tflite", threads: int = 2) -> Artifact:
-    path = tmp_path / name / "model.tflite"
+    path = tmp_path / name / ("model.pte" if backend.startswith("executorch") else "model.tflite")
     path.parent.mkdir(parents=True)
     path.write_bytes(f"not really a flatbuffer: {name}".encode())
     options = {"threads": threads}  # as the tflite backend records target.threads
@@ -387,6 +450,112 @@ def test_adb_runner_raises_runner_error_naming_the_command_when_adb_times_out(fa
         runner._adb("shell", "getprop", "ro.product.model", timeout=0.5)
 
 
+# --- ExecuTorch's executor_runner ---------------------------------------------------------------------------
+
+
+def test_parse_executor_runner_output_reads_the_total_from_real_output_of_an_older_runner():
+    run = parse_executor_runner_output(real_output("executor_runner_output.txt"))
+    assert (run.steady.count, run.steady.avg_ms, run.steady.figure_ms) == (1, 35.018417, 35.018417)
+    assert run.warmup is None and run.init_ms is None and run.steady.median_ms is None
+
+
+def test_parse_executor_runner_output_drops_warmup_and_takes_the_median_of_the_logged_executions():
+    times = [9.0, 5.0, 4.0, 1.0, 1.2, 1.1, 3.0, 1.05]  # 3 warm-up executions, then 5 timed
+    for text in (et_log(times), et_log(times, logcat=True)):
+        run = parse_executor_runner_output(text, warmup_runs=3)
+        assert run.steady.count == 5 and run.steady.median_ms == 1.1 and run.steady.figure_ms == 1.1
+        assert (run.steady.min_ms, run.steady.max_ms, run.steady.first_ms) == (1.0, 3.0, 1.0)
+        assert run.steady.avg_ms == pytest.approx(1.47) and run.steady.std_ms == pytest.approx(np.std(times[3:]))
+        assert run.warmup is not None and run.warmup.count == 3 and run.warmup.max_ms == 9.0
+        assert run.init_ms == 12.5 and run.first_inference_ms == 9.0
+
+
+def test_parse_executor_runner_output_raises_measurement_error_quoting_the_last_line_when_no_timings():
+    text = (
+        "I 00:00:00.000526 executorch:executor_runner.cpp:82] Model file m.pte is loaded.\n"
+        "E 00:00:00.000901 executorch:executor_runner.cpp:700] Execution of method forward failed with status 0x12\n"
+    )
+    with pytest.raises(MeasurementError, match=r"executor_runner printed no timings .*failed with status 0x12"):
+        parse_executor_runner_output(text)
+    with pytest.raises(MeasurementError, match=r"logged 2 execution\(s\), no more than the 3 warm-up runs"):
+        parse_executor_runner_output(et_log([1.0, 2.0]), warmup_runs=3)
+
+
+def test_adb_runner_times_a_pte_with_executor_runner_executions_threads_and_taskset(fake_adb, tmp_path):
+    pte = make_artifact(tmp_path, "et", backend="executorch", threads=4)
+    name = fake_adb.serve(pte, texts=[et_log([5.0] * 3 + [m] * 7) for m in (1.0, 1.2, 0.9)])
+    stats = runner_for(cpu_mask="f0").benchmark_many(SimpleNamespace(name="executorch"), [(pte, {})], PROTOCOL)
+    calls = fake_adb.calls()
+    assert ["-s", SERIAL, "shell", "ls", "/data/local/tmp/executor_runner"] in calls
+    assert [c for c in calls if c[2] == "push"] == [
+        ["-s", SERIAL, "push", str(pte.path), f"/data/local/tmp/elastic-deploy/{name}"]
+    ] and name.endswith(".pte")
+    benches = [c[3] for c in calls if c[2] == "shell" and "--model_path=" in c[3]]
+    assert benches[0] == (
+        "echo elastic-deploy-pid=$$; exec taskset f0 /data/local/tmp/executor_runner "
+        f"--model_path=/data/local/tmp/elastic-deploy/{name} --num_executions=10 --cpu_threads=4"
+    )
+    assert len(benches) == 3 and not [c for c in calls if c[2] == "logcat"], "stderr had the timings"
+    (s,) = stats
+    assert s.round_medians_ms == (1.0, 1.2, 0.9) and s.median_ms == 1.0 and s.n_runs == 3 * 7
+    assert s.where == f"adb:{SERIAL}" and s.mean_ms == pytest.approx(31 / 30)
+
+
+def test_adb_runner_reads_executor_runner_timings_from_logcat_by_its_pid_when_built_for_android(fake_adb, tmp_path):
+    pte = make_artifact(tmp_path, "et", backend="executorch")
+    fake_adb.serve(pte, texts=[et_log([2.0] * 3 + [0.5] * 7, logcat=True, pid=4000 + i) for i in range(3)])
+    fake_adb.config["et_logcat"] = True
+    fake_adb.write()
+    stats = runner_for().benchmark(SimpleNamespace(name="executorch"), pte, {}, PROTOCOL)
+    logcats = [c for c in fake_adb.calls() if c[2] == "logcat"]
+    assert logcats[0] == ["-s", SERIAL, "logcat", "-d", "--pid=4000", "-s", "ExecuTorch:I"] and len(logcats) == 3
+    assert stats.median_ms == 0.5 and stats.n_runs == 21
+
+
+def test_adb_runner_raises_one_line_naming_both_program_formats_when_the_phone_runner_is_another_version(
+    fake_adb, tmp_path
+):
+    pte = make_artifact(tmp_path, "et", backend="executorch")
+    # runtime/executor/program.cpp's message, as the posix PAL prints it
+    text = "E 00:00:00.000377 executorch:program.cpp:170] Program identifier 'ET13' != expected 'ET12'\n"
+    fake_adb.serve(pte, text=text)
+    fake_adb.config["bench_exit"] = 1
+    fake_adb.write()
+    with pytest.raises(RunnerError, match=r"reads ExecuTorch program format ET12 but the \.pte is ET13") as info:
+        runner_for().benchmark(SimpleNamespace(name="executorch"), pte, {}, PROTOCOL)
+    assert "another ExecuTorch version" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_adb_runner_raises_unsupported_op_naming_the_op_and_backend_when_the_phone_runner_lacks_a_kernel(
+    fake_adb, tmp_path
+):
+    pte = make_artifact(tmp_path, "et", backend="executorch")
+    text = (  # runtime/executor/method.cpp's messages
+        "E 00:00:00.000601 executorch:method.cpp:822] Missing operator: [0] aten::sort.values\n"
+        "E 00:00:00.000633 executorch:executor_runner.cpp:470] Loading of method forward failed with status 0x14\n"
+    )
+    fake_adb.serve(pte, text=text)
+    with pytest.raises(UnsupportedOpError, match=r"no kernel for op 'aten::sort\.values' \(backend executorch\)"):
+        runner_for().benchmark(SimpleNamespace(name="executorch"), pte, {}, PROTOCOL)
+
+
+def test_adb_runner_says_how_to_build_executor_runner_when_it_is_missing(fake_adb, tmp_path):
+    fake_adb.config["binary"] = False
+    fake_adb.write()
+    pte = make_artifact(tmp_path, "et", backend="executorch")
+    with pytest.raises(RunnerError, match=r"executor_runner is not at /data/local/tmp/executor_runner") as info:
+        runner_for().benchmark(SimpleNamespace(name="executorch"), pte, {}, PROTOCOL)
+    assert "android-arm64-v8a" in str(info.value) and "EXECUTORCH_BUILD_XNNPACK=ON" in str(info.value)
+    assert not [c for c in fake_adb.calls() if c[2] == "push"]
+
+
+def test_adb_runner_refuses_a_coreml_delegated_pte(fake_adb, tmp_path):
+    pte = make_artifact(tmp_path, "cm", backend="executorch_coreml")
+    with pytest.raises(RunnerError, match=r"executorch_coreml artifact: set backend: tflite or executorch"):
+        runner_for().benchmark(SimpleNamespace(name="executorch_coreml"), pte, {}, PROTOCOL)
+    assert fake_adb.calls() == []
+
+
 # --- a real phone ----------------------------------------------------------------------------------------
 
 
@@ -418,3 +587,34 @@ def test_adb_runner_benchmarks_a_real_tflite_on_the_phone_with_sane_stats(tmp_pa
     stats = runner.benchmark(backend, artifact, entry.reference_inputs(), quick)
     assert 0 < stats.median_ms < 1000 and stats.n_runs == 3 * 20 and len(stats.round_medians_ms) == 3
     assert stats.where == f"adb:{serial}" and serial in runner.describe()
+
+
+@pytest.mark.requires_device
+@pytest.mark.skipif(
+    not os.environ.get("ELASTIC_DEPLOY_ADB_SERIAL"),
+    reason="needs an Android phone over adb: set ELASTIC_DEPLOY_ADB_SERIAL and push executor_runner to /data/local/tmp",
+)
+def test_adb_runner_benchmarks_a_real_pte_on_the_phone_with_executor_runner(tmp_path, tmp_root):
+    pytest.importorskip("executorch.exir", reason="executorch not installed: pip install 'elastic-deploy[executorch]'")
+    import torch
+
+    from deploy.backends import get_backend
+    from deploy.export import hub
+    from deploy.models import build
+    from deploy.targets import DeviceInfo, Target
+
+    serial = os.environ["ELASTIC_DEPLOY_ADB_SERIAL"]
+    torch.manual_seed(0)
+    supernet = build("matformer_vit_tiny").eval()
+    target = Target(name="phone", device=DeviceInfo(name="phone"), backend="executorch", budget_ms=50.0,
+                    model="matformer_vit_tiny", runner=AdbSpec(serial=serial))  # fmt: skip
+    config = supernet.smallest()
+    entry = hub.get_or_export(supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id},
+                              tmp_path / "cache")  # fmt: skip
+    backend = get_backend("executorch")
+    artifact = backend.compile(entry, target, tmp_path / "artifact")
+    runner = get_runner(target.runner)
+    quick = MeasureProtocol(warmup_runs=5, min_runs=20, rounds=3, cv_max=1.0, max_retries=0)
+    stats = runner.benchmark(backend, artifact, entry.reference_inputs(), quick)
+    assert 0 < stats.median_ms < 1000 and len(stats.round_medians_ms) == 3
+    assert stats.where == f"adb:{serial}"
