@@ -209,6 +209,60 @@ def tables_estimate(target: TargetOpt) -> None:
     _say(f"Measure it for real on the device with `make latency-tables TARGET={target}` once one is attached")
 
 
+@tables_app.command("transfer")
+def tables_transfer(
+    target: TargetOpt,
+    sources: Annotated[
+        list[str],
+        typer.Option("--from", help="a measured source table: TARGET or TARGET:PRECISION (repeat for several)"),
+    ],
+    samples: Annotated[int, typer.Option(help="whole subnets to measure on the new target's device")] = 30,
+    model: ModelOpt = None,
+    precision: PrecisionOpt = None,
+    fit: Annotated[
+        str, typer.Option(help="transfer model: auto (chosen by held-out error) or one of the candidates")
+    ] = "auto",
+    blocks_per_kind: Annotated[int, typer.Option(min=0, help="blocks per kind also measured on the device")] = 2,
+    seed: Annotated[int, typer.Option(help="seed of the candidate subnets")] = 0,
+    force: Annotated[bool, typer.Option(help="replace a MEASURED table of the target")] = False,
+    out: Annotated[Path | None, typer.Option(help="write the table here instead of the target's table")] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Write a TRANSFERRED table: measured source tables mapped to the target's device by N subnets measured there."""
+    from deploy.families import build
+    from deploy.latency.transfer_table import transfer_table
+    from deploy.models.checkpoint import default_path
+    from deploy.models.checkpoint import load as load_checkpoint
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    t = t.at_precision(precision) if precision else t
+    supernets = [load_checkpoint(m)[0] if default_path(m).exists() else build(m) for m in model_list(t, model)]
+    with _executor(executor, ray_address) as ex:
+        result = transfer_table(
+            t, sources, supernets, samples=samples, fit=fit, blocks_per_kind=blocks_per_kind, seed=seed,
+            force=force, path=out, executor=ex, say=_say,
+        )  # fmt: skip
+    r = result.record
+    for c in r.candidates:
+        figures = (
+            f"held-out median {c.heldout.median_abs_pct:.2f}%, within ±10% {c.heldout.within_10pct:.2f}"
+            if c.heldout
+            else f"skipped: {c.skipped}"
+        )
+        _say(f"  {'*' if c.model == r.model else ' '} {c.model:<20} {c.n_params:>3} parameters  {figures}")
+    _say(
+        f"[bold yellow]wrote TRANSFERRED[/] {result.path}: {r.model} from "
+        f"{', '.join(f'{s.target} ({s.method}, {s.precision})' for s in r.sources)}, fitted on {r.n_subnets} "
+        f"subnets measured on {escape(r.where)} (+{len(r.blocks)} blocks); held-out error "
+        f"{r.heldout.median_abs_pct:.2f}% median, {r.heldout.p90_abs_pct:.2f}% p90, within ±10% "
+        f"{r.heldout.within_10pct:.2f} ({r.heldout.folds}-fold cross-validation; repeatability "
+        f"{r.repeatability_pct:.2f}%). Next: `elastic-deploy tables validate --target "
+        f"{target}{f' --precision {t.precision}' if precision else ''} --samples 20`"
+    )
+
+
 @tables_app.command("validate")
 def tables_validate(
     target: TargetOpt,
@@ -376,7 +430,7 @@ def targets() -> None:
         try:
             lat = LatencyTable.load(t.table_path, name)
             v = lat.validation
-            method = lat.provenance.method.upper() if lat.provenance.method == "estimated" else "measured"
+            method = lat.provenance.method.upper() if lat.provenance.method != "measured" else "measured"
             status = method + (f", {v.median_abs_pct_error:.1f}% median error" if v else "")
         except DeployError as exc:
             status = f"[red]{type(exc).__name__}[/]"
