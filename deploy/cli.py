@@ -115,6 +115,9 @@ def bench_cmd(
     ] = None,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
+    drift: Annotated[
+        bool, typer.Option(help="time reference blocks first; gate on the prediction corrected for drift")
+    ] = True,
 ) -> None:
     """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
     from deploy.latency.bench import bench as run_bench
@@ -128,6 +131,7 @@ def bench_cmd(
             tolerance_pct=tolerance,
             say=_say,
             executor=ex,
+            drift=drift,
         )
     _say(f"[bold green]bench passed[/]: {result.md_path}")
 
@@ -288,7 +292,7 @@ def tables_validate(
             t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, executor=ex
         )
     table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
-    for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "same-window %"):
+    for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "corrected %", "same-window %"):
         table.add_column(col, justify="right")
     for r in report.rows:
         table.add_row(
@@ -297,6 +301,7 @@ def tables_validate(
             f"{r.measured_ms:.3f}",
             f"{r.measured_again_ms:.3f}",
             f"{r.pct_error:+.1f}",
+            f"{r.corrected_pct_error:+.1f}",
             f"{r.same_window_pct_error:+.1f}",
         )
     console.print(table)
@@ -306,6 +311,14 @@ def tables_validate(
         f"(same-window {report.same_window_median_abs_pct_error:.2f}%; repeatability of the measurement "
         f"itself {report.repeatability_pct:.2f}%; blocks now {report.drift_pct:+.1f}% vs the table; the raw "
         f"block sum without calibration is off by {report.block_sum_median_pct_error:+.1f}% (median))"
+    )
+    u, c = report.uncorrected, report.correction  # deploy/latency/drift.py
+    _say(
+        f"these are the predictions a deploy makes: the table's × {c['factor']:.3f} "
+        f"({'drift check: ' + escape(c['drift_check_skipped']) if c['drift_check_skipped'] else 'drift check'}"
+        f"{', observed scale' if (c['observed_scale'] or {}).get('applied') else ''}); the table alone: "
+        f"median_abs_pct_error {u['median_abs_pct_error']:.2f}%  within_5pct {u['within_5pct']:.2f}  "
+        f"within_10pct {u['within_10pct']:.2f}"
     )
     if json_out:
         _say(f"wrote {json_out}")

@@ -51,6 +51,7 @@ def write_manifest(
     hub_key: str,
     versions: dict[str, str],
     out_dir: Path,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     choice = selection.choice
     prov = table.provenance
@@ -121,6 +122,8 @@ def write_manifest(
         "versions": versions,
         "created": now_iso(),
     }
+    if drift is not None:  # deploy/latency/drift.py: table prediction, drift correction, measurement, observation
+        manifest["drift"] = drift
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -168,7 +171,7 @@ def plot_pareto(selection: Selection, target: Target, path: Path, method: str = 
         zorder=5,
         label=f"chosen {c.config.id}",
     )
-    origin = "ESTIMATED table" if method == "estimated" else "measured table"
+    origin = "measured table" if method == "measured" else f"{method.upper()} table"
     ax.set_xlabel(f"predicted latency (ms, {origin}, {target.precision})")
     ax.set_ylabel("val accuracy (%)")
     ax.set_title(f"{target.name}: accuracy vs predicted latency")
@@ -224,6 +227,20 @@ def _precision_rows(options: list[dict[str, Any]]) -> list[str]:
     return [*rows, ""]
 
 
+def _drift_rows(drift: dict[str, Any] | None) -> list[str]:
+    """The drift correction (deploy/latency/drift.py), when the deploy applied or re-selected with one."""
+    if not drift or (drift["correction_factor"] == 1.0 and not drift.get("reselected")):
+        return []
+    row = (
+        f"| drift correction | table predicted {drift['table_prediction_ms']:.3f} ms, "
+        f"×{drift['correction_factor']:.3f} = {drift['corrected_prediction_ms']:.3f} ms"
+    )
+    if drift.get("reselected"):
+        r = drift["reselected"]
+        row += f"; re-selected after {r['subnet']} measured {r['measured_ms']:.3f} ms over the budget"
+    return [row + " |"]
+
+
 def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> None:
     lat, acc, prov = manifest["latency"], manifest["accuracy"], manifest["latency"]["table"]
     par, check = manifest["parity"], manifest["validation"]
@@ -259,6 +276,7 @@ def write_report(out: Path, manifest: dict[str, Any], selection: Selection) -> N
         f"| budget | {lat['budget_ms']} ms (selected under {effective:.3f} ms: "
         f"{lat['safety_margin_pct']:.1f}% safety margin from the table's validation error) |",
         f"| measured latency | {measured} |",
+        *_drift_rows(manifest.get("drift")),
         f"| table accuracy | {val_line} |",
         f"| accuracy | val {acc['val']:.2%} ({acc['val_source']}), test {acc['test']:.2%}, compiled artifact "
         + (f"on test {acc['artifact_test']:.2%} |" if acc["artifact_test"] is not None else "not run here |"),
