@@ -413,6 +413,8 @@ def deploy_corrections(
     for p in target.search_precisions:
         at = target.at_precision(p)
         table = LatencyTable.load(at.table_path, at.name)
+        if p == target.search_precisions[0]:
+            say_why_not(at, table, supernet.family, say)
         if unreachable is not None:  # the device, not the precision: say it once
             out[p] = Correction(skipped=unreachable, observed=observed_scale(at, table, supernet.family))
             continue
@@ -420,6 +422,20 @@ def deploy_corrections(
         if measure and out[p].drift is None:
             unreachable = out[p].skipped
     return out
+
+
+def say_why_not(target: Target, table: LatencyTable, family: str | None, say: Callable[[str], None]) -> None:
+    """Say plainly when the table's validated error is more than twice the repeatability of its validation run:
+    then its calibration, not the measuring, limits every prediction of it, and the deploy cannot be closer."""
+    v = table.validation_for(family)
+    if v is None or v.source != "tables validate" or v.median_abs_pct_error <= 2 * v.repeatability_pct:
+        return
+    say(
+        f"note: the {target.table_path.name} table was validated at {v.median_abs_pct_error:.1f}% median error, more "
+        f"than twice that run's repeatability ({v.repeatability_pct:.1f}%, {v.date}): its calibration no longer "
+        f"matches whole subnets on {v.host}; this deploy corrects what the drift check and recent measurements "
+        f"show, and `elastic-deploy tables build --target {target.name} --recalibrate` in a quiet window fixes it"
+    )
 
 
 # --- after the deploy measured its artifact ---------------------------------------------------------

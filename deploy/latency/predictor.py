@@ -54,6 +54,12 @@ class LatencyPredictor:
                 f"scales {source}'s table: add the model to `models:` in targets/{source}.yaml, run "
                 f"`make latency-tables TARGET={source}`, then `make estimate-tables TARGET={prov.target}`"
             )
+        if missing and prov.method == "transferred":
+            raise TableIncompleteError(
+                f"TRANSFERRED latency table of '{prov.target}' lacks {len(missing)} block(s), e.g. {missing[0]}: it "
+                f"covers the models it was transferred for; transfer again with this model: `elastic-deploy tables "
+                f"transfer --target {prov.target} --from SOURCE --model MODEL` (or measure it on the device)"
+            )
         if missing:
             target = prov.target
             raise TableIncompleteError(

@@ -147,7 +147,7 @@ def test_validate_reports_drift_corrected_figures_with_the_uncorrected_beside_th
     table.save(src.table_path)
     device_for(table, tiny, synthetic, speed=1.4)
     report = validate_table(src, tiny, samples=4, json_path=tmp_path / "v.json", progress=False)
-    assert report.correction["drift_check"]["factor"] == pytest.approx(1.4) and report.correction["factor"] == 1.4
+    assert report.correction["drift_check"]["factor"] == pytest.approx(1.4) == report.correction["factor"]
     for row in report.rows:
         assert row.corrected_predicted_ms == pytest.approx(1.4 * row.predicted_ms)
     corrected = summarize([r.corrected_pct_error for r in report.rows])
@@ -332,3 +332,29 @@ def test_deploy_stops_when_nothing_fits_with_the_measured_correction(shipped, mo
     with pytest.raises(MeasuredOverBudgetError, match=r"measured 50\.000 ms .* found nothing under 0\.6 ms"):
         deploy("host-cpu-ort", progress=False)
     assert not (shipped / "dist" / "host-cpu-ort").exists()
+
+
+def test_deploy_corrections_say_why_not_when_the_tables_error_exceeds_twice_its_repeatability(src, tiny, synthetic):
+    table = with_error(LatencyTable.load(src.table_path), 5.0)  # repeatability 0.5%
+    table.save(src.table_path)
+    device_for(table, tiny, synthetic)
+    said: list[str] = []
+    drift.deploy_corrections(src, tiny, measure=True, say=said.append)
+    assert said[0].startswith("note: the src.json table was validated at 5.0% median error, more than twice")
+    assert "--recalibrate` in a quiet window" in said[0] and said[1].startswith("drift check on")
+    with_error(table, 0.9).save(src.table_path)
+    said.clear()
+    drift.deploy_corrections(src, tiny, measure=True, say=said.append)
+    assert not any(m.startswith("note:") for m in said)
+
+
+def test_a_transferred_table_lacking_a_models_blocks_says_to_transfer_again(src, make_target, tiny, synthetic):
+    from deploy.errors import TableIncompleteError
+    from deploy.families import build
+    from deploy.latency.transfer_table import transfer_table
+
+    dst = make_target("dst")
+    synthetic(LatencyTable.load(src.table_path), tiny, {"vit_block": 2.0})
+    table = transfer_table(dst, ["src"], [tiny], samples=6, progress=False).table
+    with pytest.raises(TableIncompleteError, match=r"TRANSFERRED latency table of 'dst' lacks .* tables transfer"):
+        LatencyPredictor(table).require(build("poa_vit_tiny").all_blocks())
