@@ -7,7 +7,8 @@ whatever can measure on the target first times a few of the table's own blocks (
 - **Drift check** (`check_drift`): 4 reference blocks spread over the table's latencies, each measured
   twice, interleaved with the one-op null model the calibration uses. A block's ratio is its figure
   now over the table's, both net of the per-call overhead (now: the null model; the table's: its
-  calibration's); the drift factor is the median ratio. It is *beyond* when
+  calibration's); the drift factor is the median ratio. A TRANSFERRED table's entries are scaled to fit
+  whole subnets, so its baseline is the blocks the transfer timed on the device (`device_baseline`). It is *beyond* when
   |factor − 1| > max(the table's expected error for the family, 2 × this check's repeatability),
   the expected error being the validated median error (else the calibration fit's): a move the table's
   own error or the measurement's noise could explain is left alone. Beyond, predictions are multiplied
@@ -127,10 +128,25 @@ def table_error_pct(table: LatencyTable, family: str | None = None) -> float:
     return LatencyPredictor(table).relative_error(family) * 100
 
 
-def reference_blocks(table: LatencyTable, keys: Sequence[BlockKey], n: int = REFERENCE_BLOCKS) -> list[BlockKey]:
-    """n of `keys` that the table holds, spread evenly over the table's latencies (smallest to largest)."""
+def device_baseline(table: LatencyTable, keys: Sequence[BlockKey]) -> tuple[dict[BlockKey, float], float]:
+    """The blocks of `keys` the table knows as measured on its device, and that device's per-call overhead.
+
+    A measured (or estimated) table: its entries and its calibration's overhead. A TRANSFERRED one: the
+    blocks the transfer timed on the device and its null model there; its entries are source figures
+    scaled to fit whole subnets, not what a block measures on the device, so they are no baseline."""
+    record = table.provenance.transfer
+    if table.provenance.method == "transferred" and record is not None:
+        by_name = {str(k): k for k in keys}
+        measured = {by_name[b.block]: b.measured_ms for b in record.blocks if b.block in by_name}
+        return measured, record.call_overhead_ms
     index = table.index()
-    held = sorted({k for k in keys if k in index}, key=lambda k: (index[k].median_ms, str(k)))
+    overhead = table.calibration.call_overhead_ms if table.calibration is not None else 0.0
+    return {k: index[k].median_ms for k in keys if k in index}, overhead
+
+
+def reference_blocks(baseline: Mapping[BlockKey, float], n: int = REFERENCE_BLOCKS) -> list[BlockKey]:
+    """n of the baseline's blocks, spread evenly over their latencies (smallest to largest)."""
+    held = sorted(baseline, key=lambda k: (baseline[k], str(k)))
     if len(held) <= n:
         return held
     picks = np.linspace(0, len(held) - 1, n).round().astype(int)
@@ -152,24 +168,23 @@ def check_drift(
     """Time `n_blocks` reference blocks (twice each) and the null model on the session's device, interleaved."""
     from deploy.latency.build import block_identity, null_measurable
 
-    keys = reference_blocks(table, supernet.all_blocks(), n_blocks)
+    baseline, table_overhead = device_baseline(table, supernet.all_blocks())
+    keys = reference_blocks(baseline, n_blocks)
     if not keys:
-        raise RunnerError(f"the {table.provenance.target} table holds none of {supernet.variant}'s blocks")
+        what = "blocks measured on its device" if table.provenance.method == "transferred" else "blocks"
+        raise RunnerError(f"the {table.provenance.target} table holds none of {supernet.variant}'s {what}")
     items = []
     for key in keys:
         module, example = supernet.measurable_block(key)
         items.append(session.compile(module, example, block_identity(key)))
     *stats, null = session.measure(items + items + [null_measurable(session)])
     first, second = stats[: len(keys)], stats[len(keys) :]
-    index = table.index()
-    cal = table.calibration
-    table_overhead = cal.call_overhead_ms if cal is not None else 0.0
     overhead = null.median_ms if table_overhead > 0 else 0.0  # a table of raw figures is compared raw
     blocks = []
     for key, a, b in zip(keys, first, second, strict=True):
         now = (a.median_ms + b.median_ms) / 2
-        ratio = _net(now, overhead) / _net(index[key].median_ms, table_overhead)
-        blocks.append(ReferenceBlock(str(key), index[key].median_ms, a.median_ms, b.median_ms, ratio))
+        ratio = _net(now, overhead) / _net(baseline[key], table_overhead)
+        blocks.append(ReferenceBlock(str(key), baseline[key], a.median_ms, b.median_ms, ratio))
     repeat = [abs(r.measured_ms - r.measured_again_ms) / ((r.measured_ms + r.measured_again_ms) / 2) for r in blocks]
     error = table_error_pct(table, supernet.family)
     repeatability = float(np.median(repeat) * 100)

@@ -90,7 +90,7 @@ def test_drift_check_is_skipped_with_the_reason_when_the_backend_cannot_run_here
 
 def test_reference_blocks_spread_over_the_tables_latencies(src, tiny):
     table = LatencyTable.load(src.table_path)
-    refs = reference_blocks(table, tiny.all_blocks(), 4)
+    refs = reference_blocks(drift.device_baseline(table, tiny.all_blocks())[0], 4)
     ms = sorted(e.median_ms for e in table.entries)
     got = [table.index()[k].median_ms for k in refs]
     assert len(refs) == 4 and got == sorted(got) and got[0] == ms[0] and got[-1] == ms[-1]
@@ -358,3 +358,20 @@ def test_a_transferred_table_lacking_a_models_blocks_says_to_transfer_again(src,
     table = transfer_table(dst, ["src"], [tiny], samples=6, progress=False).table
     with pytest.raises(TableIncompleteError, match=r"TRANSFERRED latency table of 'dst' lacks .* tables transfer"):
         LatencyPredictor(table).require(build("poa_vit_tiny").all_blocks())
+
+
+def test_drift_check_of_a_transferred_table_compares_with_the_blocks_the_transfer_timed_on_the_device(
+    src, make_target, tiny, synthetic
+):
+    from deploy.latency.transfer_table import transfer_table
+
+    dst = make_target("dst")
+    device = synthetic(LatencyTable.load(src.table_path), tiny, {"vit_block": 2.0}, offset_ms=0.05)
+    table = transfer_table(dst, ["src"], [tiny], samples=10, fit="calibrated_factor", progress=False).table
+    baseline, overhead = drift.device_baseline(table, tiny.all_blocks())
+    assert len(baseline) == len(table.provenance.transfer.blocks) == 4 and overhead == 0.0  # embed, head, 2 vit
+    device.speed = 1.5
+    check = check_drift(MeasureSession.open(dst), table, tiny)
+    assert check.factor == pytest.approx(1.5) and all(
+        r.table_ms == pytest.approx(baseline[next(k for k in baseline if str(k) == r.block)]) for r in check.blocks
+    )
