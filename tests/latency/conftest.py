@@ -87,8 +87,13 @@ class SyntheticDevice:
         noise: float = 0.0,
         speed: float = 1.0,
         seed: int = 0,
+        as_table_predicts: bool = False,
     ) -> None:
+        from deploy.latency.predictor import LatencyPredictor
+
         self.base = {k: e.median_ms for k, e in base.index().items()}
+        # whole subnets as the table's calibrated prediction (× speed) instead of the sum of their blocks
+        self.predictor = LatencyPredictor(base) if as_table_predicts else None
         self.supernet = supernet
         self.kind_scale = dict(kind_scale or {})
         self.offset_ms, self.overhead_ms, self.noise, self.speed = offset_ms, overhead_ms, noise, speed
@@ -101,6 +106,8 @@ class SyntheticDevice:
         return self.base[key] * self.kind_scale.get(key.kind, 1.0) * self.speed
 
     def subnet_ms(self, config) -> float:
+        if self.predictor is not None:
+            return self.predictor.predict(self.supernet.blocks(config), self.supernet.family).ms * self.speed
         return sum(self.block_ms(b) for b in self.supernet.blocks(config)) + self.offset_ms * self.speed
 
     def truth(self, identity: Mapping[str, str]) -> float:

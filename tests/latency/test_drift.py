@@ -145,7 +145,7 @@ def test_correction_multiplies_the_drift_factor_and_the_observed_scale(src, tiny
 def test_validate_reports_drift_corrected_figures_with_the_uncorrected_beside_them(src, tiny, synthetic, tmp_path):
     table = with_error(LatencyTable.load(src.table_path), 2.0)
     table.save(src.table_path)
-    device_for(table, tiny, synthetic, speed=1.4)
+    device_for(table, tiny, synthetic, speed=1.4, as_table_predicts=True)
     report = validate_table(src, tiny, samples=4, json_path=tmp_path / "v.json", progress=False)
     assert report.correction["drift_check"]["factor"] == pytest.approx(1.4) == report.correction["factor"]
     for row in report.rows:
@@ -153,7 +153,8 @@ def test_validate_reports_drift_corrected_figures_with_the_uncorrected_beside_th
     corrected = summarize([r.corrected_pct_error for r in report.rows])
     assert report.median_abs_pct_error == corrected["median_abs_pct_error"]
     assert report.uncorrected == summarize([r.pct_error for r in report.rows])
-    assert report.uncorrected["median_abs_pct_error"] > report.median_abs_pct_error  # the correction helped
+    assert report.median_abs_pct_error == pytest.approx(0.0, abs=1e-6)  # the device is the table × 1.4
+    assert report.uncorrected["median_abs_pct_error"] == pytest.approx(100 * (1 - 1 / 1.4))
     written = json.loads((tmp_path / "v.json").read_text())
     assert {"median_abs_pct_error", "within_5pct", "within_10pct", "uncorrected", "correction"} <= set(written)
     stored = LatencyTable.load(src.table_path).validation

@@ -204,3 +204,10 @@ def test_transfer_to_two_threads_on_the_local_runner_writes_a_table_that_validat
     assert not fitted & {r.subnet_id for r in report.rows}
     after = LatencyTable.load(dst.table_path)
     assert after.validation.source == "tables validate" and after.provenance.method == "transferred"
+
+
+def test_transfer_from_a_source_of_another_precision_records_it_in_the_provenance(src, make_target, tiny, synthetic):
+    dst = make_target("dst", precision="fp16")
+    synthetic(source_table(src), tiny, SCALES)
+    table = transfer_table(dst, ["src"], [tiny], samples=8, progress=False).table
+    assert table.provenance.precision == "fp16" and table.provenance.transfer.sources[0].precision == "fp32"
