@@ -8,6 +8,8 @@ MODEL  ?=
 SAMPLES ?= 20
 PRECISION ?=
 BENCH_FLAGS ?=
+TRANSFER_FLAGS ?=
+FROM ?=
 # EXECUTOR=ray spreads table builds over the target's devices and runs on a Ray cluster
 # (RAY_ADDRESS=host:6379 for an existing one; empty starts a local one); only then is ray installed.
 EXECUTOR ?= local
@@ -32,7 +34,7 @@ TEST_EXTRAS := dev,tflite,coreml,executorch,ray
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 EXECUTOR_FLAGS := --executor $(EXECUTOR)$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))
 
-.PHONY: deploy bench latency-tables estimate-tables validate-tables train test lint benchmarks clean ssh-tools
+.PHONY: deploy bench latency-tables estimate-tables transfer-tables validate-tables train test lint benchmarks clean ssh-tools
 
 deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
@@ -46,6 +48,13 @@ latency-tables: $(VENV)/.installed-$(EXTRAS)
 # For a device nobody has attached: the source target's measured table scaled by an anchor factor.
 estimate-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables estimate --target $(TARGET)
+
+# For a device reached briefly: N whole subnets measured there map measured tables onto it (FROM=a b …:
+# targets, or TARGET:PRECISION). SAMPLES only when given (the command's default is 30).
+transfer-tables: $(VENV)/.installed-$(EXTRAS)
+	$(PY) -m deploy tables transfer --target $(TARGET) $(foreach f,$(FROM),--from $(f)) \
+	  $(if $(filter command line,$(origin SAMPLES)),--samples $(SAMPLES)) $(if $(PRECISION),--precision $(PRECISION)) \
+	  $(MODEL_FLAG) $(EXECUTOR_FLAGS) $(TRANSFER_FLAGS)
 
 validate-tables: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy tables validate --target $(TARGET) --samples $(SAMPLES) $(if $(PRECISION),--precision $(PRECISION)) \
