@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import MeasureSession
     from deploy.latency.stats import LatencyStats
+    from deploy.packaging.manifest import Manifest
     from deploy.search.select import Candidate
     from deploy.targets import Target
 
@@ -729,7 +730,7 @@ class BenchDrift:
 
 def bench_drift(
     target: Target,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     *,
     session_for: Callable[[Target], MeasureSession],
     say: Callable[[str], None] = log.info,
@@ -740,10 +741,10 @@ def bench_drift(
     from deploy.search.space import SubnetConfig
 
     try:
-        at = target.at_precision(manifest.get("precision", target.precision))
+        at = target.at_precision(manifest.precision)
         table = LatencyTable.load(at.table_path, at.name)
-        supernet = build(manifest["model"])  # latency does not depend on the weights
-        config = SubnetConfig.from_json(manifest["subnet"]["config"])
+        supernet = build(manifest.model)  # latency does not depend on the weights
+        config = SubnetConfig.from_json(manifest.subnet.config)
         table_ms = LatencyPredictor(table).predict(supernet.blocks(config), supernet.family).ms
     except (DeployError, KeyError, ValueError) as exc:
         say(f"no drift check: {str(exc).rstrip('.') or type(exc).__name__}")
