@@ -80,6 +80,8 @@ def finish(env: dict[str, Any]) -> dict[str, Any]:
 def describe(result: Result) -> tuple[str, str]:
     """(date, machine) of a result, from its environment record or, for results written before the
     harness, from the fields those carried (date/host/machine/device, or a `meta` record)."""
+    if not isinstance(result, dict):
+        return "not recorded", "not recorded"
     env = result.get("environment")
     if env:
         return env["date"], f"{env['host']} ({env['cpu']}, {env['cores']} cores)"
