@@ -80,10 +80,9 @@ def measure(model: str, n: int, repeats: int, seed: int, images: int | None = No
             "ray ×2": RayExecutor(workers=2),
         }
         threads = {"local 1 thread": 1}
-        run_arm(
-            model, executors["local"], 2, seed + 1, images=images
-        )  # this process's first evaluations pay torch's start
-        warm_s, _ = run_arm(model, executors["ray ×2"], 2, seed + 1, images=images)  # starts both workers
+        # This process's first evaluations pay torch's start; the first Ray evaluation starts both workers.
+        run_arm(model, executors["local"], 2, seed + 1, images=images)
+        warm_s, _ = run_arm(model, executors["ray ×2"], 2, seed + 1, images=images)
         seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
         results: dict[str, list[float]] = {}
         for r in range(repeats):

@@ -46,7 +46,7 @@ def benchmark_pages(out: Path) -> list[tuple[str, str, str]]:
         text = module.markdown(result)
         title, _, rest = text.partition("\n")
         date, machine = describe(result)
-        source = f"*Measured {date} on {machine}. Data: `benchmarks/results/{path.name}`; rendered from it by "
+        source = f"*Produced {date} on {machine}. Data: `benchmarks/results/{path.name}`; rendered from it by "
         source += f"`benchmarks/{module.__name__.split('.')[-1]}.py`.*"
         (out / f"{path.stem}.md").write_text(f"{title}\n\n{source}\n{rest}")
         index.append((f"{path.stem}.md", title.lstrip("# "), f"{date}, {machine}"))
