@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
 TABLES = ROOT / "latency_tables"
+TRANSFER_COLUMNS = ("file", "target", "device", "measured on", "date", "transfer model", "subnets measured",
+                    "held-out median", "held-out p90", "within ±10%", "repeatability")  # fmt: skip
 VALIDATION_COLUMNS = ("file", "target", "variant", "validated", "machine", "subnets", "median error", "±5%", "±10%",
                       "worst", "repeatability")  # fmt: skip
 
@@ -65,21 +67,20 @@ def transfer_page(out: Path) -> tuple[str, str, str] | None:
 
     rows = []
     for path in files:
-        data = json.loads(path.read_text())
-        prov = data.get("provenance", {})
-        record = prov.get("transfer") or data.get("transfer") or {}
+        prov = json.loads(path.read_text()).get("provenance", {})
+        record = prov.get("transfer") or {}
         held = record.get("heldout") or {}
-        rows.append([f"`{path.name}`", prov.get("device", {}).get("name", "?") if isinstance(prov.get("device"), dict)
-                     else prov.get("device", "?"), prov.get("date", "?"), record.get("model", "?"),
-                     record.get("n_subnets", "?"), _pct(held.get("median_abs_pct")),
-                     held.get("within_10pct", "?")])  # fmt: skip
+        rows.append([f"`{path.name}`", prov.get("target", "?"), prov.get("device", "?"), record.get("where", "?"),
+                     record.get("date", prov.get("date", "?")), record.get("model", "?"), record.get("n_subnets", "?"),
+                     _pct(held.get("median_abs_pct")), _pct(held.get("p90_abs_pct")),
+                     held.get("within_10pct", "?"), _pct(record.get("repeatability_pct"))])  # fmt: skip
     lines = [
         "# Transferred tables",
         "",
         "Tables written by `elastic-deploy tables transfer --out benchmarks/results/transfer/…`: measured source "
         "tables mapped onto a device from N whole subnets measured there, with their held-out error.",
         "",
-        *table(["file", "device", "date", "model", "subnets measured", "held-out median", "within ±10%"], rows),
+        *table(TRANSFER_COLUMNS, rows),
         "",
     ]
     (out / "transfer.md").write_text("\n".join(lines))
