@@ -20,7 +20,8 @@ whatever can measure on the target first times a few of the table's own blocks (
   predictions beyond the table's error, the calibration's overall scale is refitted on them: s = median
   of measured / (table prediction × drift factor), and later deploys multiply by it too. One parameter
   only: a calibration's shape needs its window of 12-36 subnets measured beside their blocks, while
-  what moves between windows here is the whole-subnet/block ratio as a whole (README, "What limits it").
+  what moves between windows here is the whole-subnet/block ratio as a whole (docs/targets-and-tables.md,
+  "What limits the predictions").
   Shipped tables are never rewritten; `tables build --recalibrate` in a quiet window fixes the table.
 - **Over budget** (`settle_measurement`): a deploy whose measured artifact exceeds the budget re-selects
   once with the correction the measurement implies (measured / table prediction), or stops with
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFERENCE_BLOCKS = 4
-OBSERVATION_MAX_AGE_S = 2 * 3600.0  # this VM's whole/block ratio moved within tens of minutes (README)
+OBSERVATION_MAX_AGE_S = 2 * 3600.0  # this VM's whole/block ratio moved within tens of minutes (docs/)
 BUILD_CHECK_EVERY = 12  # blocks between two checks of a build (~15% more measuring with 3 reference blocks)
 BUILD_REFERENCE_BLOCKS = 3
 BUILD_MIN_DRIFT_PCT = 3.0  # a build check never calls a move below this "drift" (round noise here: 1-4%)
