@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 TARGET ?= host-cpu-ort
 MODEL  ?=
 SAMPLES ?= 20
+# make test: pytest workers for the part that does not time anything (pytest-xdist)
+TEST_WORKERS ?= 2
 PRECISION ?=
 BENCH_FLAGS ?=
 TRANSFER_FLAGS ?=
@@ -67,7 +69,8 @@ train: $(VENV)/.installed-data
 # with --strict (a broken link fails) into a throwaway folder.
 test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing"
+	$(PY) -m pytest -q -m timing
 	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d $$site; \
 	  rc=$$?; rm -rf $$site; exit $$rc
 

@@ -272,7 +272,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 COMPARISON = harness.Comparison(
     "selector_vs_oracle", __doc__, run, markdown, arguments,
-    stem=lambda args: "selector_vs_oracle" if args.model == MODEL else f"selector_vs_oracle.{args.model}",
+    stem=lambda args: "selector_vs_oracle" if args.quick or args.model == MODEL else f"selector_vs_oracle.{args.model}",
 )  # fmt: skip
 
 if __name__ == "__main__":

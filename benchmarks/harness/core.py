@@ -24,6 +24,7 @@ from deploy.errors import DeployError
 from deploy.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+QUICK_OUT = Path(".cache") / "benchmarks-quick"  # in the folder it runs from, beside the other caches
 DEFAULT_DISTRIBUTIONS = ("torch", "numpy", "onnxruntime")
 
 Result = dict[str, Any]
@@ -116,7 +117,9 @@ def main(comparison: Comparison, argv: Sequence[str] | None = None) -> int:
         description=comparison.doc.strip().splitlines()[0],
     )
     parser.add_argument("--quick", action="store_true", help="a smoke test of seconds (tiny model, short protocol)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json and .md")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"folder for the .json and .md (default {RESULTS}; --quick: {QUICK_OUT})"
+    )
     comparison.arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -132,6 +135,8 @@ def main(comparison: Comparison, argv: Sequence[str] | None = None) -> int:
         return 1
     result = {"benchmark": comparison.name, "quick": bool(args.quick), **body, "environment": finish(env)}
     stem = comparison.stem(args) if comparison.stem else comparison.name
+    if args.out is None:  # a smoke test never overwrites the figures the docs show
+        args.out = QUICK_OUT if args.quick else RESULTS
     json_path, md_path, text = write(result, lambda r: quick_banner(r, comparison.markdown(r)), args.out, stem)
     print(text)
     print(f"wrote {json_path} and {md_path} ({result['environment']['wall_s']} s)")

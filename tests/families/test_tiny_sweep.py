@@ -101,6 +101,7 @@ def test_blocks_account_for_all_compute_params_and_ops_of_the_extracted_subnet(n
         assert ops == block_ops, f"{config}: only in the subnet {ops - block_ops}, only in blocks {block_ops - ops}"
 
 
+@pytest.mark.timing
 def test_prediction_is_within_the_validated_error_of_the_host_ort_table(net, ship_files):
     # The family's shipped variant on the shipped host ORT table (1 thread: 0.05-0.4% repeatability
     # here, 2 threads 0.5-2.7%): random subnets the calibration did not see, measured end to end beside

@@ -129,3 +129,18 @@ class TransferError(DeployError):
     """A latency transfer to a new device that cannot be fitted: too few destination measurements (the
     message says how many are needed), features and measurements that do not match, or a fitted model
     that cannot become a table."""
+
+
+class TransferSourceError(TransferError):
+    """A `--from` table a transfer cannot start from: not measured (estimated or itself transferred), missing
+    blocks the new target needs, or the new target's own table."""
+
+
+class TransferDeviceError(TransferError):
+    """The new target of a transfer cannot measure here: its backend does not run here, or its device (ssh,
+    adb) does not answer. Nothing is written."""
+
+
+class MeasuredOverBudgetError(DeployError):
+    """A deploy measured its artifact over the budget and re-selecting once with that measurement's
+    correction did not help; the message gives the measured and predicted latencies and the budget."""

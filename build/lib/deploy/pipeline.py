@@ -6,14 +6,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy import workspace
 from deploy.accuracy.model import build_accuracy_model, describe
 from deploy.accuracy.oracle import EvalOracle, user_cache_path
 from deploy.backends import get_backend
+from deploy.errors import NoFeasibleSubnetError
 from deploy.export import hub
 from deploy.export.check import build_and_check, measure_artifact
 from deploy.export.parity import check_extraction
+from deploy.latency.drift import Reselect, deploy_corrections, reselect_failed, settle_measurement
 from deploy.latency.table import LatencyTable
 from deploy.models.checkpoint import load as load_checkpoint
 from deploy.models.checkpoint import sha256_tree, task_for
@@ -46,6 +49,29 @@ def deploy(
     progress: bool = True,
     say: Callable[[str], None] = log.info,
 ) -> DeployResult:
+    """Select, build, validate, measure and package. An artifact measured over the budget is never shipped:
+    the deploy selects once more with the correction that measurement implies, or stops (deploy/latency/drift.py)."""
+    options: dict[str, Any] = dict(out_dir=out_dir, measure=measure, cache_dir=cache_dir, progress=progress, say=say)
+    try:
+        return _deploy_once(target_name, model, **options)
+    except Reselect as retry:
+        try:
+            return _deploy_once(target_name, model, **options, retry=retry)
+        except NoFeasibleSubnetError as exc:
+            raise reselect_failed(retry, exc, load_target(target_name).budget_ms) from None
+
+
+def _deploy_once(
+    target_name: str,
+    model: str | None = None,
+    *,
+    out_dir: Path | None = None,
+    measure: bool = True,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = log.info,
+    retry: Reselect | None = None,
+) -> DeployResult:
     target: Target = load_target(target_name)
     variant = model or target.model
     out_dir = check_output_dir(out_dir or workspace.dist_dir() / target.name)  # before any work
@@ -55,6 +81,10 @@ def deploy(
     primary = LatencyTable.load(target.table_path, target.name)
     if primary.provenance.method == "estimated":
         say(f"ESTIMATED latency table for {target.name}: {primary.provenance.estimation}")
+    elif primary.provenance.method == "transferred":
+        from deploy.latency.transfer_table import describe_transferred
+
+        say(describe_transferred(primary))
     metric = task.metric
     calibration = task.calibration_array(CALIBRATION_IMAGES)  # int8: representative data, training split
 
@@ -62,7 +92,15 @@ def deploy(
     accuracy = build_accuracy_model(supernet, ckpt, progress=progress)
     if len(target.search_precisions) > 1:
         say(f"selecting per precision ({', '.join(target.search_precisions)}), then measuring each artifact:")
-    chosen, options = choose_precision(target, supernet, ckpt, accuracy, calibration, cache_dir, say)
+    # drift (deploy/latency/drift.py): reference blocks timed on the device first; predictions rescaled if it moved
+    corrections = (
+        retry.corrections
+        if retry
+        else deploy_corrections(target, supernet, measure=measure, cache_dir=cache_dir, say=say)
+    )
+    chosen, options = choose_precision(
+        target, supernet, ckpt, accuracy, calibration, cache_dir, say, corrections=corrections
+    )
     target = target.at_precision(chosen.precision)
     table, selection, margin = chosen.table, chosen.selection, chosen.margin_pct
     assert table is not None and selection is not None
@@ -101,6 +139,14 @@ def deploy(
                 f"{measured.n_runs} runs on {measured.where}); prediction off by {err:+.1f}%"
             )
 
+        # drift: record the measurement, refit where it disagrees, never ship over budget silently (drift.py)
+        drift = settle_measurement(
+            target=target, table=table, supernet=supernet, model=variant, choice=choice,
+            correction=corrections.get(target.precision), corrections=corrections, measured=measured,
+            not_measured=not_measured, artifact_sha256=sha256_tree(artifact.path), retry=retry, cache_dir=cache_dir,
+            say=say,
+        )  # fmt: skip
+
         manifest = write_manifest(
             staging,
             target=target,
@@ -129,6 +175,7 @@ def deploy(
             hub_key=entry.key,
             versions={**entry.meta.get("versions", {}), backend.name: backend.version()},
             out_dir=out_dir,
+            drift=drift,
         )
         plot_pareto(selection, target, staging / "pareto.png", table.provenance.method)
         write_report(staging, manifest, selection)

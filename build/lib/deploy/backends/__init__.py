@@ -12,6 +12,8 @@ BACKENDS: Registry[type[Backend]] = Registry(
         "onnxruntime": "deploy.backends.onnxruntime:OnnxRuntimeBackend",
         "tflite": "deploy.backends.tflite:TFLiteBackend",
         "coreml": "deploy.backends.coreml:CoreMLBackend",
+        "executorch": "deploy.backends.executorch:ExecuTorchBackend",
+        "executorch_coreml": "deploy.backends.executorch:ExecuTorchCoreMLBackend",
         "tensorrt": "deploy.backends.tensorrt:TensorRTBackend",
         "torch_cuda": "deploy.backends.torch_cuda:TorchCudaBackend",
     },

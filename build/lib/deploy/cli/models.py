@@ -66,7 +66,7 @@ def targets() -> None:
         try:
             lat = LatencyTable.load(t.table_path, name)
             v = lat.validation
-            method = lat.provenance.method.upper() if lat.provenance.method == "estimated" else "measured"
+            method = lat.provenance.method.upper() if lat.provenance.method != "measured" else "measured"
             status = method + (f", {v.median_abs_pct_error:.1f}% median error" if v else "")
         except DeployError as exc:
             status = f"[red]{type(exc).__name__}[/]"

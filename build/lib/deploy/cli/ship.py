@@ -51,6 +51,9 @@ def bench_cmd(
     ] = None,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
+    drift: Annotated[
+        bool, typer.Option(help="time reference blocks first; gate on the prediction corrected for drift")
+    ] = True,
 ) -> None:
     """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
     from deploy.latency.bench import bench as run_bench
@@ -64,6 +67,7 @@ def bench_cmd(
             tolerance_pct=tolerance,
             say=_say,
             executor=ex,
+            drift=drift,
         )
     _say(f"[bold green]bench passed[/]: {result.md_path}")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from deploy.cli.app import (
@@ -91,6 +92,58 @@ def tables_estimate(target: TargetOpt) -> None:
     _say(f"Measure it for real on the device with `make latency-tables TARGET={target}` once one is attached")
 
 
+@tables_app.command("transfer")
+def tables_transfer(
+    target: TargetOpt,
+    sources: Annotated[
+        list[str],
+        typer.Option("--from", help="a measured source table: TARGET or TARGET:PRECISION (repeat for several)"),
+    ],
+    samples: Annotated[int, typer.Option(help="whole subnets to measure on the new target's device")] = 30,
+    model: ModelOpt = None,
+    precision: PrecisionOpt = None,
+    fit: Annotated[
+        str, typer.Option(help="transfer model: auto (chosen by held-out error) or one of the candidates")
+    ] = "auto",
+    blocks_per_kind: Annotated[int, typer.Option(min=0, help="blocks per kind also measured on the device")] = 2,
+    seed: Annotated[int, typer.Option(help="seed of the candidate subnets")] = 0,
+    force: Annotated[bool, typer.Option(help="replace a MEASURED table of the target")] = False,
+    out: Annotated[Path | None, typer.Option(help="write the table here instead of the target's table")] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Write a TRANSFERRED table: measured source tables mapped to the target's device by N subnets measured there."""
+    from deploy.latency.transfer_table import transfer_table
+    from deploy.models.checkpoint import latency_model
+    from deploy.targets import load_target
+
+    t = load_target(target)
+    t = t.at_precision(precision) if precision else t
+    supernets = [latency_model(m) for m in model_list(t, model)]
+    with _executor(executor, ray_address) as ex:
+        result = transfer_table(
+            t, sources, supernets, samples=samples, fit=fit, blocks_per_kind=blocks_per_kind, seed=seed,
+            force=force, path=out, executor=ex, say=_say,
+        )  # fmt: skip
+    r = result.record
+    for c in r.candidates:
+        figures = (
+            f"held-out median {c.heldout.median_abs_pct:.2f}%, within ±10% {c.heldout.within_10pct:.2f}"
+            if c.heldout
+            else f"skipped: {c.skipped}"
+        )
+        _say(f"  {'*' if c.model == r.model else ' '} {c.model:<20} {c.n_params:>3} parameters  {figures}")
+    _say(
+        f"[bold yellow]wrote TRANSFERRED[/] {result.path}: {r.model} from "
+        f"{', '.join(f'{s.target} ({s.method}, {s.precision})' for s in r.sources)}, fitted on {r.n_subnets} "
+        f"subnets measured on {escape(r.where)} (+{len(r.blocks)} blocks); held-out error "
+        f"{r.heldout.median_abs_pct:.2f}% median, {r.heldout.p90_abs_pct:.2f}% p90, within ±10% "
+        f"{r.heldout.within_10pct:.2f} ({r.heldout.folds}-fold cross-validation; repeatability "
+        f"{r.repeatability_pct:.2f}%). Next: `elastic-deploy tables validate --target "
+        f"{target}{f' --precision {t.precision}' if precision else ''} --samples 20`"
+    )
+
+
 @tables_app.command("validate")
 def tables_validate(
     target: TargetOpt,
@@ -116,7 +169,7 @@ def tables_validate(
             t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, executor=ex
         )
     table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
-    for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "same-window %"):
+    for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "corrected %", "same-window %"):
         table.add_column(col, justify="right")
     for r in report.rows:
         table.add_row(
@@ -125,6 +178,7 @@ def tables_validate(
             f"{r.measured_ms:.3f}",
             f"{r.measured_again_ms:.3f}",
             f"{r.pct_error:+.1f}",
+            f"{r.corrected_pct_error:+.1f}",
             f"{r.same_window_pct_error:+.1f}",
         )
     console.print(table)
@@ -134,6 +188,14 @@ def tables_validate(
         f"(same-window {report.same_window_median_abs_pct_error:.2f}%; repeatability of the measurement "
         f"itself {report.repeatability_pct:.2f}%; blocks now {report.drift_pct:+.1f}% vs the table; the raw "
         f"block sum without calibration is off by {report.block_sum_median_pct_error:+.1f}% (median))"
+    )
+    u, c = report.uncorrected, report.correction  # deploy/latency/drift.py
+    _say(
+        f"these are the predictions a deploy makes: the table's × {c['factor']:.3f} "
+        f"({'drift check: ' + escape(c['drift_check_skipped']) if c['drift_check_skipped'] else 'drift check'}"
+        f"{', observed scale' if (c['observed_scale'] or {}).get('applied') else ''}); the table alone: "
+        f"median_abs_pct_error {u['median_abs_pct_error']:.2f}%  within_5pct {u['within_5pct']:.2f}  "
+        f"within_10pct {u['within_10pct']:.2f}"
     )
     if json_out:
         _say(f"wrote {json_out}")

@@ -215,6 +215,8 @@ def build_and_check(
             f"{artifact.path.name} spec "
             + ("matches the hub entry" if not check.spec_problems else f"problems: {list(check.spec_problems)}")
         )
+    for warning in check.inspection.get("warnings", []):  # e.g. ops an ExecuTorch delegate did not take
+        say(f"warning: {warning}")
     return artifact, check
 
 

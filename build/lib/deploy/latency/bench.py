@@ -30,6 +30,7 @@ from deploy.errors import BenchGateError, ConfigFileError, DeployError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, atomic_write_text, read_json
+from deploy.latency.drift import bench_drift
 from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.latency.table import now_iso
@@ -216,7 +217,10 @@ def evaluate(
     baseline: dict[str, Any] | None,
     baseline_file: Path,
     artifact_sha256: str = "",
+    corrected_ms: float | None = None,
 ) -> tuple[Check, ...]:
+    """The three gates. `corrected_ms`: the prediction rescaled by the drift check made just before (drift.py);
+    the prediction gate then compares with it, and says both."""
     name = target.name
     budget = Check(
         "budget",
@@ -226,14 +230,16 @@ def evaluate(
         f"measured median <= budget {target.budget_ms} ms",
         f"measured median {measured_ms:.3f} ms vs budget {target.budget_ms:.3f} ms",
     )
-    err = _pct(measured_ms, predicted_ms)
+    reference = predicted_ms if corrected_ms is None else corrected_ms
+    err = _pct(measured_ms, reference)
+    now = "" if corrected_ms is None else f", {corrected_ms:.3f} ms drift-corrected now"
     prediction = Check(
         "prediction",
         abs(err) <= tolerance_pct,
         measured_ms,
-        predicted_ms,
+        reference,
         f"|measured - predicted| / predicted <= {tolerance_pct:g}%",
-        f"measured {measured_ms:.3f} ms vs predicted {predicted_ms:.3f} ms "
+        f"measured {measured_ms:.3f} ms vs predicted {predicted_ms:.3f} ms{now} "
         f"({err:+.1f}%, tolerance ±{tolerance_pct:g}%)",
     )
     if baseline is None:
@@ -271,6 +277,22 @@ def _gate_message(name: str, failed: list[Check], md_path: Path) -> str:
     return f"bench {name}: {parts} (details in {md_path})"
 
 
+def _drift_row(drift: dict[str, Any] | None) -> list[str]:
+    """The drift check made before measuring (deploy/latency/drift.py)."""
+    if drift is None:
+        return []
+    check = drift["correction"]["drift_check"]
+    how = (
+        f"reference blocks {check['drift_pct']:+.1f}% vs the table (threshold {check['threshold_pct']:.1f}%)"
+        if check
+        else f"no drift check ({drift['correction']['drift_check_skipped']})"
+    )
+    return [
+        f"| drift-corrected | table {drift['table_prediction_ms']:.3f} ms × {drift['drift_factor']:.3f} = "
+        f"{drift['corrected_prediction_ms']:.3f} ms; {how} |"
+    ]
+
+
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     m, env, sus = report["measured"], report["environment"], report["sustained"]
     thermal = env["thermal"]
@@ -285,6 +307,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"| measured | median {m['median_ms']:.3f} ms, p90 {m['p90_ms']:.3f} ms, round CV {m['cv']:.1%}, "
         f"{m['n_runs']} runs in {len(m['round_medians_ms'])} rounds on {m['where']} |",
         f"| predicted | {report['predicted_ms']:.3f} ms (manifest) |",
+        *_drift_row(report.get("drift")),
         f"| budget | {report['budget_ms']} ms |",
         f"| runtime | {', '.join(f'{k} {v}' for k, v in env['runtime'].items())}; {env['threads']} threads |",
         f"| CPU | {env['cpu_model']} ({env['usable_cores']} usable cores), "
@@ -310,6 +333,7 @@ def bench(
     tolerance_pct: float | None = None,
     say: Callable[[str], None] = log.info,
     executor: Executor | None = None,
+    drift: bool = True,
 ) -> BenchResult:
     """Measure dist/<target>/ (or dist_dir, the folder holding manifest.json) and gate the result.
 
@@ -321,6 +345,9 @@ def bench(
     backend = get_backend(manifest.backend)
     runner = (executor or LocalExecutor()).runner(target)
     protocol: MeasureProtocol = target.measurement.protocol()
+    # drift (deploy/latency/drift.py): reference blocks first; the prediction gate uses the prediction corrected now
+    session_for = (executor or LocalExecutor()).session
+    checked = bench_drift(target, manifest, session_for=session_for, say=say) if drift else None
     with measuring(runner, f"bench {target.name}"):  # one device, one measurement at a time
         measured = runner.benchmark(backend, artifact, inputs, protocol)
         sustained = None
@@ -342,7 +369,10 @@ def bench(
         baseline=baseline,
         baseline_file=base_file,
         artifact_sha256=manifest.artifact.sha256,
+        corrected_ms=None if checked is None else checked.corrected_ms,
     )
+    if checked is not None:  # an observation, with its provenance, for the deploys' refit (drift.py)
+        checked.observe(measured, manifest.artifact.sha256)
     failed = [c for c in checks if c.passed is False]
     report: dict[str, Any] = {
         "target": target.name,
@@ -363,6 +393,7 @@ def bench(
         "passed": not failed,
         "baseline": str(base_file) if baseline is not None else None,
         "created": now_iso(),
+        "drift": None if checked is None else checked.to_json(),
     }
     out = bench_dir()
     json_path, md_path = out / f"{target.name}.json", out / f"{target.name}.md"

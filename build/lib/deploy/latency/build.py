@@ -26,6 +26,7 @@ from deploy.errors import BuildInterruptedError, ConfigFileError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.families.base import BlockKey, Supernet
+from deploy.latency.drift import build_drift_guard
 from deploy.latency.lock import measuring
 from deploy.latency.session import Measurable, MeasureSession
 from deploy.latency.table import (
@@ -312,9 +313,13 @@ def build_table(
         Progress(disable=not progress, transient=False) as bar,
     ):
         task = bar.add_task(f"[cyan]blocks on {target.name}", total=len(blocks), completed=len(blocks) - len(todo))
+        # drift (deploy/latency/drift.py): reference blocks re-timed every few blocks; a moved segment is re-measured
+        guard = build_drift_guard(executor.name, session, blocks, todo, compile_block)
         try:
             for done in executor.spread(session, todo, compile_block):
                 table.upsert(Entry.from_stats(done.key, done.stats, fingerprints[done.device], done.device))
+                for key, stats in (guard.after(done.key) if guard else {}).items():
+                    table.upsert(Entry.from_stats(key, stats, fingerprints[done.device], done.device))
                 table.save(partial_path)  # after every block: an interrupted build resumes from here
                 by_device[done.device] = by_device.get(done.device, 0) + 1
                 label = f"[cyan]{done.key.kind} {done.stats.median_ms:.3f} ms on {done.device}"

@@ -15,13 +15,18 @@ class Prediction:
     ms: float
     std_ms: float  # expected error: the table's validated (or fitted) relative error times ms
     block_sum_ms: float
-    method: str  # "measured" or "estimated", from the table's provenance
+    method: str  # "measured", "estimated" or "transferred", from the table's provenance
+    table_ms: float | None = None  # the table's own prediction; ms = table_ms × correction
+    correction: float = 1.0  # drift correction measured on the device (deploy/latency/drift.py); 1: none
 
 
 class LatencyPredictor:
-    def __init__(self, table: LatencyTable) -> None:
+    def __init__(self, table: LatencyTable, correction: float = 1.0) -> None:
+        """`correction` rescales every prediction (the device's speed moved since the table; see drift.py).
+        It is carried on each Prediction, never written into the table."""
         self.table = table
         self._index = table.index()
+        self.correction = correction
 
     @property
     def method(self) -> str:
@@ -49,6 +54,12 @@ class LatencyPredictor:
                 f"scales {source}'s table: add the model to `models:` in targets/{source}.yaml, run "
                 f"`make latency-tables TARGET={source}`, then `make estimate-tables TARGET={prov.target}`"
             )
+        if missing and prov.method == "transferred":
+            raise TableIncompleteError(
+                f"TRANSFERRED latency table of '{prov.target}' lacks {len(missing)} block(s), e.g. {missing[0]}: it "
+                f"covers the models it was transferred for; transfer again with this model: `elastic-deploy tables "
+                f"transfer --target {prov.target} --from SOURCE --model MODEL` (or measure it on the device)"
+            )
         if missing:
             target = prov.target
             raise TableIncompleteError(
@@ -65,5 +76,13 @@ class LatencyPredictor:
         """Calibrated sum of `blocks`; `family` picks that family's own calibration and error, if the table has them."""
         total = self.block_sum(blocks)
         cal = self.table.calibration
-        ms = cal.apply(total, len(blocks), family) if cal is not None else total
-        return Prediction(ms=ms, std_ms=ms * self.relative_error(family), block_sum_ms=total, method=self.method)
+        table_ms = cal.apply(total, len(blocks), family) if cal is not None else total
+        ms = table_ms * self.correction
+        return Prediction(
+            ms=ms,
+            std_ms=ms * self.relative_error(family),
+            block_sum_ms=total,
+            method=self.method,
+            table_ms=table_ms,
+            correction=self.correction,
+        )

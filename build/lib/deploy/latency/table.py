@@ -17,6 +17,7 @@ from deploy.errors import ConfigFileError, TableNotFoundError
 from deploy.families.base import BlockKey
 from deploy.io import atomic_write_text, pydantic_error_line, read_json
 from deploy.latency.stats import LatencyStats
+from deploy.latency.transfer_record import TransferRecord
 
 SCHEMA_VERSION = 1
 
@@ -52,9 +53,10 @@ class Provenance(_Strict):
     runner: str
     date: str
     protocol: Protocol
-    method: Literal["measured", "estimated"]
+    method: Literal["measured", "estimated", "transferred"]
     estimation: str | None = None  # for estimated tables: how
     estimate: dict | None = None  # for estimated tables: source table, anchor figures, factor, expected error
+    transfer: TransferRecord | None = None  # for transferred tables: sources, N, chosen model, held-out error
     versions: dict[str, str] = Field(default_factory=dict)
 
 
@@ -177,6 +179,14 @@ class Validation(_Strict):
     drift_pct: float = 0.0  # blocks now vs the table's figures: the machine's speed moved this much
     block_sum_median_pct_error: float | None = None  # raw block sum vs measured, before calibration (signed)
     host: str
+    # Drift (deploy/latency/drift.py): the figures above are for the predictions a deploy makes, i.e. rescaled
+    # by the drift check when the device's speed moved beyond the table's error; the table's own beside them.
+    correction_factor: float = 1.0
+    uncorrected_median_abs_pct_error: float | None = None
+    uncorrected_p90_abs_pct_error: float | None = None
+    # "tables validate" (subnets measured end to end), or "transfer cross-validation" (held-out folds of
+    # the N subnets a transfer was fitted on; replaced by the next `tables validate`)
+    source: Literal["tables validate", "transfer cross-validation"] = "tables validate"
 
 
 class BuildState(_Strict):
@@ -206,11 +216,10 @@ class LatencyTable(_Strict):
         from deploy.errors import TableUncalibratedError
 
         name = self.provenance.target
-        fix = (
-            f"`elastic-deploy tables estimate --target {name}`"
-            if self.provenance.method == "estimated"
-            else f"`elastic-deploy tables build --target {name} --recalibrate`"
-        )
+        fix = {
+            "estimated": f"`elastic-deploy tables estimate --target {name}`",
+            "transferred": f"`elastic-deploy tables transfer --target {name} --from SOURCE`",
+        }.get(self.provenance.method, f"`elastic-deploy tables build --target {name} --recalibrate`")
         raise TableUncalibratedError(
             f"the latency table of {name} has no calibration (an interrupted build?), so its block sums would be "
             f"15-50% off whole subnets; calibrate it with {fix}"

@@ -21,6 +21,7 @@ from deploy.executors.local import LocalExecutor
 from deploy.families.base import Supernet
 from deploy.io import atomic_write_json
 from deploy.latency.build import block_identity, null_measurable, subnet_identity
+from deploy.latency.drift import current_correction
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable, Validation, now_iso
 from deploy.search.space import SubnetConfig
@@ -40,6 +41,8 @@ class SampleRow:
     pct_error: float  # (predicted − measured) / measured · 100, stored table
     same_window_pct_error: float  # blocks re-measured beside the subnet
     block_sum_pct_error: float = 0.0  # the table's raw block sum, no calibration (fused runtimes: far off)
+    corrected_predicted_ms: float | None = None  # what a deploy predicts: × the drift correction (drift.py)
+    corrected_pct_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class ValidationReport:
     drift_pct: float  # median over blocks of (now − table) / table: how the machine's speed moved
     block_sum_median_pct_error: float = 0.0  # signed: what the whole-subnet calibration corrects
     rows: tuple[SampleRow, ...] = field(default=())
+    # The headline figures above are for the predictions a deploy would make (drift-corrected, drift.py);
+    # the table's own, uncorrected, are here beside them, with the correction and the check behind it.
+    uncorrected: dict[str, float] = field(default_factory=dict)
+    correction: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,6 +87,9 @@ class ValidationReport:
             drift_pct=self.drift_pct,
             block_sum_median_pct_error=self.block_sum_median_pct_error,
             host=self.host,
+            correction_factor=self.correction.get("factor", 1.0),
+            uncorrected_median_abs_pct_error=self.uncorrected.get("median_abs_pct_error"),
+            uncorrected_p90_abs_pct_error=self.uncorrected.get("p90_abs_pct_error"),
         )
 
 
@@ -127,6 +137,8 @@ def validate_table(
     predictor = LatencyPredictor(table)
     predictor.require(supernet.all_blocks())
     session = (executor or LocalExecutor()).session(target, cache_dir)
+    # drift (deploy/latency/drift.py): the check a deploy makes first; its correction is what a deploy predicts with
+    correction = current_correction(target, table, supernet, session=session, cache_dir=cache_dir)
     configs = validation_configs(supernet, table, samples, seed)
     if len(configs) < 2:
         raise NothingToValidateError(
@@ -170,6 +182,7 @@ def validate_table(
         same_window = cal.apply(window_sum, len(blocks), supernet.family, null.median_ms) if cal else window_sum
         measured = float(np.median([a.median_ms, b.median_ms]))
         raw_sum = predictor.block_sum(blocks)
+        corrected = predicted * correction.factor
         rows.append(
             SampleRow(
                 subnet_id=config.id,
@@ -181,12 +194,14 @@ def validate_table(
                 pct_error=(predicted - measured) / measured * 100,
                 same_window_pct_error=(same_window - measured) / measured * 100,
                 block_sum_pct_error=(raw_sum - measured) / measured * 100,
+                corrected_predicted_ms=corrected,
+                corrected_pct_error=(corrected - measured) / measured * 100,
             )
         )
     repeat = [
         abs(r.measured_ms - r.measured_again_ms) / ((r.measured_ms + r.measured_again_ms) / 2) * 100 for r in rows
     ]
-    summary = summarize([r.pct_error for r in rows])
+    summary = summarize([r.corrected_pct_error for r in rows])  # type: ignore[misc]
     stored = predictor.table.index()
     drift = float(np.median([(window[k].median_ms - stored[k].median_ms) / stored[k].median_ms for k in keys]) * 100)
     report = ValidationReport(
@@ -200,6 +215,8 @@ def validate_table(
         drift_pct=drift,
         block_sum_median_pct_error=float(np.median([r.block_sum_pct_error for r in rows])),
         rows=tuple(rows),
+        uncorrected=summarize([r.pct_error for r in rows]),
+        correction=correction.to_json(),
         **summary,
     )
     if json_path is not None:

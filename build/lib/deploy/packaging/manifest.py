@@ -106,6 +106,7 @@ class Manifest(_Record):
     selection: dict[str, Any]
     versions: dict[str, str]
     created: str
+    drift: dict[str, Any] | None = None  # deploy/latency/drift.py: table prediction, correction, measurement
 
     @property
     def build_on_device(self) -> str | None:

@@ -61,8 +61,10 @@ def write_manifest(
     hub_key: str,
     versions: dict[str, str],
     out_dir: Path,
+    drift: dict[str, Any] | None = None,
 ) -> Manifest:
-    """manifest.json in `out`; `accuracy` holds the task's metric record (MetricRecord's fields)."""
+    """manifest.json in `out`; `accuracy` holds the task's metric record (MetricRecord's fields), `drift` the
+    drift correction and measurement (deploy/latency/drift.py)."""
     choice = selection.choice
     prov = table.provenance
     how = None
@@ -125,6 +127,7 @@ def write_manifest(
         },
         versions=versions,
         created=now_iso(),
+        drift=drift,  # deploy/latency/drift.py: table prediction, drift correction, measurement, observation
     )
     manifest.save(out)
     return manifest
@@ -173,7 +176,7 @@ def plot_pareto(selection: Selection, target: Target, path: Path, method: str = 
         zorder=5,
         label=f"chosen {c.config.id}",
     )
-    origin = "ESTIMATED table" if method == "estimated" else "measured table"
+    origin = "measured table" if method == "measured" else f"{method.upper()} table"
     ax.set_xlabel(f"predicted latency (ms, {origin}, {target.precision})")
     ax.set_ylabel("val accuracy (%)")
     ax.set_title(f"{target.name}: accuracy vs predicted latency")
@@ -229,6 +232,20 @@ def _precision_rows(options: list[dict[str, Any]]) -> list[str]:
     return [*rows, ""]
 
 
+def _drift_rows(drift: dict[str, Any] | None) -> list[str]:
+    """The drift correction (deploy/latency/drift.py), when the deploy applied or re-selected with one."""
+    if not drift or (drift["correction_factor"] == 1.0 and not drift.get("reselected")):
+        return []
+    row = (
+        f"| drift correction | table predicted {drift['table_prediction_ms']:.3f} ms, "
+        f"×{drift['correction_factor']:.3f} = {drift['corrected_prediction_ms']:.3f} ms"
+    )
+    if drift.get("reselected"):
+        r = drift["reselected"]
+        row += f"; re-selected after {r['subnet']} measured {r['measured_ms']:.3f} ms over the budget"
+    return [row + " |"]
+
+
 def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
     lat, acc = manifest.latency, manifest.accuracy
     prov = lat.table
@@ -268,6 +285,7 @@ def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
         f"| budget | {lat.budget_ms} ms (selected under {effective:.3f} ms: "
         f"{lat.safety_margin_pct:.1f}% safety margin from the table's validation error) |",
         f"| measured latency | {measured} |",
+        *_drift_rows(manifest.drift),
         f"| table accuracy | {val_line} |",
         f"| {acc.name} ({acc.direction} is better) | val {fmt(acc.val)} ({acc.val_source}), test {fmt(acc.test)}, "
         "compiled artifact "

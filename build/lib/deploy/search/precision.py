@@ -25,8 +25,11 @@ from deploy.latency.table import LatencyTable
 from deploy.search.select import Constraints, Selection, select
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from deploy.accuracy.model import AccuracyModel
     from deploy.families.base import Supernet
+    from deploy.latency.drift import Correction
     from deploy.models.checkpoint import CheckpointInfo
     from deploy.search.space import SubnetConfig
     from deploy.targets import Target
@@ -85,13 +88,19 @@ def safety_margin_pct(table: LatencyTable, family: str | None = None) -> float:
     return 25.0
 
 
-def select_at(target: Target, supernet: Supernet, accuracy: AccuracyModel) -> PrecisionOption:
-    """The best subnet under `target`'s budget, with the latency table of the target's precision."""
+def select_at(
+    target: Target, supernet: Supernet, accuracy: AccuracyModel, correction: Correction | None = None
+) -> PrecisionOption:
+    """The best subnet under `target`'s budget, with the latency table of the target's precision; `correction`
+    (deploy/latency/drift.py) rescales its predictions where the device's speed moved since the table."""
     table = LatencyTable.load(target.table_path, target.name)
     table.require_calibration()  # raw block sums would pick another subnet with no word
-    predictor = LatencyPredictor(table)
+    predictor = LatencyPredictor(table, correction.factor if correction is not None else 1.0)
     predictor.require(supernet.all_blocks())
     margin = safety_margin_pct(table, supernet.family)
+    validation = table.validation_for(supernet.family)
+    if (correction is None or not correction.checked) and validation and validation.uncorrected_p90_abs_pct_error:
+        margin = max(margin, validation.uncorrected_p90_abs_pct_error)  # no drift check: the table's own error
     constraints = Constraints(budget_ms=target.budget_ms, margin_pct=margin, max_params=target.max_params)
 
     def latency(config: SubnetConfig) -> tuple[float, float]:
@@ -151,16 +160,19 @@ def choose_precision(
     calibration: Any,
     cache_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
+    corrections: Mapping[str, Correction] | None = None,
 ) -> tuple[PrecisionOption, list[PrecisionOption]]:
-    """(chosen option, every option considered). A single-precision target selects as before."""
+    """(chosen option, every option considered). A single-precision target selects as before. `corrections`:
+    per precision, the drift correction of its table's predictions (deploy/latency/drift.py)."""
     precisions = target.search_precisions
+    corrections = corrections or {}
     if len(precisions) == 1:
-        option = select_at(target, supernet, accuracy)
+        option = select_at(target, supernet, accuracy, corrections.get(target.precision))
         return option, [option]
     options: list[PrecisionOption] = []
     for p in precisions:
         try:
-            option = select_at(target.at_precision(p), supernet, accuracy)
+            option = select_at(target.at_precision(p), supernet, accuracy, corrections.get(p))
         except NoFeasibleSubnetError as exc:
             options.append(PrecisionOption(p, None, 0.0, None, rejected=f"no subnet fits: {exc}"))
             continue
