@@ -61,7 +61,7 @@ validate-tables: $(VENV)/.installed-$(EXTRAS)
 	  $(MODEL_FLAG) $(EXECUTOR_FLAGS) --json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION)).validation.json
 
 train: $(VENV)/.installed-data
-	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH))
+	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH)) $(if $(THREADS),--threads $(THREADS))
 
 test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks
