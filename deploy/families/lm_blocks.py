@@ -41,8 +41,8 @@ class TokenEmbed(nn.Module):
         return self.tok(tokens) + self.pos[start : start + tokens.shape[1]]
 
     def at(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One token (1, 1) at position `pos` (a (1,) tensor): the static decode's embedding."""
-        return self.tok(tokens) + torch.index_select(self.pos, 0, pos).unsqueeze(0)
+        """(1, T) tokens at positions pos … pos + T − 1 (`pos` a (1,) tensor): the static cache's embedding."""
+        return self.tok(tokens) + torch.index_select(self.pos, 0, pos + torch.arange(tokens.shape[1])).unsqueeze(0)
 
 
 class CausalAttention(nn.Module):
@@ -113,13 +113,16 @@ class DecoderLayer(nn.Module):
     def forward_static(
         self, x: torch.Tensor, pos: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Static cache: one token at `pos` (a (1,) tensor) against a cache of the fixed maximum length."""
+        """Static cache: x's T tokens at positions pos … pos + T − 1 (`pos` a (1,) tensor) written into a cache
+        of the fixed maximum length (a selection matmul: no scatter), each attending to positions <= its own."""
         q, k, v = self.attn.split(self.norm1(x))
-        places = torch.arange(cache_k.shape[2]).view(1, 1, -1, 1)
-        here = (places == pos).to(x.dtype)
-        cache_k = cache_k * (1.0 - here) + k * here
-        cache_v = cache_v * (1.0 - here) + v * here
-        mask = torch.where(places.view(1, 1, 1, -1) > pos, torch.tensor(NEG), torch.tensor(0.0))
+        places = torch.arange(cache_k.shape[2]).unsqueeze(0)  # (1, M)
+        at = (pos + torch.arange(x.shape[1])).unsqueeze(1)  # (T, 1)
+        sel = (places == at).to(x.dtype)  # (T, M): token t lands at position pos + t
+        kept = 1.0 - sel.sum(dim=0).view(1, 1, -1, 1)
+        cache_k = cache_k * kept + sel.t() @ k
+        cache_v = cache_v * kept + sel.t() @ v
+        mask = torch.where(places > at, torch.tensor(NEG), torch.tensor(0.0))
         x = x + self.attn.attend(q, cache_k, cache_v, mask)
         return x + self.ffn(x), cache_k, cache_v
 
@@ -185,16 +188,24 @@ class Decoder(nn.Module):
         x, kv = self._run_kv(self.embed(tokens), None)
         return self.head(x), F.pad(kv, (0, 0, 0, self.max_context - tokens.shape[1]))
 
-    def decode_static(
-        self, token: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor
+    def chunk_static(
+        self, tokens: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, 1) token at position `pos` ((1,) int) with the fixed-length cache -> (logits (1, vocab), kv)."""
-        x = self.embed.at(token, pos)
+        """(1, T) tokens at positions pos … pos + T − 1 ((1,) int) with the fixed-length cache -> (their logits
+        (1, T, vocab), kv): one graph for a prompt chunk (T = a bucket) and a decode step (T = 1)."""
+        x = self.embed.at(tokens, pos)
         out = []
         for i, layer in enumerate(self.layers):
             x, k, v = layer.forward_static(x, pos, kv[2 * i].unsqueeze(0), kv[2 * i + 1].unsqueeze(0))
             out += [k[0], v[0]]
-        return self.head(x[:, -1]), torch.stack(out)
+        return self.head(x), torch.stack(out)
+
+    def decode_static(
+        self, token: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 1) token at position `pos` ((1,) int) with the fixed-length cache -> (logits (1, vocab), kv)."""
+        logits, kv = self.chunk_static(token, pos, kv)
+        return logits[:, -1], kv
 
 
 class Graph(nn.Module):
@@ -204,8 +215,8 @@ class Graph(nn.Module):
         super().__init__()
         self.decoder, self.method = decoder, method
 
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return getattr(self.decoder, self.method)(*args)
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return getattr(self.decoder, self.method)(*args, **kwargs)
 
 
 # --- latency blocks: each a module run alone on its example input -----------------------------------------
