@@ -58,7 +58,8 @@ def test_greedy_generation_of_32_tokens_from_8_prompts_is_identical_to_torch(whi
 
 def test_onnxruntime_artifact_is_a_folder_with_prefill_decode_tokenizer_and_spec(ort):
     backend, artifact = ort
-    assert sorted(p.name for p in artifact.dir.iterdir()) == ["decode.onnx", "lm.json", "prefill.onnx", "tokenizer.json"]
+    names = sorted(p.name for p in artifact.dir.iterdir())
+    assert names == ["decode.onnx", "lm.json", "prefill.onnx", "tokenizer.json"]
     spec = LMArtifact.load(artifact.dir).spec
     assert spec.cache == "dynamic" and spec.kv_shape == (4, 2, 16) and spec.max_context == 32
     facts = backend.inspect(artifact)
