@@ -52,6 +52,11 @@ def deploy(
     """Select, build, validate, measure and package. An artifact measured over the budget is never shipped:
     the deploy selects once more with the correction that measurement implies, or stops (deploy/latency/drift.py)."""
     options: dict[str, Any] = dict(out_dir=out_dir, measure=measure, cache_dir=cache_dir, progress=progress, say=say)
+    target = load_target(target_name)
+    if target.lm is not None:  # a language model: TTFT / per-token budgets, KV-cache artifacts (deploy/lm)
+        from deploy.lm.pipeline import deploy_lm
+
+        return deploy_lm(target, model, **options)  # type: ignore[return-value]
     try:
         return _deploy_once(target_name, model, **options)
     except Reselect as retry:

@@ -105,3 +105,33 @@ class TorchSession:
         with torch.inference_mode():
             logits, kv = self.decoder.decode(torch.tensor([[int(token)]]), state)
         return logits[0].numpy(), kv
+
+
+def time_loops(
+    session: Any, prompt: Sequence[int], tokens: int, loops: int, *, vocab: int, max_context: int, longest: int
+) -> dict[str, float]:
+    """Median TTFT, median ms per decoded token and tokens/s over `loops` generation loops (after 2 warm-up)."""
+    runs = []
+    for i in range(loops + 2):
+        g = greedy(session, prompt, tokens, vocab=vocab, max_context=max_context, longest_prompt=longest)
+        if i >= 2:
+            runs.append(g)
+    per_token = float(np.median([d for g in runs for d in g.decode_ms]))
+    return {
+        "ttft_ms": float(np.median([g.ttft_ms for g in runs])),
+        "ms_per_token": per_token,
+        "tokens_per_s": 1000.0 / per_token,
+    }
+
+
+def teacher_forced_nll(session: Any, window: Sequence[int]) -> tuple[float, int]:
+    """Summed next-token NLL of a window through the session's own KV-cache path: prefill its first token, then
+    decode each true token in turn (what the artifact computes when it generates)."""
+    logits, state = session.prefill(np.asarray(window[:1], np.int64))
+    total = 0.0
+    for i, nxt in enumerate(window[1:]):
+        z = np.asarray(logits, np.float64)
+        total += float(np.log(np.exp(z - z.max()).sum()) + z.max() - z[int(nxt)])
+        if i + 2 < len(window):
+            logits, state = session.decode(int(nxt), state)
+    return total, len(window) - 1

@@ -59,12 +59,16 @@ def fit_lm(
     flat = PerPosition(net)
     val_x, val_y = splits.val.x[:LOG_VAL_WINDOWS], splits.val.y[:LOG_VAL_WINDOWS]
     last = [0.0, 0.0]
-    notes: dict[str, Any] = {"objective": "next-token cross-entropy; subnets also distilled from the full model"}
+    notes: dict[str, Any] = {
+        "objective": "next-token cross-entropy; subnets also distilled from the full model",
+        "amp": recipe.amp,
+    }
 
     def step_fn(x: torch.Tensor, y: torch.Tensor) -> str:
         subnets = [smallest] if recipe.sandwich_smallest else []
         subnets += [sample() for _ in range(recipe.random_subnets)]
-        last[:] = _step(flat, x, y.reshape(-1), subnets, recipe)  # type: ignore[arg-type]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.amp == "bf16"):
+            last[:] = _step(flat, x, y.reshape(-1), subnets, recipe)  # type: ignore[arg-type]
         return f"loss {last[0]:.3f}/{last[1]:.3f}"
 
     def after_step(step: int) -> None:
