@@ -24,7 +24,6 @@ def generate(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    write(prompt)
     packaged, out = generate_text(dist, prompt, max_new, on_text=write)
     write("\n")
     lat = packaged.manifest.latency

@@ -55,7 +55,8 @@ class LMSpec(BaseModel):
 
     @property
     def longest_prompt(self) -> int:
-        return max(self.prompt_buckets) if self.prompt_buckets else self.max_context
+        """A dynamic cache takes any prompt up to max_context; static shapes, up to their largest bucket."""
+        return max(self.prompt_buckets) if self.prompt_buckets and self.cache != "dynamic" else self.max_context
 
     def padded(self, prompt: np.ndarray, dtype: type) -> tuple[np.ndarray, int]:
         """The prompt right-padded (with id 0) to the smallest bucket that holds it, and its length."""

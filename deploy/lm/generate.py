@@ -76,8 +76,7 @@ def greedy(
         logits_kept.append(np.asarray(logits, dtype=np.float32).copy())
     if on_token is not None:
         on_token(token)
-    for length in range(ids.size + 1, min(ids.size + max_new, max_context) + 1):
-        del length  # the context after this step; the loop only bounds it
+    for _ in range(min(max_new - 1, max_context - ids.size)):  # each step feeds one more position of the context
         start = time.perf_counter()
         logits, state = session.decode(token, state)
         token = int(np.argmax(logits))
