@@ -34,7 +34,7 @@ TEST_EXTRAS := dev,tflite,coreml,executorch,ray
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 EXECUTOR_FLAGS := --executor $(EXECUTOR)$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))
 
-.PHONY: deploy bench latency-tables estimate-tables transfer-tables validate-tables train test lint benchmarks clean ssh-tools
+.PHONY: deploy bench latency-tables estimate-tables transfer-tables validate-tables train test lint benchmarks docs clean ssh-tools
 
 deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
@@ -63,14 +63,25 @@ validate-tables: $(VENV)/.installed-$(EXTRAS)
 train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH)) $(if $(THREADS),--threads $(THREADS))
 
+# ruff, the tests (tests/benchmarks runs every benchmark's --quick mode), and the documentation site built
+# with --strict (a broken link fails) into a throwaway folder.
 test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
-	$(PY) -m ruff check deploy tests benchmarks
+	$(PY) -m ruff check deploy tests benchmarks docs
 	$(PY) -m pytest -q
+	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d $$site; \
+	  rc=$$?; rm -rf $$site; exit $$rc
 
+# The documentation site in site/: results pages rendered from benchmarks/results/*.json and
+# latency_tables/*.validation.json, the CLI reference from the typer app, the API from docstrings.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# Comparisons that read shipped data only (seconds to a minute); the others measure for minutes on a quiet
+# machine: python -m benchmarks.<name> (docs/benchmarks.md).
 benchmarks: $(VENV)/.installed-dev
-	$(PY) benchmarks/selector_vs_oracle.py
-	$(PY) benchmarks/selector_vs_oracle.py --model elastic_vit_mnist
-	$(PY) benchmarks/families.py
+	$(PY) -m benchmarks.selector_vs_oracle
+	$(PY) -m benchmarks.selector_vs_oracle --model elastic_vit_mnist
+	$(PY) -m benchmarks.families
 
 # The ssh runner tests start a real sshd on 127.0.0.1; install OpenSSH only where it is missing (they
 # skip, naming openssh-server, where it cannot be installed).

@@ -8,22 +8,22 @@ HELP and HW-NAS-Bench-360), say how well that can work:
 - clock-ratio factor (GPU pairs): the ratio of boost clocks, what the GPU targets use.
 Errors are |predicted − measured| / measured per cell; the table reports their medians.
 
-    .venv/bin/python benchmarks/estimate_transfer.py   # writes benchmarks/results/estimate_transfer.{json,md}
+    python -m benchmarks.estimate_transfer           # ~10 s; skipped where the data sets are absent
+    python -m benchmarks.estimate_transfer --quick   # smoke test: two device pairs, 20 anchor draws
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from deploy.io import atomic_write_json, atomic_write_text
-from deploy.latency.table import now_iso
+from benchmarks import harness
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nb201" / "nb201_joined.csv"
-OUT = Path(__file__).resolve().parent / "results"
 # (source column, destination column, source boost MHz, destination boost MHz) — vendor boost clocks
 PAIRS = [
     ("help_1080ti_1_ms", "help_titan_rtx_1_ms", 1582, 1770),
@@ -38,24 +38,24 @@ PAIRS = [
 ]
 
 
-def main() -> int:
+def run(args: argparse.Namespace) -> harness.Result:
     if not DATA.exists():
-        print(f"skipped: {DATA} not found (the datasets folder beside the repository)", file=sys.stderr)
-        return 0
+        raise harness.Skipped(f"{DATA} not found (the datasets folder beside the repository)")
     rows = list(csv.DictReader(DATA.open()))
 
     def col(name: str) -> np.ndarray:
         return np.array([float(r[name]) if r[name] not in ("", "nan") else np.nan for r in rows])
 
     rng = np.random.default_rng(0)
+    draws = 20 if args.quick else 200
     results = []
-    for src, dst, mhz_src, mhz_dst in PAIRS:
+    for src, dst, mhz_src, mhz_dst in PAIRS[:2] if args.quick else PAIRS:
         x, y = col(src), col(dst)
         keep = np.isfinite(x) & np.isfinite(y) & (x > 0.05) & (y > 0.05)  # disconnected cells time ~0 ms
         x, y = x[keep], y[keep]
         ratio = y / x
         best = float(np.median(np.abs(np.median(ratio) * x - y) / y))
-        one = [float(np.median(np.abs(ratio[i] * x - y) / y)) for i in rng.integers(len(x), size=200)]
+        one = [float(np.median(np.abs(ratio[i] * x - y) / y)) for i in rng.integers(len(x), size=draws)]
         clock = None
         if mhz_src:
             f = mhz_src / mhz_dst
@@ -76,27 +76,35 @@ def main() -> int:
                 "clock_ratio": clock,
             }
         )
-    OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT / "estimate_transfer.json", {"date": now_iso(), "data": str(DATA.name), "pairs": results})
+    return {"data": str(DATA.name), "draws": draws, "pairs": results}
+
+
+def markdown(result: harness.Result) -> str:
+    date, _ = harness.describe(result)
     lines = [
-        f"# One factor from one device to another (NAS-Bench-201, {now_iso()})",
+        f"# One factor from one device to another (NAS-Bench-201, {date})",
         "",
         "Median per-cell error of latencies predicted as source × factor.",
         "",
-        "| source → destination | cells | best factor | one-anchor factor (median / p90, 200 draws) | clock ratio |",
+        f"| source → destination | cells | best factor | one-anchor factor (median / p90, {result.get('draws', 200)} "
+        "draws) | clock ratio |",
         "|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in result["pairs"]:
         c = r["clock_ratio"]
         clock = f"{c['median_err']:.0%} (factor {c['factor']:.2f}, true {c['true_median_ratio']:.2f})" if c else "—"
         lines.append(
             f"| {r['source']} → {r['destination']} | {r['cells']:,} | {r['best_factor_median_err']:.1%} | "
             f"{r['one_anchor_median_err_median']:.1%} / {r['one_anchor_median_err_p90']:.1%} | {clock} |"
         )
-    atomic_write_text(OUT / "estimate_transfer.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines) + "\n"
 
+
+def arguments(parser: Any) -> None:
+    """No options of its own."""
+
+
+COMPARISON = harness.Comparison("estimate_transfer", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

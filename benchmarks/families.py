@@ -10,7 +10,8 @@ elastic_vit_mnist) this reads what is shipped, measures nothing, and writes
   them into the table);
 - accuracy vs predicted latency of every evaluated subnet, with its Pareto front and the budget.
 
-    .venv/bin/python benchmarks/families.py [--target host-cpu-ort]
+    python -m benchmarks.families [--target host-cpu-ort]
+    python -m benchmarks.families --quick    # smoke test: the target's first model only
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from deploy.io import atomic_write_json, atomic_write_text
+from benchmarks import harness
 
 log = logging.getLogger("benchmarks.families")
-
-RESULTS = Path(__file__).resolve().parent / "results"
+LEGACY_TARGET = "host-cpu-ort"  # the target of results written before the harness (a bare list of rows)
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -36,7 +36,7 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
     return front
 
 
-def family_rows(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
+def family_rows(target_name: str, quick: bool = False) -> tuple[Any, list[dict[str, Any]]]:
     from deploy.accuracy.oracle import accuracy_cache_path
     from deploy.io import read_json
     from deploy.latency.predictor import LatencyPredictor
@@ -49,7 +49,7 @@ def family_rows(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
     table = LatencyTable.load(target.table_path, target.name)
     predictor = LatencyPredictor(table)
     rows = []
-    for variant in target.served_models:
+    for variant in target.served_models[: 1 if quick else None]:
         net, info = load(variant)
         cache = read_json(accuracy_cache_path(info.path))
         points = []
@@ -77,6 +77,7 @@ def family_rows(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def plot(target: Any, row: dict[str, Any], path: Path) -> None:
+    """Accuracy vs predicted latency of every evaluated subnet, its Pareto front and the budget."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,12 +104,15 @@ def plot(target: Any, row: dict[str, Any], path: Path) -> None:
     save_figure(fig, ax, path)
 
 
-def markdown(target: Any, rows: list[dict[str, Any]]) -> str:
+def markdown(result: harness.Result | list[dict[str, Any]]) -> str:
+    if isinstance(result, list):
+        result = {"target": LEGACY_TARGET, "rows": result}
+    target, rows = result["target"], result["rows"]
     lines = [
-        f"# Families on {target.name}",
+        f"# Families on {target}",
         "",
         "Accuracy: the shipped accuracy cache (real val evaluations, 750 images). Latency: predicted by the "
-        f"shipped `{target.name}` table with each family's own calibration. Validation: `tables validate "
+        f"shipped `{target}` table with each family's own calibration. Validation: `tables validate "
         "--model <variant>` (random subnets not used for calibration, each measured twice, interleaved).",
         "",
         "| variant | space | evaluated | val accuracy range | calibration (Σ, per block, Σ², fit) | validated | "
@@ -149,23 +153,19 @@ def markdown(target: Any, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="host-cpu-ort")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    target, rows = family_rows(args.target)
+def run(args: argparse.Namespace) -> harness.Result:
+    target, rows = family_rows(args.target, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     for row in rows:
         plot(target, row, args.out / f"pareto_{row['variant']}.png")
-    text = markdown(target, rows)
-    atomic_write_text(args.out / "families.md", text)
-    atomic_write_json(args.out / "families.json", [{k: v for k, v in r.items() if k != "points"} for r in rows])
-    print(text)
-    print(f"wrote {args.out / 'families.md'}")
-    return 0
+    return {"target": target.name, "rows": [{k: v for k, v in r.items() if k != "points"} for r in rows]}
 
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="host-cpu-ort")
+
+
+COMPARISON = harness.Comparison("families", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

@@ -1,43 +1,55 @@
-"""On an NVIDIA GPU: our torch_cuda artifact (CUDA graph, fp16) against the paths a user would take
-without TensorRT, same subnets, measured side by side with CUDA events in one interleaved run.
+"""On an NVIDIA GPU: our torch_cuda artifact (CUDA graph, fp16) against the paths a user has without
+TensorRT, same subnets, measured side by side with CUDA events in one interleaved run.
 
 Paths, each on the extracted dense module of matformer_vit_mnist (smallest, largest, 3 seeded random):
 - ours: TorchCudaBackend, the hub's torch.export program replayed as a CUDA graph in fp16;
 - graph fp32: the same in fp32;
-- eager fp16 / eager fp32: the module called directly on the GPU (one kernel launch per op).
-"ours" is measured twice per subnet: the ratio of the two is the repeatability floor.
+- eager fp16 / eager fp32: the module called directly on the GPU (one kernel launch per op);
+- ours again: the fp16 graph compiled a second time: the repeatability floor.
 TensorRT is not installed on the machine this ran on, so it is not among the paths.
 
-    python3 benchmarks/gpu_paths.py        # needs a CUDA GPU; writes benchmarks/results/gpu_paths.{json,md}
+    python -m benchmarks.gpu_paths            # needs a CUDA GPU (says "skipped" and writes nothing without)
+    python -m benchmarks.gpu_paths --quick    # smoke test on the GPU: tiny model, one subnet
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import statistics
-import sys
-import tempfile
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from deploy.backends.torch_cuda import TorchCudaBackend
-from deploy.export import hub
-from deploy.export.parity import check_parity
-from deploy.io import atomic_write_json, atomic_write_text
-from deploy.latency.measure import measure_interleaved
+from benchmarks import harness
+from benchmarks.harness import Context, PathSet, Subnet
+from benchmarks.harness.subnets import Built, hub_entry
 from deploy.latency.stats import MeasureProtocol
-from deploy.latency.table import now_iso
-from deploy.models.checkpoint import load
 from deploy.targets import load_target
 
-OUT = Path(__file__).resolve().parent / "results"
+OURS, AGAIN, GRAPH32, EAGER16, EAGER32 = "graph_fp16", "ours_repeat", "graph_fp32", "eager_fp16", "eager_fp32"
+PATHS = PathSet(
+    labels={
+        OURS: "TorchCudaBackend fp16: the hub's torch.export program replayed as a CUDA graph (ours)",
+        GRAPH32: "the same CUDA graph in fp32",
+        EAGER16: "the module called eagerly on the GPU in fp16",
+        EAGER32: "the module called eagerly on the GPU in fp32",
+        AGAIN: "ours compiled and measured again",
+    },
+    short={
+        OURS: "graph fp16 (ours)",
+        GRAPH32: "graph fp32",
+        EAGER16: "eager fp16",
+        EAGER32: "eager fp32",
+        AGAIN: "ours again",
+    },
+    reference=OURS, repeat=AGAIN,
+)  # fmt: skip
+PROTOCOL = MeasureProtocol(warmup_runs=50, min_runs=200, min_time_s=0.02, rounds=10)
+NO_GATE = math.inf  # parity is recorded (fp16 differs from the fp32 reference by ~1e-2), never a reason to skip
 
 
-def eager_call(module: torch.nn.Module, x: torch.Tensor):
+def eager(module: torch.nn.Module, x: torch.Tensor) -> Built:
+    """The module on the GPU, timed by CUDA events around one call."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def call() -> float:
@@ -48,83 +60,78 @@ def eager_call(module: torch.nn.Module, x: torch.Tensor):
         end.synchronize()
         return float(start.elapsed_time(end))
 
-    return call
+    with torch.no_grad():
+        out = module(x).float().cpu().numpy()
+    return call, [out], None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args(argv)
+def prepare(sub: Subnet, ctx: Context) -> None:
+    from deploy.backends import get_backend
+
+    backend = ctx.shared.setdefault("backend", get_backend("torch_cuda"))
+    entry = hub_entry(sub, ctx)
+    refs, reference = entry.reference_inputs(), entry.reference_outputs()
+
+    def graph(precision: str, folder: str) -> Built:
+        target = ctx.target.model_copy(update={"precision": precision})
+        artifact = backend.compile(entry, target, ctx.work / sub.config.id / folder)
+        return backend.device_timed_call(artifact, refs), backend.run(artifact, refs), None
+
+    harness.add_path(sub, OURS, lambda: graph("fp16", "fp16"), reference, NO_GATE)
+    harness.add_path(sub, AGAIN, lambda: graph("fp16", "fp16b"), reference, NO_GATE)
+    harness.add_path(sub, GRAPH32, lambda: graph("fp32", "fp32"), reference, NO_GATE)
+    (name,) = refs
+    x = torch.from_numpy(refs[name]).cuda()
+    harness.add_path(sub, EAGER32, lambda: eager(copy.deepcopy(sub.module).cuda().float(), x), reference, NO_GATE)
+    harness.add_path(sub, EAGER16, lambda: eager(copy.deepcopy(sub.module).cuda().half(), x.half()), reference, NO_GATE)
+
+
+def run(args: Any) -> harness.Result:
     if not torch.cuda.is_available():
-        print("skipped: needs an NVIDIA GPU and a CUDA build of torch", file=sys.stderr)
-        return 0
-    net, ckpt = load("matformer_vit_mnist")
-    net.eval()
-    space, rng = net.space(), np.random.default_rng(0)
-    configs = [net.smallest(), net.largest()] + [space.sample(rng) for _ in range(3)]
-    target = load_target("h100-torch-cuda")
-    backend = TorchCudaBackend()
-    calls, parity = {}, {}
-    tmp = Path(tempfile.mkdtemp())
-    for config in configs:
-        sub = net.extract(config).eval()
-        entry = hub.get_or_export(sub, net.example_inputs()[0], {"subnet": config.id, "checkpoint": ckpt.sha256}, tmp)
-        refs = entry.reference_inputs()
-        for prec in ("fp16", "fp32"):
-            art = backend.compile(entry, target.model_copy(update={"precision": prec}), tmp / config.id / prec)
-            out = backend.run(art, refs)
-            parity[f"{config.id} graph {prec}"] = check_parity(out, entry.reference_outputs(), 1.0).max_abs_diff
-            calls[f"{config.id}|graph {prec}" + (" (ours)" if prec == "fp16" else "")] = backend.device_timed_call(
-                art, refs
-            )
-        calls[f"{config.id}|ours again"] = backend.device_timed_call(
-            art_fp16 := backend.compile(entry, target, tmp / config.id / "fp16b"), refs
-        )
-        del art_fp16
-        x = torch.from_numpy(refs["input"]).cuda()
-        calls[f"{config.id}|eager fp32"] = eager_call(copy.deepcopy(sub).cuda().float(), x)
-        calls[f"{config.id}|eager fp16"] = eager_call(copy.deepcopy(sub).cuda().half(), x.half())
-    protocol = MeasureProtocol(warmup_runs=50, min_runs=200, min_time_s=0.02, rounds=10)
-    stats = measure_interleaved(
-        calls, protocol, self_timed=True, where=f"CUDA events on {torch.cuda.get_device_name()}"
-    )
-    paths = ["graph fp16 (ours)", "ours again", "graph fp32", "eager fp16", "eager fp32"]
-    rows, ratios = [], {p: [] for p in paths}
-    for config in configs:
-        base = stats[f"{config.id}|graph fp16 (ours)"].median_ms
-        row = {"subnet": config.id, "config": str(config)}
-        for p in paths:
-            ms = stats[f"{config.id}|{p}"].median_ms
-            row[p] = ms
-            ratios[p].append(ms / base)
-        rows.append(row)
-    geo = {p: math.exp(statistics.fmean(math.log(r) for r in ratios[p])) for p in paths}
-    result = {
-        "date": now_iso(),
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "protocol": protocol.to_json(),
-        "rows": rows,
-        "geomean_ratio_vs_ours": geo,
-        "parity_max_abs_diff": parity,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "gpu_paths.json", result)
-    lines = [
-        f"# GPU paths ({result['device']}, torch {result['torch']}, {result['date']})",
-        "",
-        "Median ms per run (CUDA events), batch 1, interleaved in one run; ratio = geometric mean vs ours.",
-        "",
-        "| subnet | " + " | ".join(paths) + " |",
-        "|---|" + "---|" * len(paths),
-        *(f"| {r['subnet']} | " + " | ".join(f"{r[p]:.4f}" for p in paths) + " |" for r in rows),
-        "| **ratio vs ours** | " + " | ".join(f"**{geo[p]:.2f}×**" for p in paths) + " |",
-        "",
-    ]
-    atomic_write_text(args.out / "gpu_paths.md", "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+        raise harness.Skipped("needs an NVIDIA GPU and a CUDA build of torch")
+    target = load_target(args.target)
+    protocol = harness.QUICK_PROTOCOL if args.quick else PROTOCOL
+    where = f"CUDA events on {torch.cuda.get_device_name()}"
+    body = harness.compare_paths(args, PATHS, target, protocol, prepare, where=where, self_timed=True)
+    return {**body, "device": torch.cuda.get_device_name()}
 
+
+def upgrade(result: harness.Result) -> harness.Result:
+    """A result written before the harness (rows of medians keyed by path label) in today's shape."""
+    if "summary" in result:
+        return result
+    by_label = {v: k for k, v in PATHS.short.items()}
+    rows = []
+    for r in result["rows"]:
+        medians = {by_label[k]: v for k, v in r.items() if k in by_label}
+        parity = {p: result["parity_max_abs_diff"].get(f"{r['subnet']} {PATHS.short[p].split(' (')[0]}", "not recorded")
+                  for p in medians}  # fmt: skip
+        ratios = {p: v / medians[OURS] for p, v in medians.items() if p != OURS}
+        rows.append({"subnet": r["subnet"], "id": r["subnet"], "config": {"config": r["config"]}, "params": math.nan,
+                     "median_ms": medians, "ratio_vs_" + OURS: ratios, "parity_max_abs_diff": parity})  # fmt: skip
+    geo = {by_label[k]: v for k, v in result["geomean_ratio_vs_ours"].items() if by_label[k] != OURS}
+    spans = {p: [min(r["ratio_vs_" + OURS][p] for r in rows), max(r["ratio_vs_" + OURS][p] for r in rows)] for p in geo}
+    floor = max(abs(r["ratio_vs_" + OURS][AGAIN] - 1) for r in rows)
+    summary = {
+        "rows": rows,
+        f"geomean_ratio_vs_{OURS}": geo,
+        f"ratio_range_vs_{OURS}": spans,
+        "repeatability_floor": floor,
+    }
+    return {**result, "model": "matformer_vit_mnist", "target": "h100-torch-cuda", "host": result["device"],
+            "paths": dict(PATHS.labels), "reference": OURS, "summary": summary}  # fmt: skip
+
+
+def markdown(result: harness.Result) -> str:
+    return harness.paths_markdown(upgrade(result), "GPU paths: CUDA graph fp16 vs the paths without TensorRT",
+                                  PATHS.short, OURS)  # fmt: skip
+
+
+def arguments(parser: Any) -> None:
+    harness.add_subnet_arguments(parser, "h100-torch-cuda")
+
+
+COMPARISON = harness.Comparison("gpu_paths", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

@@ -14,9 +14,8 @@ rotated order for several repeats, so a slow moment of this shared VM hits every
 candidates per second (median over repeats) and the ratios. A warm-up evaluation starts the Ray
 workers first (what a long sweep pays once). Every arm must return the same accuracies.
 
-    .venv/bin/python benchmarks/ray_throughput.py [--model elastic_vit_mnist] [--candidates 24] [--repeats 3]
-
-Writes benchmarks/results/ray_throughput.json and .md.
+    python -m benchmarks.ray_throughput [--model elastic_vit_mnist] [--candidates 24] [--repeats 3]   # ~6 min
+    python -m benchmarks.ray_throughput --quick    # smoke test: poa_vit_mnist, 2 candidates on 100 images, 1 repeat
 """
 
 from __future__ import annotations
@@ -24,37 +23,34 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from deploy.accuracy.oracle import EvalOracle
 from deploy.accuracy.sweep import candidates
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
-from deploy.io import atomic_write_json, atomic_write_text
-from deploy.latency.table import now_iso
 from deploy.models.checkpoint import load as load_checkpoint
-from deploy.runners.local import cpu_model, usable_cores
 from deploy.tasks.base import ArrayTask
 from deploy.tasks.mnist import load_splits
 
 log = logging.getLogger("benchmarks.ray_throughput")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ("local", "local 1 thread", "ray ×1", "ray ×2")
 
 
-def run_arm(model: str, executor: Executor, n: int, seed: int, threads: int | None = None) -> tuple[float, list[float]]:
+def run_arm(
+    model: str, executor: Executor, n: int, seed: int, threads: int | None = None, images: int | None = None
+) -> tuple[float, list[float]]:
     """Seconds to evaluate n candidates from scratch, and their accuracies (threads: this process's torch)."""
     import torch
 
     supernet, info = load_checkpoint(model)  # fresh: no per-config caches from an earlier arm
     val = load_splits(int(info.meta.get("data_seed", 0))).val
-    oracle = EvalOracle(supernet, ArrayTask.of(val.x, val.y), "val", None, info.sha256)
+    oracle = EvalOracle(supernet, ArrayTask.of(val.x[:images], val.y[:images]), "val", None, info.sha256)
     configs = candidates(supernet, n, seed)
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)
@@ -66,7 +62,7 @@ def run_arm(model: str, executor: Executor, n: int, seed: int, threads: int | No
         torch.set_num_threads(default)
 
 
-def measure(model: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
+def measure(model: str, n: int, repeats: int, seed: int, images: int | None = None) -> dict[str, Any]:
     import ray
     import torch
 
@@ -84,14 +80,15 @@ def measure(model: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
             "ray ×2": RayExecutor(workers=2),
         }
         threads = {"local 1 thread": 1}
-        run_arm(model, executors["local"], 2, seed + 1)  # this process's first evaluations pay torch's start
-        warm_s, _ = run_arm(model, executors["ray ×2"], 2, seed + 1)  # starts both workers
+        # This process's first evaluations pay torch's start; the first Ray evaluation starts both workers.
+        run_arm(model, executors["local"], 2, seed + 1, images=images)
+        warm_s, _ = run_arm(model, executors["ray ×2"], 2, seed + 1, images=images)
         seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
         results: dict[str, list[float]] = {}
         for r in range(repeats):
             order = ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]
             for arm in order:
-                took, accs = run_arm(model, executors[arm], n, seed, threads.get(arm))
+                took, accs = run_arm(model, executors[arm], n, seed, threads.get(arm), images)
                 seconds[arm].append(took)
                 results.setdefault(arm, accs)
                 log.info("repeat %d, %s: %d candidates in %.1f s (%.2f/s)", r + 1, arm, n, took, n / took)
@@ -105,7 +102,7 @@ def measure(model: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
         "repeats": repeats,
         "seed": seed,
         "split": "val",
-        "images": 750,
+        "images": images or 750,
         "per_second": {arm: round(rate(arm), 3) for arm in ARMS},
         "seconds": {arm: [round(s, 2) for s in seconds[arm]] for arm in ARMS},
         "ratios": {
@@ -118,14 +115,15 @@ def measure(model: str, n: int, repeats: int, seed: int) -> dict[str, Any]:
         "cluster_start_s": round(cluster_start_s, 1),
         "warm_up_s": round(warm_s, 1),
         "local_torch_threads": torch.get_num_threads(),
-        "host": {"cpu": cpu_model(), "usable_cores": usable_cores(), "platform": platform.platform()},
         "loadavg_1m": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
-        "versions": {"ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "date": now_iso(),
+        "ray": ray.__version__,
     }
 
 
 def markdown(r: dict[str, Any]) -> str:
+    date, machine = harness.describe(r)
+    ray_version = r.get("ray") or r["versions"]["ray"]
+    torch_version = r["environment"]["versions"]["torch"] if "environment" in r else r["versions"]["torch"]
     rows = [
         f"| {arm} | {r['per_second'][arm]:.2f} | {', '.join(f'{s:.1f}' for s in r['seconds'][arm])} |" for arm in ARMS
     ]
@@ -133,8 +131,8 @@ def markdown(r: dict[str, Any]) -> str:
         [
             f"# Accuracy evaluation throughput: local vs Ray with 1 and 2 workers ({r['model']})",
             "",
-            f"Measured {r['date']} on {r['host']['cpu']} ({r['host']['usable_cores']} usable cores, shared VM), "
-            f"Ray {r['versions']['ray']}, torch {r['versions']['torch']}. {r['candidates']} seeded candidate "
+            f"Measured {date} on {machine}, "
+            f"Ray {ray_version}, torch {torch_version}. {r['candidates']} seeded candidate "
             f"subnets (seed {r['seed']}) evaluated exactly on the {r['images']} {r['split']} images, from a "
             f"fresh checkpoint and an empty cache per arm; arms in rotated order, {r['repeats']} repeats, in one "
             f"run. Local: this process with {r['local_torch_threads']} torch threads. Ray: one local cluster "
@@ -158,21 +156,20 @@ def markdown(r: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run(args: argparse.Namespace) -> harness.Result:
+    if args.quick:
+        return measure("poa_vit_mnist", 2, 1, args.seed, images=100)
+    return measure(args.model, args.candidates, args.repeats, args.seed)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="elastic_vit_mnist")
     parser.add_argument("--candidates", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = measure(args.model, args.candidates, args.repeats, args.seed)
-    text = markdown(result)
-    atomic_write_json(args.out / "ray_throughput.json", result)
-    atomic_write_text(args.out / "ray_throughput.md", text)
-    print(text)
 
+
+COMPARISON = harness.Comparison("ray_throughput", __doc__, run, markdown, arguments, distributions=("ray",))
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.main(COMPARISON))

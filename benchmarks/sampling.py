@@ -6,19 +6,18 @@ from it), for the same number of steps; then measures the smallest, a middle (ev
 option) and the largest subnet on the val and test splits. Also reports where each sampler's subnets lie
 in the FLOPs range and how far apart adjacent steps' subnets are, from the samplers alone.
 
-    .venv/bin/python benchmarks/sampling.py                  # 6 epochs per run, seed 0: ~10 min here
-    .venv/bin/python benchmarks/sampling.py --seeds 1 2      # adds seeds to the results of earlier ones
-    .venv/bin/python benchmarks/sampling.py --epochs 15 --seeds 0 1   # the shipped length, two seeds
+    python -m benchmarks.sampling                  # 6 epochs per run, seed 0: ~10 min here
+    python -m benchmarks.sampling --seeds 1 2      # adds seeds to the results of earlier ones
+    python -m benchmarks.sampling --epochs 15 --seeds 0 1   # the shipped length, two seeds
+    python -m benchmarks.sampling --quick          # smoke test: elastic_vit_tiny, one epoch of a few seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import logging
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks import harness
 from deploy.accuracy.oracle import evaluate
-from deploy.io import atomic_write_json, atomic_write_text
 from deploy.models import build, load_spec
 from deploy.tasks.mnist import MnistTask
 from deploy.training.recipes import recipe_for
@@ -38,17 +37,17 @@ from deploy.training.train import fit, initial_supernet, middle_config
 log = logging.getLogger("benchmarks.sampling")
 
 MODEL = "elastic_vit_mnist"
-RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_MODEL = "elastic_vit_tiny"
 SIZES = ("smallest", "middle", "largest")
 SCHEDULE_STEPS = 600  # sampler-only statistics: no training involved
 
 
-def schedule_stats(name: str, seed: int) -> dict[str, float]:
+def schedule_stats(name: str, seed: int, model: str = MODEL, steps: int = SCHEDULE_STEPS) -> dict[str, float]:
     """Where a sampler's subnets lie in the FLOPs range, and the FLOPs ratio between adjacent steps."""
-    net = build(MODEL)  # FLOPs need no weights or data
+    net = build(model)  # FLOPs need no weights or data
     sample = make_sampler(name, net, np.random.default_rng(seed))
     low, high = net.flops(net.smallest()), net.flops(net.largest())
-    flops = np.array([net.flops(sample()) for _ in range(SCHEDULE_STEPS)], dtype=float)
+    flops = np.array([net.flops(sample()) for _ in range(steps)], dtype=float)
     position = np.log(flops / low) / np.log(high / low)  # 0 smallest … 1 largest, on a log scale
     ratio = np.exp(np.abs(np.diff(np.log(flops))))
     return {
@@ -61,14 +60,14 @@ def schedule_stats(name: str, seed: int) -> dict[str, float]:
     }
 
 
-def run_one(sampler: str, seed: int, epochs: int) -> dict[str, Any]:
-    recipe = dataclasses.replace(recipe_for(load_spec(MODEL).training), sampling=sampler, epochs=epochs)
+def run_one(sampler: str, seed: int, epochs: int, model: str = MODEL, max_minutes: float = 60.0) -> dict[str, Any]:
+    recipe = dataclasses.replace(recipe_for(load_spec(model).training), sampling=sampler, epochs=epochs)
     task = MnistTask(0)
     splits = task.splits()
     torch.manual_seed(seed)
-    net = initial_supernet(load_spec(MODEL), recipe, splits)
+    net = initial_supernet(load_spec(model), recipe, splits)
     start = time.monotonic()
-    steps = fit(net, splits, recipe, seed=seed)
+    steps = fit(net, splits, recipe, seed=seed, max_minutes=max_minutes)
     train_s = time.monotonic() - start
     configs = {"smallest": net.smallest(), "middle": middle_config(net), "largest": net.largest()}
     row: dict[str, Any] = {"sampler": sampler, "seed": seed, "steps": steps, "train_s": round(train_s, 1)}
@@ -83,22 +82,24 @@ def run_one(sampler: str, seed: int, epochs: int) -> dict[str, Any]:
     return row
 
 
-def earlier_runs(path: Path, epochs: int, seeds: list[int]) -> list[dict[str, Any]]:
+def earlier_runs(path: Path, epochs: int, seeds: list[int], model: str = MODEL) -> list[dict[str, Any]]:
     """Runs of other seeds at the same length from an earlier invocation: seeds add up across runs."""
     if not path.exists():
         return []
     earlier = json.loads(path.read_text())
-    if earlier.get("model") != MODEL or earlier.get("epochs") != epochs:
+    if earlier.get("model") != model or earlier.get("epochs") != epochs:
         return []
     return [r for r in earlier["runs"] if r["seed"] not in seeds]
 
 
-def to_markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any]) -> str:
+    date, machine = harness.describe(result)
+    torch_version = result["environment"]["versions"]["torch"] if "environment" in result else result["torch"]
     runs, seeds = result["runs"], result["seeds"]
     lines = [
-        "# Complexity-aware vs uniform sampling (elastic_vit_mnist)",
+        f"# Complexity-aware vs uniform sampling ({result['model']})",
         "",
-        f"{result['date']}, {result['host']}, torch {result['torch']}, 2 threads. Same recipe, seed and number "
+        f"{date}, {machine}, torch {torch_version}, 2 threads. Same recipe, seed and number "
         f"of steps ({result['epochs']} epochs) for both samplers; accuracies on the MNIST val / test splits "
         "(750 images each: one image is 0.13 pp).",
         "",
@@ -132,7 +133,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {size} | {cells[0]} | {cells[1]} |")
     lines += [
         "",
-        f"Where the samplers put their subnets ({SCHEDULE_STEPS} draws each, FLOPs position on a log scale "
+        f"Where the samplers put their subnets ({result.get('schedule_steps', SCHEDULE_STEPS)} draws each, FLOPs "
+        "position on a log scale "
         "between the smallest and the largest subnet):",
         "",
         "| sampler | bottom quarter | top quarter | min MFLOPs | max MFLOPs | adjacent-step ratio, median | max |",
@@ -148,32 +150,29 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runs = [run_one(sampler, seed, args.epochs) for seed in args.seeds for sampler in SAMPLERS]
-    runs = earlier_runs(args.out / "sampling.json", args.epochs, args.seeds) + runs
-    result = {
-        "model": MODEL,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": f"{platform.node()} ({platform.processor() or platform.machine()})",
-        "torch": torch.__version__,
-        "epochs": args.epochs,
+def run(args: argparse.Namespace) -> harness.Result:
+    model, epochs = (QUICK_MODEL, 1) if args.quick else (MODEL, args.epochs)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    minutes = 0.02 if args.quick else 60.0  # --quick: a few seconds of training per sampler
+    runs = [run_one(sampler, seed, epochs, model, minutes) for seed in seeds for sampler in SAMPLERS]
+    runs = earlier_runs(args.out / "sampling.json", epochs, seeds, model) + runs
+    steps = 50 if args.quick else SCHEDULE_STEPS
+    return {
+        "model": model,
+        "epochs": epochs,
         "seeds": sorted({r["seed"] for r in runs}),
-        "schedule": {name: schedule_stats(name, 0) for name in SAMPLERS},
+        "schedule": {name: schedule_stats(name, 0, model, steps) for name in SAMPLERS},
+        "schedule_steps": steps,
         "runs": runs,
     }
-    md = to_markdown(result)
-    atomic_write_json(args.out / "sampling.json", result)
-    atomic_write_text(args.out / "sampling.md", md)
-    print(md)
-    print(f"wrote {args.out / 'sampling.md'}")
-    return 0
 
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+
+
+COMPARISON = harness.Comparison("sampling", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

@@ -10,7 +10,8 @@ throwaway workspace so the shipped tables are untouched):
   largest subnet;
 - a deploy in a child process: its wall time, peak resident memory (ru_maxrss of the child), parity.
 
-    .venv/bin/python benchmarks/scale_probe.py [--targets host-cpu-ort-1t host-cpu-litert] [--samples 10]
+    python -m benchmarks.scale_probe [--targets host-cpu-ort-1t host-cpu-litert] [--samples 10]
+    python -m benchmarks.scale_probe --quick    # smoke test: a tiny probe on host-cpu-ort-1t, short protocol
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,37 +30,46 @@ from typing import Any
 
 import yaml
 
+from benchmarks import harness
 from deploy import workspace
 from deploy.backends import get_backend
 from deploy.export import hub
-from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.build import build_table
-from deploy.latency.table import now_iso
 from deploy.latency.validate import validate_table
 from deploy.models.checkpoint import load
-from deploy.runners.local import cpu_model, usable_cores
 from deploy.targets import load_target
 
 MODEL = "deit_tiny_probe"
-RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_MODEL = "probe_tiny"  # --quick: written into the throwaway workspace
+QUICK_SPEC = {
+    "name": QUICK_MODEL,
+    "family": "matformer_vit",
+    "dims": {"image": 28, "channels": 1, "patch": 7, "dim": 16, "depth": 2, "heads": 2, "ffn_max": 32, "classes": 10},
+    "random_weights": {"seed": 0, "why": "quick scale probe: a smoke test, its figures mean nothing"},
+    "task": {"name": "synthetic_images", "seed": 0, "options": {"image": 28, "channels": 1, "classes": 10,
+                                                                 "per_split": 8}},
+    "accuracy_samples": 8,
+}  # fmt: skip
 log = logging.getLogger("benchmarks.scale_probe")
 
 
-def probe_target(ws: Path, source: str) -> str:
+def probe_target(ws: Path, source: str, model: str, quick: bool) -> str:
     """A copy of the shipped target `source`, serving only the probe, at its first precision."""
     data = yaml.safe_load(workspace.resolve("targets", f"{source}.yaml").read_text())
     name = f"probe-{source}"
-    data.update(name=name, model=MODEL, description=f"scale probe on {source}'s settings")
+    data.update(name=name, model=model, description=f"scale probe on {source}'s settings")
+    if quick:
+        data["measurement"] = harness.subnets.quick_target(load_target(source)).measurement.model_dump()
     for key in ("models", "precisions", "estimate"):
         data.pop(key, None)
     (ws / "targets" / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return name
 
 
-def run_target(ws: Path, source: str, samples: int) -> dict[str, Any]:
-    name = probe_target(ws, source)
+def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: bool = False) -> dict[str, Any]:
+    name = probe_target(ws, source, model, quick)
     target = load_target(name)
-    net, info = load(MODEL)
+    net, info = load(model)
     start = time.perf_counter()
     built = build_table(target, [net], progress=False)
     build_s = time.perf_counter() - start
@@ -77,16 +86,22 @@ def run_target(ws: Path, source: str, samples: int) -> dict[str, Any]:
         backend.compile(entry, target, Path(tmp) / "artifact")
         compile_s = time.perf_counter() - t0
 
-    env = {**os.environ, "ELASTIC_DEPLOY_ROOT": str(ws)}
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploy", "deploy", "--target", name], env=env, capture_output=True, text=True
-    )
+    if quick:  # in this process: a child's interpreter and imports would cost more than the deploy
+        from deploy.pipeline import deploy
+
+        deploy(name, out_dir=ws / "dist" / name, progress=False, say=lambda _m: None)
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    else:
+        env = {**os.environ, "ELASTIC_DEPLOY_ROOT": str(ws)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "deploy", "deploy", "--target", name], env=env, capture_output=True, text=True
+        )
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if proc.returncode != 0:
+            raise SystemExit(f"deploy on {name} failed: {proc.stderr.strip().splitlines()[-1]}")
     deploy_s = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode != 0:
-        raise SystemExit(f"deploy on {name} failed: {proc.stderr.strip().splitlines()[-1]}")
     manifest = json.loads((ws / "dist" / name / "manifest.json").read_text())
     return {
         "target": name,
@@ -127,14 +142,16 @@ def run_target(ws: Path, source: str, samples: int) -> dict[str, Any]:
     }
 
 
-def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [
-        "# Scale probe: MatFormer-ViT at DeiT-Tiny dimensions",
-        "",
-        f"{meta['date']}, {meta['machine']}. Model `{MODEL}`: 224×224×3, patch 16, width 192, 12 layers, 3 heads, "
+def markdown(result: harness.Result) -> str:
+    rows, meta = result["rows"], result["meta"]
+    lines = harness.report.heading(result, "Scale probe: MatFormer-ViT at DeiT-Tiny dimensions")
+    lines[-1] += (
+        f" Model `{meta['model']}`: 224×224×3, patch 16, width 192, 12 layers, 3 heads, "
         "FFN 96–768 per layer, 1,000 classes, 5.7 M parameters at its largest; seeded random weights and a "
         "synthetic task (its accuracy means nothing). Each target is a copy of the shipped one's settings "
-        "(protocol, threads) serving only the probe, in a throwaway workspace.",
+        "(protocol, threads) serving only the probe, in a throwaway workspace."
+    )
+    lines += [
         "",
         "| target | table: blocks (s) | calibration window (s) | fit residual | validate: median err | ±5% | ±10% "
         "| repeatability | export largest (s) | compile largest (s) | deploy wall (s) | deploy peak RSS (MiB) "
@@ -155,29 +172,35 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", nargs="+", default=["host-cpu-ort-1t", "host-cpu-litert"])
-    parser.add_argument("--samples", type=int, default=10, help="subnets `tables validate` measures end to end")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run(args: argparse.Namespace) -> harness.Result:
+    model = QUICK_MODEL if args.quick else MODEL
+    sources = args.targets[:1] if args.quick else args.targets
+    samples = 2 if args.quick else args.samples
+    logging.getLogger("benchmarks.scale_probe").setLevel(logging.INFO)
+    previous = os.environ.get(workspace.ENV)
     with tempfile.TemporaryDirectory(prefix="scale-probe-") as tmp:
         ws = Path(tmp)
         for kind in workspace.KINDS:
             (ws / kind).mkdir()
+        if args.quick:
+            (ws / "models" / f"{QUICK_MODEL}.yaml").write_text(yaml.safe_dump(QUICK_SPEC, sort_keys=False))
         os.environ[workspace.ENV] = str(ws)
-        rows = [run_target(ws, source, args.samples) for source in args.targets]
-    meta = {
-        "date": now_iso(),
-        "machine": f"{platform.node()}: {cpu_model()}, {usable_cores()} cores",
-        "model": MODEL,
-        "samples": args.samples,
-    }
-    atomic_write_json(args.out / "scale_probe.json", {"meta": meta, "rows": rows})
-    atomic_write_text(args.out / "scale_probe.md", markdown(rows, meta))
-    print(f"wrote {args.out / 'scale_probe.md'}")
+        try:
+            rows = [run_target(ws, source, samples, model, args.quick) for source in sources]
+        finally:
+            if previous is None:
+                os.environ.pop(workspace.ENV, None)
+            else:
+                os.environ[workspace.ENV] = previous
+    return {"meta": {"model": model, "samples": samples}, "rows": rows}
 
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--targets", nargs="+", default=["host-cpu-ort-1t", "host-cpu-litert"])
+    parser.add_argument("--samples", type=int, default=10, help="subnets `tables validate` measures end to end")
+
+
+COMPARISON = harness.Comparison("scale_probe", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.main(COMPARISON))

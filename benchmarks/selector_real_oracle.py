@@ -15,31 +15,29 @@ a figure is a real evaluation on the validation split:
 Latency is the table's prediction (no measurement: the budget decides feasibility, as in a deploy,
 without margin). Budgets: the smallest subnet's predicted latency × a ladder of factors, then none.
 
-    .venv/bin/python benchmarks/selector_real_oracle.py [--model M ...] [--target host-cpu-ort]
+    python -m benchmarks.selector_real_oracle [--model M ...] [--target host-cpu-ort]
+    python -m benchmarks.selector_real_oracle --quick    # smoke test: poa_vit_mnist, two budgets
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from deploy.accuracy.model import AccuracyModel, build_accuracy_model
-from deploy.io import atomic_write_json, atomic_write_text
 from deploy.latency.predictor import LatencyPredictor
-from deploy.latency.table import LatencyTable, now_iso
+from deploy.latency.table import LatencyTable
 from deploy.models.checkpoint import load
 from deploy.search.select import Constraints, select
 from deploy.search.space import SubnetConfig
 from deploy.targets import load_target
 
 log = logging.getLogger("benchmarks.selector_real_oracle")
-RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("matformer_vit_mnist", "poa_vit_mnist", "learngene_mnist", "stitchable_mnist", "elastic_vit_mnist")
 FACTORS = (1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)  # × the smallest subnet's predicted latency
 UNCONSTRAINED_MS = 1e9
@@ -70,7 +68,7 @@ class Row:
         return (self.oracle_acc - self.before_acc) * 100
 
 
-def run_model(model: str, target_name: str, exhaustive_limit: int) -> list[Row]:
+def run_model(model: str, target_name: str, exhaustive_limit: int, factors: tuple[float, ...] = FACTORS) -> list[Row]:
     net, ckpt = load(model)
     net.eval()
     target = load_target(target_name)
@@ -92,7 +90,7 @@ def run_model(model: str, target_name: str, exhaustive_limit: int) -> list[Row]:
 
     smallest = latency(net.smallest())[0]
     rows = []
-    for budget in [smallest * f for f in FACTORS] + [UNCONSTRAINED_MS]:
+    for budget in [smallest * f for f in factors] + [UNCONSTRAINED_MS]:
         constraints = Constraints(budget_ms=budget)
         # Each selector sees only what a deploy would (never the oracle's evaluations below).
         old = as_deployed()  # before the widening (issue 14): top 8 guesses re-scored, cache ignored
@@ -138,66 +136,58 @@ def run_model(model: str, target_name: str, exhaustive_limit: int) -> list[Row]:
     return rows
 
 
-def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+def markdown(result: harness.Result) -> str:
+    meta, rows = result["meta"], result["rows"]
+    date, machine = harness.describe(result)
     lines = [
         "# Selector vs an oracle over real accuracies",
         "",
-        f"{meta['date']}, {meta['machine']}. Latency: the `{meta['target']}` table's predictions (no margin). "
+        f"{date}, {machine}. Latency: the `{meta['target']}` table's predictions (no margin). "
         "Accuracy: real evaluations on the validation split. `oracle`: *exhaustive* = every feasible config "
         "evaluated; *cache* = the best of every evaluation we have (the space is too large to evaluate). "
         "`now`: today's selector (real accuracies known to the cache compete; re-scoring widens until stable); "
         "`before`: top 8 surrogate guesses re-scored, cache ignored. `surrogate claims`: what the surrogate "
         "oracle of [selector_vs_oracle.md](selector_vs_oracle.md) reports for the same budget.",
         "",
-        "| model | budget ms | feasible | oracle | oracle acc | now acc | gap pp | real evals | stable | before acc "
-        "| before gap pp | surrogate claims |",
-        "|---|---:|---:|---|---:|---:|---:|---:|:---:|---:|---:|---:|",
-    ]
+        *harness.table(
+            ["model", "budget ms", "feasible", "oracle", "oracle acc", "now acc", "gap pp", "real evals", "stable",
+             "before acc", "before gap pp", "surrogate claims"],
+            ([r["model"], "none" if r["budget_ms"] >= UNCONSTRAINED_MS else f"{r['budget_ms']:.3f}", r["feasible"],
+              r["oracle"], f"{r['oracle_acc']:.2%}", f"{r['chosen_acc']:.2%}", f"{r['gap_pp']:.2f}",
+              r["chosen_evaluated"], "yes" if r["stable"] else "no", f"{r['before_acc']:.2%}",
+              f"{r['before_gap_pp']:.2f}", f"{r['surrogate_oracle_acc']:.2%}"] for r in rows),
+            "lrrlrrrrlrrr",
+        ),
+        "",
+    ]  # fmt: skip
+    by_model: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        budget = "none" if r.budget_ms >= UNCONSTRAINED_MS else f"{r.budget_ms:.3f}"
-        lines.append(
-            f"| {r.model} | {budget} | {r.feasible} | {r.oracle} | {r.oracle_acc:.2%} | {r.chosen_acc:.2%} | "
-            f"{r.gap_pp:.2f} | {r.chosen_evaluated} | {'yes' if r.stable else 'no'} | {r.before_acc:.2%} | "
-            f"{r.before_gap_pp:.2f} | {r.surrogate_oracle_acc:.2%} |"
-        )
-    by_model: dict[str, list[Row]] = {}
-    for r in rows:
-        by_model.setdefault(r.model, []).append(r)
-    lines += ["", "| model | budgets | mean gap now pp | max gap now pp | mean gap before pp | max gap before pp |"]
-    lines.append("|---|---:|---:|---:|---:|---:|")
+        by_model.setdefault(r["model"], []).append(r)
+    summary = []
     for model, rs in by_model.items():
-        now, before = [r.gap_pp for r in rs], [r.before_gap_pp for r in rs]
-        lines.append(
-            f"| {model} | {len(rs)} | {sum(now) / len(now):.2f} | {max(now):.2f} | "
-            f"{sum(before) / len(before):.2f} | {max(before):.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+        now, before = [r["gap_pp"] for r in rs], [r["before_gap_pp"] for r in rs]
+        summary.append([model, len(rs), f"{sum(now) / len(now):.2f}", f"{max(now):.2f}",
+                        f"{sum(before) / len(before):.2f}", f"{max(before):.2f}"])  # fmt: skip
+    headers = ["model", "budgets", "mean gap now pp", "max gap now pp", "mean gap before pp", "max gap before pp"]
+    return "\n".join([*lines, *harness.table(headers, summary, "lrrrrr")]) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run(args: argparse.Namespace) -> harness.Result:
+    logging.getLogger("deploy").setLevel(logging.WARNING)
+    models = ("poa_vit_mnist",) if args.quick else (args.model or MODELS)
+    factors = FACTORS[:1] if args.quick else FACTORS
+    rows = [row for m in models for row in run_model(m, args.target, args.exhaustive_limit, factors)]
+    meta = {"target": args.target, "exhaustive_limit": args.exhaustive_limit, "factors": factors}
+    return {"meta": meta, "rows": [{**r.__dict__, "gap_pp": r.gap_pp, "before_gap_pp": r.before_gap_pp} for r in rows]}
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", help="model variant(s); default: every shipped family")
     parser.add_argument("--target", default="host-cpu-ort")
     parser.add_argument("--exhaustive-limit", type=int, default=400, help="evaluate the feasible set up to this size")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("deploy").setLevel(logging.WARNING)
-    start = time.perf_counter()
-    rows = [row for m in (args.model or MODELS) for row in run_model(m, args.target, args.exhaustive_limit)]
-    meta = {
-        "date": now_iso(),
-        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
-        "target": args.target,
-        "exhaustive_limit": args.exhaustive_limit,
-        "factors": FACTORS,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    rows_json = [{**r.__dict__, "gap_pp": r.gap_pp, "before_gap_pp": r.before_gap_pp} for r in rows]
-    atomic_write_json(args.out / "selector_real_oracle.json", {"meta": meta, "rows": rows_json})
-    atomic_write_text(args.out / "selector_real_oracle.md", markdown(rows, meta))
-    print(f"wrote {args.out / 'selector_real_oracle.md'} ({meta['seconds']} s)")
 
+
+COMPARISON = harness.Comparison("selector_real_oracle", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.main(COMPARISON))

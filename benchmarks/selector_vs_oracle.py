@@ -7,7 +7,8 @@ where the space has at most 50,000 configs; for a larger space (elastic_vit: ~10
 feasible config of a large seeded random sample (`--oracle-samples`), so a negative gap means evolution
 found better than the sample.
 
-    .venv/bin/python benchmarks/selector_vs_oracle.py [--model matformer_vit_mnist] [--target host-cpu-ort] [--proxy]
+    python -m benchmarks.selector_vs_oracle [--model matformer_vit_mnist] [--target host-cpu-ort] [--proxy]
+    python -m benchmarks.selector_vs_oracle --quick    # smoke test: poa_vit_mnist, one budget, one seed, a short search
 
 main() wires the real pieces (trained matformer_vit_mnist checkpoint, the target's latency table, the
 accuracy surrogate). Where any is missing it falls back to a PROXY (a fixed per-width latency table and
@@ -23,13 +24,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deploy.errors import DeployError, NoFeasibleSubnetError
-from deploy.io import atomic_write_json, atomic_write_text
+from benchmarks import harness
+from deploy.errors import NoFeasibleSubnetError
 from deploy.models import build
 from deploy.search.select import Candidate, Constraints, EvolutionParams, select
 from deploy.search.space import SearchSpace, SubnetConfig
@@ -37,7 +37,6 @@ from deploy.search.space import SearchSpace, SubnetConfig
 log = logging.getLogger("benchmarks.selector_vs_oracle")
 
 MODEL = "matformer_vit_mnist"
-RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # of the way from the smallest to the largest subnet
 SEEDS = (0, 1, 2, 3, 4)
 
@@ -230,38 +229,28 @@ def proxy_pieces(reason: str) -> tuple[SearchSpace, LatencyFn, AccuracyFn, list[
     return supernet.space(), proxy_latency, proxy_accuracy, budgets, note
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="host-cpu-ort", help="whose latency table to use")
-    parser.add_argument("--model", default=MODEL, help="a trained variant the target serves")
-    parser.add_argument("--oracle-samples", type=int, default=100_000, help="random oracle size (large spaces)")
-    parser.add_argument("--proxy", action="store_true", help="use the proxy pieces even if real ones exist")
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="number of seeds (0..n-1)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json and .md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
+def run(args: Any) -> dict[str, Any]:
     # The real pieces or, only when asked, the labelled proxy: never a silent fallback.
+    if args.quick:  # a space of 24 subnets: the exhaustive oracle takes milliseconds
+        args.model = "poa_vit_mnist"
+    if args.proxy and args.model != MODEL:
+        raise SystemExit(f"error: the proxy pieces model {MODEL} only; drop --proxy for {args.model}")
     pieces = "proxy" if args.proxy else "real"
     if args.proxy:
         space, latency_fn, accuracy_fn, budgets, note = proxy_pieces("--proxy given")
     else:
-        try:
-            space, latency_fn, accuracy_fn, budgets, note = real_pieces(args.target, args.model)
-        except DeployError as exc:
-            raise SystemExit(f"error: {exc}") from None
-
-    seeds = list(range(args.seeds))
-    evolution = EvolutionParams()
-    if args.proxy and args.model != MODEL:
-        raise SystemExit(f"error: the proxy pieces model {MODEL} only; drop --proxy for {args.model}")
-    rows = run_benchmark(space, latency_fn, accuracy_fn, budgets, seeds, evolution, args.oracle_samples)
-    exhaustive = space.size() <= EXHAUSTIVE_LIMIT
+        space, latency_fn, accuracy_fn, budgets, note = real_pieces(args.target, args.model)
+    seeds = list(range(1 if args.quick else args.seeds))
+    oracle_samples = 2_000 if args.quick else args.oracle_samples
+    budgets = budgets[len(budgets) // 2 :][:1] if args.quick else budgets  # --quick: the middle budget alone
+    evolution = EvolutionParams(population=16, generations=3, parents=4) if args.quick else EvolutionParams()
+    rows = run_benchmark(space, latency_fn, accuracy_fn, budgets, seeds, evolution, oracle_samples)
     if not rows:
         raise SystemExit("no budget had a feasible subnet; nothing to compare")
-    result = {
+    exhaustive = space.size() <= EXHAUSTIVE_LIMIT
+    return {
         "model": args.model,
-        "oracle": "exhaustive" if exhaustive else f"best of {args.oracle_samples} seeded random configs",
+        "oracle": "exhaustive" if exhaustive else f"best of {oracle_samples} seeded random configs",
         "pieces": pieces,
         "note": note,
         "space_size": build(args.model).space().size(),  # distinct configs (gene vectors may repeat some)
@@ -271,15 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summarize(rows),
         "rows": rows,
     }
-    text = markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "selector_vs_oracle" if args.model == MODEL else f"selector_vs_oracle.{args.model}"
-    atomic_write_json(args.out / f"{stem}.json", result)
-    atomic_write_text(args.out / f"{stem}.md", text)
-    print(text)
-    print(f"wrote {args.out / stem}.json and .md")
-    return 0
 
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="host-cpu-ort", help="whose latency table to use")
+    parser.add_argument("--model", default=MODEL, help="a trained variant the target serves")
+    parser.add_argument("--oracle-samples", type=int, default=100_000, help="random oracle size (large spaces)")
+    parser.add_argument("--proxy", action="store_true", help="use the proxy pieces even if real ones exist")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="number of seeds (0..n-1)")
+
+
+COMPARISON = harness.Comparison(
+    "selector_vs_oracle", __doc__, run, markdown, arguments,
+    stem=lambda args: "selector_vs_oracle" if args.model == MODEL else f"selector_vs_oracle.{args.model}",
+)  # fmt: skip
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

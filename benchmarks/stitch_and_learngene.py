@@ -10,7 +10,8 @@ exported, compiled and MEASURED on the target (default host-cpu-ort-1t, ONNX Run
 interleaved run (all subnets in every round), next to the table's PREDICTION for it.
 Writes results/stitch_and_learngene.{md,json} and results/{stitchable,learngene}_curve.png.
 
-    .venv/bin/python benchmarks/stitch_and_learngene.py [--target host-cpu-ort-1t]
+    python -m benchmarks.stitch_and_learngene [--target host-cpu-ort-1t]
+    python -m benchmarks.stitch_and_learngene --quick    # smoke test: one subnet of each family, short protocol
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from deploy.io import atomic_write_json, atomic_write_text
+from benchmarks import harness
 
 log = logging.getLogger("benchmarks.stitch_and_learngene")
-RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("stitchable_mnist", "learngene_mnist", "learngene_mnist_tuned")
 
 
@@ -34,7 +34,7 @@ def label(config: Any) -> str:
     return f"depth {c['depth']}"
 
 
-def measure_all(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
+def measure_all(target_name: str, quick: bool = False) -> tuple[Any, list[dict[str, Any]]]:
     from deploy.accuracy.oracle import evaluate
     from deploy.latency.build import subnet_identity
     from deploy.latency.predictor import LatencyPredictor
@@ -45,13 +45,20 @@ def measure_all(target_name: str) -> tuple[Any, list[dict[str, Any]]]:
     from deploy.tasks.mnist import MnistTask
 
     target = load_target(target_name)
+    target = harness.subnets.quick_target(target) if quick else target
     predictor = LatencyPredictor(LatencyTable.load(target.table_path, target.name))
     task = MnistTask(0)
+    if quick:  # 100 val images stand for both splits: the figures of a smoke test mean nothing
+        from deploy.tasks.base import ArrayTask
+        from deploy.tasks.mnist import load_splits
+
+        val = load_splits(0).val
+        task = ArrayTask.of(val.x[:100], val.y[:100])
     session = MeasureSession.open(target)
     rows, items = [], []
-    for variant in MODELS:
+    for variant in MODELS[:2] if quick else MODELS:
         net, _info = load(variant)
-        for config in net.space().enumerate():
+        for config in list(net.space().enumerate())[: 1 if quick else None]:
             rows.append(
                 {
                     "model": variant,
@@ -107,11 +114,13 @@ def plot(rows: list[dict[str, Any]], model: str, path: Path, title: str) -> None
     save_figure(fig, ax, path)
 
 
-def markdown(target: Any, rows: list[dict[str, Any]]) -> str:
+def markdown(result: harness.Result) -> str:
+    rows = result["rows"]
+    description = result.get("description") or describe_target(result["target"])
     out = [
         "# Stitchable (SN-Net) and learngene (TLEG) subnets: accuracy and measured latency",
         "",
-        f"Target `{target.name}` ({target.description}); latency MEASURED here, every subnet exported, compiled and "
+        f"Target `{result['target']}` ({description}); latency MEASURED here, every subnet exported, compiled and "
         "run in one interleaved measurement (median of the runs; CV = spread of the round medians); "
         "`predicted` is the shipped table's prediction. "
         "Accuracy: shipped checkpoints on the 750 val and 750 test images.",
@@ -132,21 +141,26 @@ def markdown(target: Any, rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="host-cpu-ort-1t")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target, rows = measure_all(args.target)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(rows, "stitchable_mnist", RESULTS / "stitchable_curve.png", f"SN-Net stitches on {target.name}")
-    plot(rows, "learngene_mnist", RESULTS / "learngene_curve.png", f"TLEG descendants on {target.name}")
-    atomic_write_json(RESULTS / "stitch_and_learngene.json", {"target": target.name, "rows": rows})
-    text = markdown(target, rows)
-    atomic_write_text(RESULTS / "stitch_and_learngene.md", text)
-    print(text)
-    return 0
+def describe_target(name: str) -> str:
+    """A result written before the harness names its target only: its description from the target file."""
+    from deploy.targets import load_target
 
+    return load_target(name).description
+
+
+def run(args: argparse.Namespace) -> harness.Result:
+    target, rows = measure_all(args.target, args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, "stitchable_mnist", args.out / "stitchable_curve.png", f"SN-Net stitches on {target.name}")
+    plot(rows, "learngene_mnist", args.out / "learngene_curve.png", f"TLEG descendants on {target.name}")
+    return {"target": target.name, "description": target.description, "rows": rows}
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="host-cpu-ort-1t")
+
+
+COMPARISON = harness.Comparison("stitch_and_learngene", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

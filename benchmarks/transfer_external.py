@@ -23,16 +23,15 @@ stratum of source-predicted latency) are fitted with fit_transfer (model chosen 
 only factor/affine/power ("total only"), and with one factor (median ratio); every other subnet is
 predicted and scored. Figures are means over draws.
 
-    .venv/bin/python benchmarks/transfer_external.py   # writes benchmarks/results/transfer_external.{json,md}
+    python -m benchmarks.transfer_external           # ~4 min on 2 cores; skipped where the data sets are absent
+    python -m benchmarks.transfer_external --quick   # smoke test: one NAS-Bench-201 pair, N = 5 and 10, 2 draws
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
-import platform
-import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,15 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from deploy.io import atomic_write_json, atomic_write_text
+from benchmarks import harness
 from deploy.latency.solvers import nnls
-from deploy.latency.table import now_iso
 from deploy.latency.transfer import Column, choose_samples, fit_transfer
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 NB201 = DATASETS / "nb201" / "nb201_joined.csv"
 HAT = DATASETS / "hat"
-OUT = Path(__file__).resolve().parent / "results"
 NS = (5, 10, 20, 50, 100)
 DRAWS = 20
 COVERAGE_DRAWS = 10
@@ -220,13 +217,13 @@ def nb201_kinds(ops: np.ndarray, src_ms: np.ndarray) -> tuple[np.ndarray, list[s
     return x[:, keep], [k for k, kp in zip(kinds, keep, strict=True) if kp], err
 
 
-def nb201_setups(rows: list[dict[str, str]]) -> list[Setup]:
+def nb201_setups(rows: list[dict[str, str]], pairs: int | None = None, helps: bool = True) -> list[Setup]:
     def col(name: str) -> np.ndarray:
         return np.array([float(r[name]) if r[name] not in ("", "nan") else np.nan for r in rows])
 
     ops = np.array([_edges(r["arch_str"]) for r in rows])
     setups = []
-    for src, dst, family in NB201_PAIRS:
+    for src, dst, family in NB201_PAIRS[:pairs]:
         s, y = col(src), col(dst)
         keep = np.isfinite(s) & np.isfinite(y) & (s > 0.05) & (y > 0.05)  # disconnected cells time ~0 ms
         kinds, names, lut_err = nb201_kinds(ops[keep], s[keep])
@@ -236,7 +233,7 @@ def nb201_setups(rows: list[dict[str, str]]) -> list[Setup]:
         cols = (Column(short), *(Column(f"{short} LUT", k) for k in names))
         note = f"source LUT in-sample median error {lut_err:.1f}%"
         setups.append(Setup(f"{short} → {dst.removesuffix('_ms')}", family, x, y[keep], cols, note))
-    for dst, primary in HELP_PRIMARY.items():
+    for dst, primary in HELP_PRIMARY.items() if helps else ():
         sources = [primary, *(s for s in HELP_SOURCES if s != primary)]
         s = np.stack([col(c) for c in sources], axis=1)
         y = col(dst)
@@ -310,30 +307,27 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def machine() -> str:
-    from deploy.runners.local import cpu_model
-
-    return f"{platform.platform()}, {cpu_model()}, Python {platform.python_version()}, numpy {np.__version__}"
-
-
 def _cell(s: dict[str, float]) -> str:
     return f"{s['spearman']:.3f} · {s['within_10pct']:.0%} · {s['within_5pct']:.0%} · {s['median_abs_pct']:.1f}%"
 
 
-def markdown(results: dict[str, Any]) -> list[str]:
+def markdown(results: dict[str, Any]) -> str:
+    date, machine = harness.describe(results)
+    runtime = results.get("runtime_s", results.get("environment", {}).get("wall_s", 0))
+    ns_all, draws = results.get("ns", NS), results.get("draws", DRAWS)
     lines = [
-        f"# Few-shot latency transfer on external data ({results['date']})",
+        f"# Few-shot latency transfer on external data ({date})",
         "",
-        f"{results['protocol']} Machine: {results['machine']}. Runtime {results['runtime_s']:.0f} s.",
+        f"{results['protocol']} Machine: {machine}. Runtime {runtime:.0f} s.",
         "",
         "Cells: Spearman · share within ±10% · within ±5% · median abs error, on every subnet not measured,",
-        f"mean over {DRAWS} random draws of N destination measurements. Rows: **chosen** = fit_transfer's",
+        f"mean over {draws} random draws of N destination measurements. Rows: **chosen** = fit_transfer's",
         "choice by held-out error; **factor** = one median-ratio factor from the same N (Spearman equals the",
         "source's own). Last column: the models fitted on every subnet, in-sample (≤ 10 parameters on",
         "thousands): for factor it is estimate_transfer.md's best factor, for chosen what the features allow.",
     ]
     for dataset, block in results["datasets"].items():
-        ns = [n for n in map(str, NS) if any(n in s["by_n"] for s in block["setups"])]
+        ns = [n for n in map(str, ns_all) if any(n in s["by_n"] for s in block["setups"])]
         lines += ["", f"## {dataset}", "", block["about"], ""]
         lines.append("| setup | model | " + " | ".join(f"N={n}" for n in ns) + " | fitted on all cells (in-sample) |")
         lines.append("|---|---|" + "---|" * (len(ns) + 1))
@@ -345,7 +339,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
                 name = f"{s['name']} ({s['family']})" if key == "auto" else ""
                 lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {last} |")
         lines += ["", block["summary"]]
-    return lines
+    return "\n".join(lines) + "\n"
 
 
 def _fam(setups: list[dict[str, Any]], n: str, sampler: str, key: str) -> str:
@@ -383,7 +377,9 @@ def summarise(setups: list[dict[str, Any]], helps: bool) -> str:
     return "\n".join(lines)
 
 
-def run_setups(setups: list[Setup]) -> list[dict[str, Any]]:
+def run_setups(
+    setups: list[Setup], ns: Sequence[int] = NS, draws: int = DRAWS, coverage: int = COVERAGE_DRAWS
+) -> list[dict[str, Any]]:
     out = []
     for i, s in enumerate(setups):
         out.append(
@@ -394,33 +390,33 @@ def run_setups(setups: list[Setup]) -> list[dict[str, Any]]:
                 "subnets": len(s.y),
                 "note": s.note,
                 "all_cells": ceilings(s),
-                "by_n": evaluate(s, seed=i),
+                "by_n": evaluate(s, ns, draws, coverage, seed=i),
             }
         )
     return out
 
 
-def main() -> int:
+def run(args: argparse.Namespace) -> harness.Result:
     hat_files = {f"{t}_{d}": HAT / f"{t}_{d}_all.csv" for t in HAT_TASKS for d in HAT_DEVICES}
     if not NB201.exists() and not all(p.exists() for p in hat_files.values()):
-        print(f"skipped: {DATASETS} not found (the datasets folder beside the repository)", file=sys.stderr)
-        return 0
-    start = time.perf_counter()
+        raise harness.Skipped(f"{DATASETS} not found (the datasets folder beside the repository)")
+    ns, draws, coverage = ((5, 10), 2, 1) if args.quick else (NS, DRAWS, COVERAGE_DRAWS)
     datasets: dict[str, Any] = {}
     files: dict[str, str] = {}
     if NB201.exists():
-        setups = run_setups(nb201_setups(list(csv.DictReader(NB201.open()))))
+        rows = list(csv.DictReader(NB201.open()))
+        setups = run_setups(nb201_setups(rows, 1 if args.quick else None, not args.quick), ns, draws, coverage)
         datasets["NAS-Bench-201 (HELP, HW-NAS-Bench-360 devices)"] = {
             "about": "Features: the measured source latency and per-kind sums of a per-op table fitted on all source "
             "cells (HELP-like rows: the 9 sources' totals). Scored on every other connected cell. pixel2, "
             "samsung_a50, samsung_s7 and essential_ph_1 report whole ms (pixel2: 42 distinct values, median 15 ms; "
             "pixel3 does not), eyeriss 38 distinct values: rounding alone moves a 10 ms cell by up to 5%.",
             "setups": setups,
-            "summary": summarise(setups, helps=True),
+            "summary": summarise(setups, helps=not args.quick),
         }
         files[str(NB201.relative_to(DATASETS))] = sha256(NB201)
-    if all(p.exists() for p in hat_files.values()):
-        setups = run_setups(hat_setups(hat_files))
+    if all(p.exists() for p in hat_files.values()) and not args.quick:
+        setups = run_setups(hat_setups(hat_files), ns, draws, coverage)
         datasets["HAT SubTransformers (Raspberry Pi 4, Xeon E5-2640, TITAN Xp)"] = {
             "about": "Latency = encoder + decoder mean (what HAT's predictor trains on). Features: the "
             "source-fitted predictor's encoder, decoder-fixed and decoder-per-layer parts at the destination's "
@@ -430,13 +426,12 @@ def main() -> int:
             "summary": summarise(setups, helps=False),
         }
         files.update({str(p.relative_to(DATASETS)): sha256(p) for p in hat_files.values()})
-    results = {
-        "date": now_iso(),
-        "machine": machine(),
-        "runtime_s": time.perf_counter() - start,
+    return {
+        "ns": list(ns),
+        "draws": draws,
         "data": files,
         "protocol": (
-            f"N in {list(NS)} destination measurements: {DRAWS} uniform random draws and {COVERAGE_DRAWS} coverage "
+            f"N in {list(ns)} destination measurements: {draws} uniform random draws and {coverage} coverage "
             "draws (deploy.latency.transfer.choose_samples on the source total), seeded per setup and N; model "
             "chosen by 10-fold (leave-one-out for N ≤ 10) held-out relative error, the simplest within one standard "
             "error of the best; scored on every subnet not drawn."
@@ -444,13 +439,13 @@ def main() -> int:
         "help_reference": {"spearman_n10": HELP_SPEARMAN_N10, "mean": HELP_MEAN, "source": "HELP Table 3"},
         "datasets": datasets,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT / "transfer_external.json", results)
-    lines = markdown(results)
-    atomic_write_text(OUT / "transfer_external.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
 
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """No options of its own."""
+
+
+COMPARISON = harness.Comparison("transfer_external", __doc__, run, markdown, arguments)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(COMPARISON))

@@ -14,7 +14,7 @@ A user never edits elastic-deploy to deploy their model. They write, in their ow
 
 They register them through Python entry points in their pyproject.toml (the groups below), or name them
 as `package.module:Class` in a model spec (`models/<name>.yaml`) or a target. Everything else (targets,
-models, tables, checkpoints) is data in a workspace folder. See the README's "Bring your own model".
+models, tables, checkpoints) is data in a workspace folder. See docs/bring-your-own-model.md.
 """
 
 from __future__ import annotations

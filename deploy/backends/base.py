@@ -38,6 +38,25 @@ def check_precision(backend_name: str, supported: tuple[str, ...], target: Targe
         )
 
 
+def calibration_rows(backend: str, sample: np.ndarray, calibration: np.ndarray | None, where: str) -> list[np.ndarray]:
+    """int8 calibration data as batch-1 inputs shaped like `sample` (the model's one input).
+
+    Accepts N × the input's per-sample shape (e.g. N×1×28×28 training images for a 1×1×28×28 input) or
+    N × the full input shape; None uses the sample itself (enough for latency tables)."""
+    if calibration is None:
+        return [np.ascontiguousarray(sample, np.float32)]
+    data = np.asarray(calibration)
+    per_sample = tuple(sample.shape[1:]) if sample.shape[:1] == (1,) else tuple(sample.shape)
+    if data.size and tuple(data.shape[1:]) in (per_sample, tuple(sample.shape)):
+        return [np.ascontiguousarray(row.reshape(sample.shape), np.float32) for row in data]
+    from deploy.errors import DataShapeError
+
+    raise DataShapeError(
+        f"{backend} int8 calibration data from {where} has shape {tuple(data.shape)}, expected "
+        f"(N, {', '.join(map(str, per_sample))}) with N >= 1 (N × the model's input shape {tuple(sample.shape)})"
+    )
+
+
 class NoOptions(BaseModel):
     """A backend without options: `backend_options` in a target must be empty."""
 

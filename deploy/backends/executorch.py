@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.backends.base import Artifact, BackendBase, backend_options, check_precision
+from deploy.backends.base import Artifact, BackendBase, backend_options, calibration_rows, check_precision
 from deploy.backends.coreml import CoreMLOptions
 from deploy.errors import BackendUnavailableError, DataShapeError, DeployError, ExportError, UnsupportedOpError
 from deploy.io import atomic_write_bytes
@@ -216,21 +216,6 @@ def conversion_error(exc: BaseException, delegate: str) -> DeployError:
     return ExportError(f"executorch ({delegate}) lowering failed ({type(exc).__name__}): {_first_line(exc)}")
 
 
-def representative_rows(sample: np.ndarray, calibration: np.ndarray | None, where: str) -> list[np.ndarray]:
-    """Calibration rows as batch-1 inputs shaped like `sample` (N × per-sample shape or N × full shape);
-    None uses the sample itself."""
-    if calibration is None:
-        return [np.ascontiguousarray(sample, np.float32)]
-    data = np.asarray(calibration)
-    per_sample = tuple(sample.shape[1:]) if sample.shape[:1] == (1,) else tuple(sample.shape)
-    if data.size and tuple(data.shape[1:]) in (per_sample, tuple(sample.shape)):
-        return [np.ascontiguousarray(row.reshape(sample.shape), np.float32) for row in data]
-    raise DataShapeError(
-        f"executorch int8 calibration data from {where} has shape {tuple(data.shape)}, expected "
-        f"(N, {', '.join(map(str, per_sample))}) with N >= 1 (N × the model's input shape {tuple(sample.shape)})"
-    )
-
-
 def _op_name(node: Any) -> str:
     name = getattr(node.target, "__name__", None) or str(node.target)
     return name.removesuffix(".default")
@@ -363,7 +348,7 @@ class ExecuTorchBackend(BackendBase):
         rows: list[np.ndarray] = []
         if precision == "int8":  # check the data before the (slow) quantisation
             where = "the calibration argument" if calibration is not None else f"hub entry {entry.key} references"
-            rows = representative_rows(sample, calibration, where)
+            rows = calibration_rows("executorch", sample, calibration, where)
 
         start = time.perf_counter()
         program = entry.load_program()
@@ -404,7 +389,7 @@ class ExecuTorchBackend(BackendBase):
         )
         if self.runs_here() is None:
             self._method(artifact)  # prove it loads here, once
-        log.info(
+        log.debug(
             "compiled %s (%s, %d bytes, %.1f s, %d/%d ops delegated) for %s",
             path, precision, len(data), seconds, report["n_delegated"],
             report["n_delegated"] + report["n_not_delegated"], target.name,

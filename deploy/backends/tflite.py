@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.backends.base import Artifact, BackendBase, check_precision
+from deploy.backends.base import Artifact, BackendBase, calibration_rows, check_precision
 from deploy.errors import BackendUnavailableError, DataShapeError, DeployError, ExportError, UnsupportedOpError
 from deploy.io import atomic_write_bytes
 
@@ -116,23 +116,6 @@ def conversion_error(exc: BaseException) -> DeployError:
     if op:
         return UnsupportedOpError(f"tflite: the converter cannot handle op '{op}'; rewrite it in the module")
     return ExportError(f"tflite conversion failed ({type(exc).__name__}): {first}")
-
-
-def representative_dataset(sample: np.ndarray, calibration: np.ndarray | None, where: str) -> list[np.ndarray]:
-    """Calibration rows as batch-1 inputs shaped like `sample`.
-
-    Accepts N × the input's per-sample shape (e.g. N×1×28×28 training images for a 1×1×28×28 input) or
-    N × the full input shape; None uses the sample itself."""
-    if calibration is None:
-        return [np.ascontiguousarray(sample, np.float32)]
-    data = np.asarray(calibration)
-    per_sample = tuple(sample.shape[1:]) if sample.shape[:1] == (1,) else tuple(sample.shape)
-    if data.size and tuple(data.shape[1:]) in (per_sample, tuple(sample.shape)):
-        return [np.ascontiguousarray(row.reshape(sample.shape), np.float32) for row in data]
-    raise DataShapeError(
-        f"tflite int8 calibration data from {where} has shape {tuple(data.shape)}, expected "
-        f"(N, {', '.join(map(str, per_sample))}) with N >= 1 (N × the model's input shape {tuple(sample.shape)})"
-    )
 
 
 def _quantize(model: bytes, precision: str, rows: list[np.ndarray]) -> bytes:
@@ -237,7 +220,7 @@ class TFLiteBackend(BackendBase):
             )
         if precision == "int8":  # check the data before the (slow) conversion
             where = "the calibration argument" if calibration is not None else f"hub entry {entry.key} references"
-            rows = representative_dataset(sample, calibration, where)
+            rows = calibration_rows("tflite", sample, calibration, where)
 
         import torch
 

@@ -20,7 +20,8 @@ whatever can measure on the target first times a few of the table's own blocks (
   predictions beyond the table's error, the calibration's overall scale is refitted on them: s = median
   of measured / (table prediction × drift factor), and later deploys multiply by it too. One parameter
   only: a calibration's shape needs its window of 12-36 subnets measured beside their blocks, while
-  what moves between windows here is the whole-subnet/block ratio as a whole (README, "What limits it").
+  what moves between windows here is the whole-subnet/block ratio as a whole (docs/targets-and-tables.md,
+  "What limits the predictions").
   Shipped tables are never rewritten; `tables build --recalibrate` in a quiet window fixes the table.
 - **Over budget** (`settle_measurement`): a deploy whose measured artifact exceeds the budget re-selects
   once with the correction the measurement implies (measured / table prediction), or stops with
@@ -53,13 +54,14 @@ if TYPE_CHECKING:
     from deploy.families.base import BlockKey, Supernet
     from deploy.latency.session import MeasureSession
     from deploy.latency.stats import LatencyStats
+    from deploy.packaging.manifest import Manifest
     from deploy.search.select import Candidate
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
 
 REFERENCE_BLOCKS = 4
-OBSERVATION_MAX_AGE_S = 2 * 3600.0  # this VM's whole/block ratio moved within tens of minutes (README)
+OBSERVATION_MAX_AGE_S = 2 * 3600.0  # this VM's whole/block ratio moved within tens of minutes (docs/)
 BUILD_CHECK_EVERY = 12  # blocks between two checks of a build (~15% more measuring with 3 reference blocks)
 BUILD_REFERENCE_BLOCKS = 3
 BUILD_MIN_DRIFT_PCT = 3.0  # a build check never calls a move below this "drift" (round noise here: 1-4%)
@@ -729,7 +731,7 @@ class BenchDrift:
 
 def bench_drift(
     target: Target,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     *,
     session_for: Callable[[Target], MeasureSession],
     say: Callable[[str], None] = log.info,
@@ -740,10 +742,10 @@ def bench_drift(
     from deploy.search.space import SubnetConfig
 
     try:
-        at = target.at_precision(manifest.get("precision", target.precision))
+        at = target.at_precision(manifest.precision)
         table = LatencyTable.load(at.table_path, at.name)
-        supernet = build(manifest["model"])  # latency does not depend on the weights
-        config = SubnetConfig.from_json(manifest["subnet"]["config"])
+        supernet = build(manifest.model)  # latency does not depend on the weights
+        config = SubnetConfig.from_json(manifest.subnet.config)
         table_ms = LatencyPredictor(table).predict(supernet.blocks(config), supernet.family).ms
     except (DeployError, KeyError, ValueError) as exc:
         say(f"no drift check: {str(exc).rstrip('.') or type(exc).__name__}")

@@ -12,7 +12,7 @@ all runs (pooled from each round's count, avg and std), and p90_ms is the 90th p
 figures, not of single runs.
 
 ExecuTorch .pte files are timed with ExecuTorch's own `executor_runner` (examples/portable/executor_runner,
-built for arm64 with XNNPACK, README "ExecuTorch on a phone"): one invocation per round runs the program
+built for arm64 with XNNPACK, docs/backends.md, "On a phone"): one invocation per round runs the program
 `--num_executions` = warm-up + runs times with `--cpu_threads`. Since ExecuTorch 1.3 it logs every
 execution ("Iteration i of N: X ms"), so the first warm-up executions are dropped and the round's figure
 is the true median of its timed runs; older runners log only the total ("Model executed successfully N
@@ -333,7 +333,7 @@ class AdbRunner(SingleFromMany):
             if kind == "executorch":
                 raise RunnerError(
                     f"executor_runner is not at {binary} on {self.where}: build ExecuTorch's executor_runner for "
-                    "arm64 with XNNPACK from the release installed here (README 'ExecuTorch on a phone': cmake "
+                    "arm64 with XNNPACK from the release installed here (docs/backends.md, 'On a phone': cmake "
                     "--preset android-arm64-v8a -DEXECUTORCH_BUILD_EXECUTOR_RUNNER=ON -DEXECUTORCH_BUILD_XNNPACK=ON "
                     "...; or devtools/scripts/benchmark_android.sh of pytorch/executorch builds it), then "
                     f"`adb push executor_runner {parent} && adb shell chmod +x {binary}` "
@@ -415,7 +415,7 @@ class AdbRunner(SingleFromMany):
 
     def _raise_for_executor_runner_error(self, output: str) -> None:
         """One-line errors for what executor_runner says when it cannot run the file."""
-        rebuild = "build executor_runner from the ExecuTorch release installed here (README 'ExecuTorch on a phone')"
+        rebuild = "build executor_runner from the ExecuTorch release installed here (docs/backends.md, 'On a phone')"
         ident = _ET_IDENTIFIER.search(output)
         if ident:
             raise RunnerError(

@@ -1,9 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -185,12 +181,9 @@ def make_table(keys: list[BlockKey], ms: list[float]) -> LatencyTable:
 
 
 def load_benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "transfer_external.py"
-    spec = importlib.util.spec_from_file_location("transfer_external_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import transfer_external
+
+    return transfer_external
 
 
 def test_benchmark_core_scores_a_small_synthetic_setup():

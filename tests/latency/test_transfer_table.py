@@ -66,9 +66,11 @@ def test_transfer_recovers_the_per_kind_scales_and_writes_provenance_when_kinds_
 
 
 def test_transfer_recovers_the_scales_within_tolerance_when_measurements_are_noisy(src, make_target, tiny, synthetic):
+    # fit named: with 2 % noise `auto` may rightly prefer one scale where the small kinds barely move a
+    # subnet's time on this machine's source table; the per-kind scales are what this test checks
     dst = make_target("dst")
     synthetic(source_table(src), tiny, SCALES, noise=0.02, seed=3)
-    result = transfer_table(dst, ["src"], [tiny], samples=30, progress=False)
+    result = transfer_table(dst, ["src"], [tiny], samples=30, fit="kind_blocks", progress=False)
     for kind, ratios in per_kind_ratio(result.table, source_table(src)).items():
         np.testing.assert_allclose(ratios, SCALES[kind], rtol=0.06)
     assert result.record.heldout.median_abs_pct < 5.0 and result.record.repeatability_pct > 0
