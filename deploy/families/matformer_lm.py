@@ -57,6 +57,7 @@ class MatFormerLMDims:
 
 class MatFormerLM(NestedFFNSpace, Supernet):
     family = FAMILY
+    language_model = True  # deployed by deploy/lm to targets with an `lm:` section
     dims_type = MatFormerLMDims
 
     def __init__(self, variant: str, dims: MatFormerLMDims) -> None:

@@ -149,3 +149,11 @@ def test_a_tokenizer_that_does_not_match_is_refused_at_deploy_and_at_generate(ro
         assert not (tmp_path / "new").exists() and sorted(p.name for p in root.iterdir()) == before
     finally:
         tokenizer.write_bytes(saved)
+
+
+def test_an_lm_on_a_target_without_an_lm_section_is_refused_naming_the_lm_targets():
+    from deploy.errors import ConfigFileError
+    from deploy.pipeline import deploy
+
+    with pytest.raises(ConfigFileError, match=r"is a language model .* --target host-cpu-ort-lm"):
+        deploy("host-cpu-ort", "matformer_lm_tiny", out_dir=Path("/nonexistent/never-written"))
