@@ -63,7 +63,7 @@ validate-tables: $(VENV)/.installed-$(EXTRAS)
 	  $(MODEL_FLAG) $(EXECUTOR_FLAGS) --json latency_tables/$(TARGET)$(if $(MODEL),.$(MODEL))$(if $(PRECISION),.$(PRECISION)).validation.json
 
 train: $(VENV)/.installed-data
-	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH))
+	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH)) $(if $(THREADS),--threads $(THREADS))
 
 # ruff, the tests (tests/benchmarks runs every benchmark's --quick mode), and the documentation site built
 # with --strict (a broken link fails) into a throwaway folder.

@@ -91,6 +91,21 @@ def _pct(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else "?"
 
 
+LM_REGIMES = (  # regime, variant shown, LoopRow fields: predicted, measured, measured again
+    ("prefill", "TTFT", ("predicted_ttft_ms", "measured_ttft_ms", "measured_ttft_again_ms")),
+    ("decode", "ms/token", ("predicted_ms_per_token", "measured_ms_per_token", "measured_ms_per_token_again")),
+)
+
+
+def lm_regimes(v: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(variant, figures, points for the plot) of an LM validation: TTFT (prefill) and ms/token (decode)."""
+    out = []
+    for regime, variant, (pred, a, b) in LM_REGIMES:
+        points = [{"measured_ms": (r[a] + r[b]) / 2, "predicted_ms": r[pred]} for r in v["rows"]]
+        out.append((variant, v[regime], {"median_abs_pct_error": v[regime]["median_abs_pct_error"], "rows": points}))
+    return out
+
+
 def validation_page(out: Path) -> tuple[str, str, str]:
     """Every validation file as a row, and a predicted vs measured plot per target."""
     import matplotlib
@@ -105,6 +120,13 @@ def validation_page(out: Path) -> tuple[str, str, str]:
     rows = []
     for path in files:
         v = json.loads(path.read_text())
+        if "prefill" in v:  # a language model's: whole generation loops, one row per regime (deploy/lm/validate.py)
+            for variant, f, runs in lm_regimes(v):
+                by_target.setdefault(v["target"], []).append((variant, runs))
+                rows.append([f"`{path.name}`", v["target"], variant, v["date"], v["host"], v["samples"],
+                             f"{f['median_abs_pct_error']:.1f}%", f"{f['within_5pct']:.2f}", f"{f['within_10pct']:.2f}",
+                             f"{f['worst_pct_error']:.1f}%", f"{f['repeatability_pct']:.2f}%"])  # fmt: skip
+            continue
         variant = path.name.removesuffix(".validation.json").removeprefix(v["target"]).strip(".") or "default"
         by_target.setdefault(v["target"], []).append((variant, v))
         rows.append([f"`{path.name}`", v["target"], variant, v["date"], v["host"], v["samples"],
@@ -115,7 +137,8 @@ def validation_page(out: Path) -> tuple[str, str, str]:
         "",
         "Every `latency_tables/*.validation.json`: random subnets the calibration never saw, measured end to end "
         "twice each beside the table's prediction (`make validate-tables`). *variant* is the model (for tables "
-        "serving several families) or the precision. How the tables are measured and what limits them: "
+        "serving several families), the precision, or for a language model TTFT and ms/token (whole generation "
+        "loops, `deploy/lm/validate.py`). How the tables are measured and what limits them: "
         "[Targets and latency tables](../targets-and-tables.md).",
         "",
         *table(VALIDATION_COLUMNS, rows, "lllllrrrrrr"),

@@ -110,7 +110,12 @@ def test_prediction_is_within_the_validated_error_of_the_host_ort_table(net, shi
     # separately timed blocks (per-call overhead), a regime the shipped models never see.
     ship_files("targets/host-cpu-ort-1t.yaml", "latency_tables/host-cpu-ort-1t.json")
     host = load_target("host-cpu-ort-1t")
-    variant = next(m for m in host.served_models if build(m).family == net.family)
+    variant = next((m for m in host.served_models if build(m).family == net.family), None)
+    if variant is None:
+        pytest.skip(
+            f"host-cpu-ort-1t serves no {net.family} model: its table holds the image models' blocks, a language "
+            "model is timed per prefill and decode on its own LM target (tests/lm/test_latency.py)"
+        )
     shipped_figures = LatencyTable.load(host.table_path).validation_for(net.family)
     assert shipped_figures is not None, f"validate host-cpu-ort-1t on {variant}: make validate-tables"
     spec = host.measurement.model_copy(update={"min_runs": 10, "rounds": 6, "max_retries": 0, "cv_max": 10.0})
