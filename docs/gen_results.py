@@ -27,7 +27,8 @@ DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
 TABLES = ROOT / "latency_tables"
 TRANSFER_COLUMNS = ("file", "target", "device", "measured on", "date", "transfer model", "subnets measured",
-                    "held-out median", "held-out p90", "within ±10%", "repeatability")  # fmt: skip
+                    "held-out median", "held-out p90", "within ±10%", "repeatability",
+                    "validated after: median (table alone)", "±10% (table alone)", "its repeatability")  # fmt: skip
 VALIDATION_COLUMNS = ("file", "target", "variant", "validated", "machine", "subnets", "median error", "±5%", "±10%",
                       "worst", "repeatability")  # fmt: skip
 
@@ -67,18 +68,27 @@ def transfer_page(out: Path) -> tuple[str, str, str] | None:
 
     rows = []
     for path in files:
+        # `tables validate --json validation/<stem>.validation.json`, run right after the transfer, if it was
+        checked = folder / "validation" / f"{path.stem}.validation.json"
+        after = json.loads(checked.read_text()) if checked.is_file() else {}
+        alone = after.get("uncorrected") or after
         prov = json.loads(path.read_text()).get("provenance", {})
         record = prov.get("transfer") or {}
         held = record.get("heldout") or {}
         rows.append([f"`{path.name}`", prov.get("target", "?"), prov.get("device", "?"), record.get("where", "?"),
                      record.get("date", prov.get("date", "?")), record.get("model", "?"), record.get("n_subnets", "?"),
                      _pct(held.get("median_abs_pct")), _pct(held.get("p90_abs_pct")),
-                     held.get("within_10pct", "?"), _pct(record.get("repeatability_pct"))])  # fmt: skip
+                     held.get("within_10pct", "?"), _pct(record.get("repeatability_pct")),
+                     _pct(alone.get("median_abs_pct_error")), alone.get("within_10pct", "?"),
+                     _pct(after.get("repeatability_pct"))])  # fmt: skip
     lines = [
         "# Transferred tables",
         "",
         "Tables written by `elastic-deploy tables transfer --out benchmarks/results/transfer/…`: measured source "
-        "tables mapped onto a device from N whole subnets measured there, with their held-out error.",
+        "tables mapped onto a device from N whole subnets measured there, with their held-out error; then, where "
+        "it ran, `tables validate` on subnets the transfer did not measure (`validation/<file>.validation.json`; "
+        "the table's own predictions, before any drift correction). Measured tables of the same targets, validated "
+        "in the same window, are under `validation/*.measured.validation.json`.",
         "",
         *table(TRANSFER_COLUMNS, rows),
         "",
