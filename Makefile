@@ -36,7 +36,7 @@ TEST_EXTRAS := dev,tflite,coreml,executorch,ray
 MODEL_FLAG := $(if $(MODEL),--model $(MODEL),)
 EXECUTOR_FLAGS := --executor $(EXECUTOR)$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))
 
-.PHONY: deploy bench latency-tables estimate-tables transfer-tables validate-tables train test lint benchmarks docs clean ssh-tools
+.PHONY: deploy bench latency-tables estimate-tables transfer-tables validate-tables train test test-extended lint benchmarks docs clean ssh-tools
 
 deploy: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m deploy deploy --target $(TARGET) $(MODEL_FLAG)
@@ -66,11 +66,16 @@ train: $(VENV)/.installed-data
 	$(PY) -m deploy train $(MODEL_FLAG) $(if $(DEPTH),--depth $(DEPTH)) $(if $(THREADS),--threads $(THREADS))
 
 # ruff, the tests (tests/benchmarks runs every benchmark's --quick mode), and the documentation site built
-# with --strict (a broken link fails) into a throwaway folder.
+# with --strict (a broken link fails) into a throwaway folder. The tests that time nothing run on
+# TEST_WORKERS processes; those that assert on latencies measured here run alone afterwards.
+# `make test-extended` adds the long end-to-end runs (marker `extended`) whose parts these tests cover.
+test-extended: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
+	$(PY) -m pytest -q -m extended
+
 test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks docs
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing"
-	$(PY) -m pytest -q -m timing
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing and not extended"
+	$(PY) -m pytest -q -m "timing and not extended"
 	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d $$site; \
 	  rc=$$?; rm -rf $$site; exit $$rc
 

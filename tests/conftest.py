@@ -80,3 +80,14 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker computes on one torch thread: two workers on two cores, not four
+    threads fighting for them (a backend's own threads, e.g. a target's ORT intra-op setting, are unchanged)."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

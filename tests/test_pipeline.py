@@ -49,8 +49,11 @@ def test_deploy_host_cpu_ort_writes_artifact_manifest_report_and_plot(shipped):
     # the full model does not fit the shipped budget: selection had to matter
     assert m["subnet"]["config"] != result.selection.front[-1].config.to_json() or len(result.selection.front) == 1
 
-    again = deploy("host-cpu-ort", progress=False, measure=False)
-    assert again.manifest.model_dump(mode="json")["hub_entry"] == m["hub_entry"]
+    # hub entries are content-addressed: a deploy choosing the same subnet reuses the entry, another one does
+    # not (the first deploy's drift check and measurement may move this one's choice on a noisy machine)
+    again = deploy("host-cpu-ort", progress=False, measure=False).manifest
+    same_subnet = again.subnet.id == m["subnet"]["id"]
+    assert (again.hub_entry == m["hub_entry"]) == same_subnet
 
 
 def test_deploy_with_incomplete_table_names_missing_blocks(shipped):

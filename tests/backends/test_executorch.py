@@ -377,6 +377,7 @@ def _tables(tmp_root: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_deploy_host_cpu_executorch_picks_a_precision_records_delegation_warns_and_bench_refuses_another_release(
     tmp_root, ship_files, capsys
 ):

@@ -73,7 +73,7 @@ def test_extracted_subnet_runs_the_same_on_executorch_xnnpack_within_1e4(net, tm
     backend = get_backend("executorch")
     target = Target(name="sweep-executorch", device=DeviceInfo(name="host"), backend="executorch", budget_ms=1.0,
                     model="matformer_vit_tiny", threads=1)  # fmt: skip
-    for config in _configs(net):
+    for config in [net.largest()]:  # every op the family has (a lowering takes seconds; ONNX checks all three)
         dense = net.extract(config)
         x = net.example_inputs(seed=1)[0]
         entry = get_or_export(dense, x, {"subnet": config.id}, cache_dir=tmp_path)

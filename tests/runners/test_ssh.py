@@ -234,6 +234,7 @@ class SnapshotAfterBlocks:
 
 
 @pytest.mark.ray
+@pytest.mark.extended
 def test_a_local_and_an_ssh_device_share_one_ray_table_build(sshd, ray_cluster, tiny, tmp_root):
     from pathlib import Path
 

@@ -59,6 +59,7 @@ def test_deploy_raises_when_no_precision_fits_the_budget(tmp_root, ship_files):
         deploy("host-cpu-litert", progress=False, measure=False)
 
 
+@pytest.mark.extended
 def test_deploy_pixel7_without_a_phone_validates_on_the_host_and_says_it_is_estimated(tmp_root, ship_files):
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("mlxtend")
