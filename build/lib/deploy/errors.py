@@ -144,3 +144,16 @@ class TransferDeviceError(TransferError):
 class MeasuredOverBudgetError(DeployError):
     """A deploy measured its artifact over the budget and re-selecting once with that measurement's
     correction did not help; the message gives the measured and predicted latencies and the budget."""
+
+
+class CorpusError(DeployError):
+    """A text corpus whose shipped files are missing or do not match their recorded sha256."""
+
+
+class TokenizerError(DeployError):
+    """A tokenizer file that does not match the checkpoint or artifact it is used with."""
+
+
+class PromptError(DeployError):
+    """A prompt a language model cannot take: empty, longer than its maximum context, or token ids outside
+    its vocabulary."""

@@ -12,7 +12,7 @@ from deploy import workspace
 from deploy.accuracy.model import build_accuracy_model, describe
 from deploy.accuracy.oracle import EvalOracle, user_cache_path
 from deploy.backends import get_backend
-from deploy.errors import NoFeasibleSubnetError
+from deploy.errors import ConfigFileError, NoFeasibleSubnetError
 from deploy.export import hub
 from deploy.export.check import build_and_check, measure_artifact
 from deploy.export.parity import check_extraction
@@ -39,6 +39,22 @@ class DeployResult:
     selection: Selection
 
 
+def check_not_language_model(target: Target, variant: str) -> None:
+    """A language model needs a target with an `lm:` section (TTFT / per-token budgets, prompt buckets)."""
+    from deploy.models.spec import family_class, load_spec
+    from deploy.targets import known_targets
+
+    if not getattr(family_class(load_spec(variant).family), "language_model", False):
+        return
+    lm_targets = [n for n in known_targets() if load_target(n).lm is not None]
+    same = [n for n in lm_targets if load_target(n).backend == target.backend]
+    raise ConfigFileError(
+        f"{variant} is a language model but target {target.name} has no `lm:` section (prompt buckets, TTFT and "
+        f"per-token budgets); deploy it with --target {(same or lm_targets or ['<an lm target>'])[0]} "
+        f"(language-model targets: {', '.join(lm_targets) or 'none'})"
+    )
+
+
 def deploy(
     target_name: str,
     model: str | None = None,
@@ -52,6 +68,12 @@ def deploy(
     """Select, build, validate, measure and package. An artifact measured over the budget is never shipped:
     the deploy selects once more with the correction that measurement implies, or stops (deploy/latency/drift.py)."""
     options: dict[str, Any] = dict(out_dir=out_dir, measure=measure, cache_dir=cache_dir, progress=progress, say=say)
+    target = load_target(target_name)
+    if target.lm is not None:  # a language model: TTFT / per-token budgets, KV-cache artifacts (deploy/lm)
+        from deploy.lm.pipeline import deploy_lm
+
+        return deploy_lm(target, model, **options)  # type: ignore[return-value]
+    check_not_language_model(target, model or target.model)
     try:
         return _deploy_once(target_name, model, **options)
     except Reselect as retry:

@@ -109,6 +109,37 @@ class EstimateSpec(_Strict):
     expected_error: str  # what the expected error rests on
 
 
+class LMBudget(_Strict):
+    """A language-model target: the prompt and context lengths its latency table is measured at, and its budgets.
+
+    Time to first token (prefill of a prompt of `ttft_prompt` tokens) and the time per generated token with
+    `decode_context` tokens of context; at least one budget. Static-shape backends (LiteRT, Core ML) pad a
+    prompt to the smallest of `prompt_buckets` and hold a cache of the model's max_context."""
+
+    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128)  # prefill timed at these prompt lengths
+    kv_lengths: tuple[int, ...] = (32, 64, 128, 256)  # decode timed at these context lengths (dynamic cache)
+    ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    ttft_prompt: int = Field(64, ge=1)
+    ms_per_token: float | None = Field(None, gt=0, allow_inf_nan=False)
+    decode_context: int = Field(128, ge=1)
+    max_artifact_mb: float | None = Field(None, gt=0)
+    generate_tokens: int = Field(32, ge=2)  # tokens of each generation loop `tables validate` and deploys time
+    calibration_prompts: int = Field(8, ge=4)  # whole-slice graphs per regime in a table's calibration window
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LMBudget:
+        if self.ttft_ms is None and self.ms_per_token is None:
+            raise ValueError("an lm target needs ttft_ms or ms_per_token (or both)")
+        for name, values in (("prompt_buckets", self.prompt_buckets), ("kv_lengths", self.kv_lengths)):
+            if not values or list(values) != sorted(set(values)) or values[0] < 1:
+                raise ValueError(f"{name} must be increasing positive lengths, got {list(values)}")
+        if self.ttft_prompt > self.prompt_buckets[-1]:
+            raise ValueError(f"ttft_prompt {self.ttft_prompt} is longer than the largest prompt bucket")
+        if not self.kv_lengths[0] <= self.decode_context <= self.kv_lengths[-1]:
+            raise ValueError(f"decode_context {self.decode_context} must lie within kv_lengths {list(self.kv_lengths)}")
+        return self
+
+
 class Target(_Strict):
     name: str
     description: str = ""
@@ -136,6 +167,19 @@ class Target(_Strict):
     # The backend's own options, checked against its declared schema (backend.options_model) on load.
     backend_options: dict[str, Any] = Field(default_factory=dict)
     estimate: EstimateSpec | None = None  # present when no device is at hand to measure the table
+    # A language-model target (deploy/lm): prefill/decode latency tables and TTFT / per-token budgets. Its
+    # budget_ms, when not given, is the TTFT budget (else the per-token one).
+    lm: LMBudget | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_budget_ms(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("lm"), dict) and "budget_ms" not in data:
+            budget = data["lm"].get("ttft_ms") or data["lm"].get("ms_per_token")
+            if budget is None:
+                raise ValueError("an lm target needs lm.ttft_ms or lm.ms_per_token (or both)")
+            data = {**data, "budget_ms": budget}
+        return data
 
     @model_validator(mode="after")
     def _primary_precision_first(self) -> Target:

@@ -472,7 +472,10 @@ class ExecuTorchBackend(BackendBase):
         missing = [n for n in artifact.input_names if n not in inputs]
         if missing:
             raise DeployError(f"inputs for {artifact.path} lack {missing}; it takes {list(artifact.input_names)}")
-        return [torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.float32)) for n in artifact.input_names]
+        # floats as the program's float32; integer inputs (token ids) keep their dtype
+        arrays = [np.asarray(inputs[n]) for n in artifact.input_names]
+        dtypes = [np.float32 if a.dtype.kind == "f" else a.dtype for a in arrays]
+        return [torch.from_numpy(np.ascontiguousarray(a, d)) for a, d in zip(arrays, dtypes, strict=True)]
 
     def _check_shapes(self, artifact: Artifact, method: Any, tensors: list[Any]) -> None:
         meta = method.metadata

@@ -11,7 +11,7 @@ import sys
 
 from rich.markup import escape
 
-from deploy.cli import models, ship, tables  # noqa: F401  (they register their commands)
+from deploy.cli import lm, models, ship, tables  # noqa: F401  (they register their commands)
 from deploy.cli.app import _state, app, err_console, model_list
 from deploy.errors import DeployError
 

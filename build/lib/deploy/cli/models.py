@@ -44,11 +44,12 @@ def train(
     depth: Annotated[
         int | None, typer.Option(help="learngene models: fine-tune the descendant of this depth as <model>_tuned")
     ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads (the recipes' budgets assume 2)")] = 2,
 ) -> None:
     """Train a model here (CPU) with its spec's recipe and write its checkpoint under checkpoints/."""
     from deploy.training.train import train as run_train
 
-    result = run_train(model, seed=seed, depth=depth)
+    result = run_train(model, seed=seed, depth=depth, threads=threads)
     _say(f"[bold green]trained[/] {result}")
 
 

@@ -23,6 +23,19 @@ def deploy(
     from deploy.pipeline import deploy as run_deploy
 
     result = run_deploy(target, model, out_dir=out, measure=measure, say=lambda m: _say(escape(m)))
+    if getattr(result.manifest, "kind", None) == "lm":
+        lm = result.manifest.latency
+        measured = (
+            f", measured {lm.measured.ttft_ms:.3f} ms and {lm.measured.ms_per_token:.3f} ms/token"
+            if lm.measured
+            else ""
+        )
+        _say(
+            f"[bold green]done[/]: {result.out_dir}/report.md — predicted TTFT {lm.predicted_ttft_ms:.3f} ms at "
+            f"{lm.ttft_prompt} tokens and {lm.predicted_ms_per_token:.3f} ms/token{measured}. Next: "
+            f'`elastic-deploy generate --dist {result.out_dir} "def main("`'
+        )
+        return
     lat = result.manifest.latency
     _say(
         f"[bold green]done[/]: {result.out_dir}/report.md — predicted {lat.predicted_ms:.3f} ms"

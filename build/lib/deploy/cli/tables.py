@@ -44,6 +44,18 @@ def tables_build(
 
     t = load_target(target)
     supernets = [latency_model(m) for m in model_list(t, model)]
+    if t.lm is not None:  # a language model: prefill and decode blocks, one fit per regime (deploy/lm/latency.py)
+        from deploy.lm.latency import build_lm_table
+
+        for net in supernets:
+            lm = build_lm_table(t, net)
+            fits = ", ".join(f"{k} {v['residual_pct']:.1f}%" for k, v in lm.fits.items())
+            _say(
+                f"[bold green]wrote[/] {lm.path}: {lm.blocks} prefill/decode blocks and {lm.graphs} slice graphs "
+                f"measured interleaved; fits {fits}. "
+                f"Next: `elastic-deploy tables validate --target {target} --samples 10`"
+            )
+        return
     with _executor(executor, ray_address) as ex:
         results = [
             (p, build_table(t.at_precision(p), supernets, rebuild=rebuild, recalibrate=recalibrate, executor=ex))
@@ -164,6 +176,16 @@ def tables_validate(
     t = load_target(target)
     t = t.at_precision(precision) if precision else t
     supernet, _ = load_checkpoint(model or t.model)
+    if t.lm is not None:  # whole generation loops: TTFT, ms/token, tokens/s (deploy/lm/validate.py)
+        from deploy.lm.validate import validate_lm_table
+
+        lm_report = validate_lm_table(
+            t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back
+        )
+        _say(escape(lm_report.summary()))
+        if json_out:
+            _say(f"wrote {json_out}")
+        return
     with _executor(executor, ray_address) as ex:
         report = validate_table(
             t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, executor=ex

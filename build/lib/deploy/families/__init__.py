@@ -15,6 +15,7 @@ FAMILIES: Registry[type[Supernet]] = Registry(
         "elastic_vit": "deploy.families.elastic_vit:ElasticViT",
         "learngene": "deploy.families.learngene:Learngene",
         "learngene_tuned": "deploy.families.learngene:LearngeneTuned",
+        "matformer_lm": "deploy.families.matformer_lm:MatFormerLM",
         "matformer_vit": "deploy.families.matformer_vit:MatFormerViT",
         "poa_vit": "deploy.families.poa_vit:PoaViT",
         "stitchable": "deploy.families.stitchable:Stitchable",

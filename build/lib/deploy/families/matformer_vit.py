@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from deploy.families.base import BlockKey, ImageSupernet
-from deploy.search.space import Gene, Genes, SearchSpace, SubnetConfig
+from deploy.families.nested import NestedFFNSpace, copy_nested_layer, nested_widths
+from deploy.search.space import SubnetConfig
 
 FAMILY = "matformer_vit"
-GRANULARITIES = (8, 4, 2, 1)  # hidden width = ffn_max // g
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class MatFormerViTDims:
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return tuple(self.ffn_max // g for g in GRANULARITIES)
+        return nested_widths(self.ffn_max)
 
 
 def build_vit_block(key: BlockKey, tokens: int, family: str) -> tuple[nn.Module, torch.Tensor]:
@@ -155,7 +155,7 @@ class ViT(nn.Module):
         return self.head(x)
 
 
-class MatFormerViT(ImageSupernet):
+class MatFormerViT(NestedFFNSpace, ImageSupernet):
     family = FAMILY
     dims_type = MatFormerViTDims
 
@@ -166,48 +166,9 @@ class MatFormerViT(ImageSupernet):
         self.layers = nn.ModuleList(Block(dims.dim, dims.heads, dims.ffn_max) for _ in range(dims.depth))
         self.head = Head(dims.dim, dims.classes)
 
-    # --- search space -------------------------------------------------------------------------
+    # --- search space (deploy/families/nested.py) ----------------------------------------------
     def position_embedding(self) -> nn.Parameter:
         return self.embed.pos_embed
-
-    def space(self) -> SearchSpace:
-        d = self.dims
-        options = (0, *d.widths)  # 0 = layer skipped
-        genes = tuple(Gene(f"layer{i}", options) for i in range(d.depth))
-
-        def decode(g: Genes) -> SubnetConfig:
-            kept = [i for i, o in enumerate(g) if o > 0]
-            return self.config(kept, [options[g[i]] for i in kept])
-
-        def encode(config: SubnetConfig) -> Genes:
-            width = dict(zip(config["layers"], config["ffn"], strict=True))  # type: ignore[arg-type]
-            return tuple(options.index(width.get(i, 0)) for i in range(d.depth))
-
-        def is_valid(g: Genes) -> bool:
-            return sum(1 for o in g if o > 0) >= d.min_layers
-
-        return SearchSpace(FAMILY, genes, decode, encode, is_valid)
-
-    def config(self, layers: list[int] | tuple[int, ...], ffn: list[int] | tuple[int, ...]) -> SubnetConfig:
-        layers, ffn = tuple(layers), tuple(ffn)
-        d = self.dims
-        if len(layers) != len(ffn) or len(layers) < d.min_layers:
-            raise ValueError(f"need >= {d.min_layers} kept layers and one FFN width per kept layer")
-        if list(layers) != sorted(set(layers)) or any(not 0 <= i < d.depth for i in layers):
-            raise ValueError(f"layers must be increasing indices in [0, {d.depth}), got {layers}")
-        if any(w not in d.widths for w in ffn):
-            raise ValueError(f"FFN widths must be in {d.widths}, got {ffn}")
-        return SubnetConfig.make(FAMILY, {"layers": layers, "ffn": ffn})
-
-    def smallest(self) -> SubnetConfig:
-        return self.config(list(range(self.dims.min_layers)), [self.dims.widths[0]] * self.dims.min_layers)
-
-    def _check(self, config: SubnetConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        if config.family != FAMILY:
-            raise ValueError(f"config of family {config.family} given to {FAMILY}")
-        layers, ffn = config["layers"], config["ffn"]
-        self.config(layers, ffn)  # type: ignore[arg-type]
-        return layers, ffn  # type: ignore[return-value]
 
     # --- running and cutting ------------------------------------------------------------------
     def forward(self, x: torch.Tensor, config: SubnetConfig | None = None) -> torch.Tensor:
@@ -226,17 +187,7 @@ class MatFormerViT(ImageSupernet):
         d = self.dims
         blocks = []
         for i, k in zip(layers, ffn, strict=True):
-            src = self.layers[i]
-            dst = Block(d.dim, d.heads, k)
-            dst.norm1 = copy.deepcopy(src.norm1)
-            dst.attn = copy.deepcopy(src.attn)
-            dst.norm2 = copy.deepcopy(src.norm2)
-            with torch.no_grad():
-                dst.fc1.weight.copy_(src.fc1.weight[:k])
-                dst.fc1.bias.copy_(src.fc1.bias[:k])
-                dst.fc2.weight.copy_(src.fc2.weight[:, :k])
-                dst.fc2.bias.copy_(src.fc2.bias)
-            blocks.append(dst)
+            blocks.append(copy_nested_layer(self.layers[i], Block(d.dim, d.heads, k), k))
         return ViT(copy.deepcopy(self.embed), blocks, copy.deepcopy(self.head)).eval()
 
     # --- latency blocks -----------------------------------------------------------------------
@@ -248,10 +199,6 @@ class MatFormerViT(ImageSupernet):
             *(BlockKey.of("vit_block", tokens=d.tokens, dim=d.dim, heads=d.heads, ffn=k) for k in ffn),
             BlockKey.of("cls_head", dim=d.dim, classes=d.classes),
         ]
-
-    def block_cover(self) -> list[SubnetConfig]:
-        d = self.dims
-        return [self.config(list(range(d.depth)), [w] * d.depth) for w in d.widths]
 
     def build_block(self, key: BlockKey) -> tuple[nn.Module, torch.Tensor]:
         return build_vit_block(key, self.dims.tokens, FAMILY)

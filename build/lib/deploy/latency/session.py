@@ -80,7 +80,8 @@ class MeasureSession:
         entry = hub.get_or_export(
             module, example, identity, cache_dir=self.cache_dir, with_program=with_program, input_names=input_names
         )
-        out_dir = self.cache_dir / "artifacts" / self.target.name / entry.key
+        # per precision: a target's precisions compile the same hub entry into different artifacts
+        out_dir = self.cache_dir / "artifacts" / self.target.name / self.target.precision / entry.key
         artifact = self.backend.compile(entry, self.target, out_dir)
         return artifact, entry.reference_inputs()
 

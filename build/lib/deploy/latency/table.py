@@ -186,7 +186,9 @@ class Validation(_Strict):
     uncorrected_p90_abs_pct_error: float | None = None
     # "tables validate" (subnets measured end to end), or "transfer cross-validation" (held-out folds of
     # the N subnets a transfer was fitted on; replaced by the next `tables validate`)
-    source: Literal["tables validate", "transfer cross-validation"] = "tables validate"
+    # "lm generation loops": a language model's TTFT or ms/token, timed in whole generation loops
+    # (deploy/lm/validate.py; no blocks are re-timed beside them, so same-window equals the table's own figure)
+    source: Literal["tables validate", "transfer cross-validation", "lm generation loops"] = "tables validate"
 
 
 class BuildState(_Strict):

@@ -66,6 +66,21 @@ class Constraints:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A constraint beside the primary latency (a language model's ms per token beside its TTFT): a value per
+    config that must not exceed `budget` (already less its margin). `label` says it in messages."""
+
+    name: str  # e.g. "ms_per_token@128"
+    value: Callable[[SubnetConfig], float]
+    budget: float
+    label: str = ""  # e.g. "ms per token at 128 tokens of context"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"limit {self.name} needs a positive budget, got {self.budget}")
+
+
+@dataclass(frozen=True)
 class Candidate:
     config: SubnetConfig
     latency_ms: float
@@ -73,6 +88,7 @@ class Candidate:
     accuracy: float
     accuracy_source: str  # "exact" | "surrogate"
     params: int | None
+    limits: tuple[tuple[str, float], ...] = ()  # the value of each Limit, by name
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +99,7 @@ class Candidate:
             "accuracy": self.accuracy,
             "accuracy_source": self.accuracy_source,
             "params": self.params,
+            **({"limits": dict(self.limits)} if self.limits else {}),
         }
 
 
@@ -178,8 +195,10 @@ class _Scorer:
         accuracy_source: str,
         known: KnownFn | None = None,
         sign: float = 1.0,
+        limits: Sequence[Limit] = (),
     ) -> None:
         self.sign = sign
+        self.limits = tuple(limits)
         self.latency, self.accuracy, self.params = latency, accuracy, params
         self.constraints = constraints
         self.source = accuracy_source
@@ -198,6 +217,7 @@ class _Scorer:
                 accuracy=float(self.accuracy(config) if real is None else real),
                 accuracy_source=self.source if real is None else "exact",
                 params=None if self.params is None else int(self.params(config)),
+                limits=tuple((lim.name, float(lim.value(config))) for lim in self.limits),
             )
             self.cache[config] = cand
         return cand
@@ -208,6 +228,9 @@ class _Scorer:
         excess = max(0.0, cand.latency_ms / c.effective_budget_ms - 1)
         if c.max_params is not None and cand.params is not None:
             excess += max(0.0, cand.params / c.max_params - 1)
+        values = dict(cand.limits)
+        for lim in self.limits:
+            excess += max(0.0, values[lim.name] / lim.budget - 1)
         return excess
 
     def feasible(self, cand: Candidate) -> bool:
@@ -315,6 +338,14 @@ def _infeasible_message(space: SearchSpace, score: _Scorer, cands: Sequence[Cand
             f"fits the latency, {small.config.id} {small.config}, has {small.params} params; "
             "raise max_params or the budget, or pick a smaller model"
         )
+    if score.limits:  # several budgets: name the fastest seen in each of them
+        values = dict(fastest.limits)
+        over = [f"{lim.label or lim.name} {values[lim.name]:.4g} (budget {lim.budget:.4g})" for lim in score.limits]
+        return (
+            f"no {space.family} subnet fits {budget} and {', '.join(lim.label or lim.name for lim in score.limits)}: "
+            f"the fastest seen, {fastest.config.id} {fastest.config}, is predicted at {fastest.latency_ms:.4g} ms "
+            f"and {'; '.join(over)}; raise the budgets or pick a faster target or a smaller model"
+        )
     return (
         f"no {space.family} subnet fits {budget}: the fastest seen, {fastest.config.id} "
         f"{fastest.config}, is predicted at {fastest.latency_ms:.4g} ms; "
@@ -343,7 +374,7 @@ def _rescore(
         for c in guesses[:width]:
             if c.config not in rescored:
                 real = float(exact(c.config))
-                rescored[c.config] = Candidate(c.config, c.latency_ms, c.latency_std_ms, real, "exact", c.params)
+                rescored[c.config] = dataclasses.replace(c, accuracy=real, accuracy_source="exact")
         choice = min([*known, *rescored.values()], key=rank)
         left = [c for c in guesses if c.config not in rescored]
         if not left or sign * left[0].accuracy <= sign * choice.accuracy or previous == choice:
@@ -376,6 +407,7 @@ def select(
     method: str = "auto",
     evolution: EvolutionParams | None = None,
     exhaustive_limit: int = 50_000,
+    limits: Sequence[Limit] = (),
 ) -> Selection:
     """The most accurate config of `space` whose predicted latency fits `constraints`.
 
@@ -406,7 +438,7 @@ def select(
     if direction not in ("higher", "lower"):
         raise ValueError(f"direction must be 'higher' or 'lower' (the task metric's), got {direction!r}")
     sign = 1.0 if direction == "higher" else -1.0
-    score = _Scorer(latency, accuracy, params, constraints, accuracy_source, known_accuracy, sign)
+    score = _Scorer(latency, accuracy, params, constraints, accuracy_source, known_accuracy, sign, limits)
     if method == "exhaustive":
         _exhaustive(space, score)
     else:

@@ -16,6 +16,7 @@ TASKS: Registry[type[Task]] = Registry(
     "task",
     {
         "mnist": "deploy.tasks.mnist:MnistTask",
+        "text_lm": "deploy.tasks.text:TextLM",
         "synthetic_images": "deploy.tasks.synthetic:SyntheticImages",
     },
     group="elastic_deploy.tasks",

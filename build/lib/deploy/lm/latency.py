@@ -1,0 +1,227 @@
+"""Latency of a language model: time to first token for a prompt length, ms per generated token at a context.
+
+The table of an LM target (`lm:` in its YAML) holds blocks of two regimes (deploy/families/matformer_lm.py):
+prefill blocks keyed by the prompt length (the target's `prompt_buckets`), decode blocks keyed by the KV
+length (its `kv_lengths`; a static-cache backend has one, the model's max_context). A build measures them
+interleaved with whole-slice prefill and decode graphs at those lengths, and fits one calibration per regime
+(the table's per-"family" fits, keyed `<family>:prefill` and `<family>:decode`). Between measured lengths a
+dynamic-cache prediction is interpolated linearly; a static one uses the bucket a prompt is padded to.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from deploy.errors import ConfigFileError, PromptError
+from deploy.families.base import Supernet
+from deploy.families.lm_blocks import Decoder, Graph
+from deploy.families.matformer_lm import REGIMES, Regime
+from deploy.latency.build import block_identity, calibration_configs, fit_calibration, new_table, null_measurable
+from deploy.latency.predictor import LatencyPredictor, Prediction
+from deploy.latency.session import MeasureSession
+from deploy.latency.table import CalibrationSample, Entry, LatencyTable, now_iso
+from deploy.search.space import SubnetConfig
+from deploy.targets import LMBudget, Target
+
+log = logging.getLogger(__name__)
+
+STATIC_BACKENDS = ("tflite", "coreml", "executorch", "executorch_coreml")  # fixed shapes: padded prompts, fixed cache
+
+
+def regime_key(family: str, regime: Regime) -> str:
+    """The table's per-family fit and validation of one regime."""
+    return f"{family}:{regime}"
+
+
+def lm_budget(target: Target) -> LMBudget:
+    if target.lm is None:
+        raise ConfigFileError(
+            f"target {target.name} has no `lm:` section (prompt buckets, KV lengths, TTFT / per-token budgets); "
+            "use a language-model target such as host-cpu-ort-lm"
+        )
+    return target.lm
+
+
+def is_static(target: Target) -> bool:
+    return target.backend in STATIC_BACKENDS
+
+
+def lengths(target: Target, supernet: Supernet, regime: Regime) -> tuple[int, ...]:
+    """The lengths a regime is timed at: the prompt buckets, the KV lengths (static cache: max_context only)."""
+    lm, max_context = lm_budget(target), supernet.dims.max_context
+    if regime == "decode" and is_static(target):
+        return (max_context,)
+    chosen = lm.prompt_buckets if regime == "prefill" else lm.kv_lengths
+    too_long = [n for n in chosen if n > max_context]
+    if too_long:
+        raise ConfigFileError(
+            f"targets/{target.name}.yaml: lm lengths {too_long} exceed {supernet.variant}'s max_context {max_context}"
+        )
+    return tuple(chosen)
+
+
+def table_blocks(target: Target, supernet: Supernet) -> list:
+    """Every block an LM table of this target must hold for this model."""
+    static = is_static(target)
+    keys = {k for r in REGIMES for k in supernet.regime_block_keys(r, lengths(target, supernet, r), static)}
+    return sorted(keys)
+
+
+@dataclass(frozen=True)
+class LMPrediction:
+    ms: float
+    std_ms: float
+    at: int  # the prompt length or context it is for
+    method: str
+
+
+class LMLatency:
+    """Predictions of one LM target's table: `ttft(config, prompt)`, `ms_per_token(config, context)`."""
+
+    def __init__(self, table: LatencyTable, supernet: Supernet, target: Target, correction: float = 1.0) -> None:
+        self.table, self.supernet, self.target = table, supernet, target
+        self.predictor = LatencyPredictor(table, correction)
+        self.static = is_static(target)
+        self.lengths = {r: lengths(target, supernet, r) for r in REGIMES}
+        self.predictor.require(table_blocks(target, supernet))
+
+    def _at(self, config: SubnetConfig, regime: Regime, length: int) -> Prediction:
+        blocks = self.supernet.regime_blocks(config, regime, length, self.static)
+        return self.predictor.predict(blocks, regime_key(self.supernet.family, regime))
+
+    def predict(self, config: SubnetConfig, regime: Regime, length: int) -> LMPrediction:
+        measured = self.lengths[regime]
+        if length < 1 or length > (self.supernet.dims.max_context if regime == "decode" else measured[-1]):
+            raise PromptError(
+                f"{regime} length {length} is outside what {self.target.name}'s table covers (1 … {measured[-1]})"
+            )
+        if self.static or length in measured or length <= measured[0]:
+            at = next((n for n in measured if n >= length), measured[-1])  # the bucket it is padded to
+            p = self._at(config, regime, at)
+            return LMPrediction(p.ms, p.std_ms, length, p.method)
+        hi = next(i for i, n in enumerate(measured) if n >= length)
+        (a, pa), (b, pb) = ((measured[i], self._at(config, regime, measured[i])) for i in (hi - 1, hi))
+        w = (length - a) / (b - a)
+        return LMPrediction(pa.ms + w * (pb.ms - pa.ms), pa.std_ms + w * (pb.std_ms - pa.std_ms), length, pa.method)
+
+    def ttft(self, config: SubnetConfig, prompt: int | None = None) -> LMPrediction:
+        return self.predict(config, "prefill", prompt or lm_budget(self.target).ttft_prompt)
+
+    def ms_per_token(self, config: SubnetConfig, context: int | None = None) -> LMPrediction:
+        return self.predict(config, "decode", context or lm_budget(self.target).decode_context)
+
+    def generation_ms_per_token(self, config: SubnetConfig, prompt: int, tokens: int) -> float:
+        """Mean predicted decode time over a generation of `tokens` after a prompt (contexts prompt … +tokens−1)."""
+        ends = range(prompt, min(prompt + tokens - 1, self.supernet.dims.max_context))
+        return float(np.mean([self.predict(config, "decode", c).ms for c in ends]))
+
+
+# --- whole-slice graphs, as the artifacts run them ------------------------------------------------------------
+
+
+def regime_graph(decoder: Decoder, regime: Regime, length: int, static: bool) -> tuple[nn.Module, tuple, tuple]:
+    """(module, example inputs, input names) of a slice's prefill of `length` tokens or decode at that context."""
+    if regime == "prefill":
+        method = "prefill_static" if static else "prefill"
+        return Graph(decoder, method), (torch.zeros(1, length, dtype=torch.long),), ("tokens",)
+    token = torch.zeros(1, 1, dtype=torch.long)
+    if static:
+        cache = torch.zeros(decoder.cache_shape(decoder.max_context))
+        return Graph(decoder, "decode_static"), (token, torch.tensor([length - 1]), cache), ("token", "pos", "kv")
+    return Graph(decoder, "decode"), (token, torch.zeros(decoder.cache_shape(length))), ("token", "past")
+
+
+def graph_identity(config: SubnetConfig, regime: Regime, length: int, static: bool) -> dict[str, str]:
+    return {
+        "subnet": config.id,
+        "lm_graph": f"{regime}@{length}{'/static' if static else ''}",
+        "weights": "latency-only",
+    }
+
+
+@dataclass(frozen=True)
+class LMBuildResult:
+    path: Path
+    blocks: int
+    graphs: int
+    fits: dict[str, Any]
+
+
+def build_lm_table(
+    target: Target,
+    supernet: Supernet,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    path: Path | None = None,
+) -> LMBuildResult:
+    """Measure every prefill/decode block of the model and whole-slice graphs at each length, interleaved in one
+    window, and fit one calibration per regime. Writes the target's table (its `lm` blocks and fits)."""
+    path = path or target.table_write_path
+    static = is_static(target)
+    session = MeasureSession.open(target, cache_dir)
+    blocks = table_blocks(target, supernet)
+    n = lm_budget(target).calibration_prompts
+    configs = [c for _, c in calibration_configs([supernet], n)]
+    graphs = [(c, r, length) for c in configs for r in REGIMES for length in lengths(target, supernet, r)]
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(f"[cyan]compiling LM blocks and slices for {target.name}", total=len(blocks) + len(graphs))
+        items = []
+        for key in blocks:
+            module, example = supernet.measurable_block(key)
+            items.append(session.compile(module, example, block_identity(key)))
+            bar.advance(task)
+        for config, regime, length in graphs:
+            module, example, names = regime_graph(supernet.extract(config), regime, length, static)
+            items.append(session.compile(module, example, graph_identity(config, regime, length, static), names))
+            bar.advance(task)
+        bar.update(task, description="[cyan]measuring blocks and slices interleaved")
+        *stats, null = session.measure([*items, null_measurable(session)])
+    fingerprint = session.fingerprint()
+    table = new_table(session)
+    window = dict(zip(blocks, stats[: len(blocks)], strict=True))
+    for key, s in window.items():
+        table.upsert(Entry.from_stats(key, s, fingerprint, session.device_id()))
+    samples = []
+    for (config, regime, length), s in zip(graphs, stats[len(blocks) :], strict=True):
+        keys = supernet.regime_blocks(config, regime, length, static)
+        samples.append(
+            CalibrationSample(
+                subnet_id=f"{config.id}:{regime}@{length}",
+                config={**config.to_json(), "family": regime_key(supernet.family, regime), "length": length},
+                block_sum_ms=sum(window[k].median_ms for k in keys),
+                n_blocks=len(keys),
+                measured_ms=s.median_ms,
+                cv=s.cv,
+            )
+        )
+    table.calibration = fit_calibration(samples, call_overhead_ms=null.median_ms)
+    table.provenance = table.provenance.model_copy(update={"date": now_iso()})
+    table.save(path)
+    fits = {k: f.model_dump() for k, f in table.calibration.families.items()}
+    log.info("LM table %s: %d blocks, %d slice graphs; fits %s", path, len(blocks), len(graphs), fits)
+    return LMBuildResult(path, len(blocks), len(graphs), fits)
+
+
+def calibrated_ids(table: LatencyTable) -> set[str]:
+    """Slices the table's calibration measured (validation draws others)."""
+    return {s.subnet_id.split(":")[0] for s in (table.calibration.samples if table.calibration else [])}
+
+
+def pick_unseen(supernet: Supernet, table: LatencyTable, n: int, seed: int) -> list[SubnetConfig]:
+    fitted, rng, chosen = calibrated_ids(table), np.random.default_rng(seed), {}
+    for _ in range(50 * n):
+        if len(chosen) >= n:
+            break
+        config = supernet.sample(rng)
+        if config.id not in fitted:
+            chosen.setdefault(config.id, config)
+    return list(chosen.values())
