@@ -51,8 +51,8 @@ def tables_build(
             lm = build_lm_table(t, net)
             fits = ", ".join(f"{k} {v['residual_pct']:.1f}%" for k, v in lm.fits.items())
             _say(
-                f"[bold green]wrote[/] {lm.path}: {lm.blocks} prefill/decode blocks and {lm.graphs} slice graphs "
-                f"measured interleaved; fits {fits}. "
+                f"[bold green]wrote[/] {lm.path}: {lm.blocks} prefill/decode blocks measured interleaved, "
+                f"calibrated on {lm.graphs} {lm.calibrated_on}; fits {fits}. "
                 f"Next: `elastic-deploy tables validate --target {target} --samples 10`"
             )
         return

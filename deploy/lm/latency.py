@@ -3,8 +3,10 @@
 The table of an LM target (`lm:` in its YAML) holds blocks of two regimes (deploy/families/matformer_lm.py):
 prefill blocks keyed by the prompt length (the target's `prompt_buckets`), decode blocks keyed by the KV
 length (its `kv_lengths`; a static-cache backend has one, the model's max_context). A build measures them
-interleaved with whole-slice prefill and decode graphs at those lengths, and fits one calibration per regime
-(the table's per-"family" fits, keyed `<family>:prefill` and `<family>:decode`). Between measured lengths a
+in one interleaved window and fits one calibration per regime (the table's per-"family" fits, keyed
+`<family>:prefill` and `<family>:decode`) on the calibration slices: timed as generation loops where the
+target's LM artifacts run here (deploy/lm/calibrate.py: what a user's loop sees), else as whole-slice prefill
+and decode graphs at those lengths through the target's runner. Between measured lengths a
 dynamic-cache prediction is interpolated linearly; a static one uses the bucket a prompt is padded to.
 """
 
@@ -60,10 +62,14 @@ def lengths(target: Target, supernet: Supernet, regime: Regime) -> tuple[int, ..
     if regime == "decode" and is_static(target):
         return (max_context,)
     chosen = lm.prompt_buckets if regime == "prefill" else lm.kv_lengths
-    too_long = [n for n in chosen if n > max_context]
+    # a decode step at KV length n attends to n past tokens and writes position n: n < max_context
+    limit = max_context if regime == "prefill" else max_context - 1
+    too_long = [n for n in chosen if n > limit]
     if too_long:
+        what = "prompt_buckets" if regime == "prefill" else "kv_lengths (a decode step's new token goes at position n)"
         raise ConfigFileError(
-            f"targets/{target.name}.yaml: lm lengths {too_long} exceed {supernet.variant}'s max_context {max_context}"
+            f"targets/{target.name}.yaml: lm {what} {too_long} exceed {limit} for {supernet.variant} "
+            f"(max_context {max_context})"
         )
     return tuple(chosen)
 
@@ -151,8 +157,9 @@ def graph_identity(config: SubnetConfig, regime: Regime, length: int, static: bo
 class LMBuildResult:
     path: Path
     blocks: int
-    graphs: int
+    graphs: int  # calibration samples: (slice, regime, length)
     fits: dict[str, Any]
+    calibrated_on: str = "slice graphs"  # or "generation-loop timings"
 
 
 def build_lm_table(
@@ -165,15 +172,20 @@ def build_lm_table(
 ) -> LMBuildResult:
     """Measure every prefill/decode block of the model and whole-slice graphs at each length, interleaved in one
     window, and fit one calibration per regime. Writes the target's table (its `lm` blocks and fits)."""
+    from deploy import workspace
+    from deploy.lm.calibrate import loop_samples, loops_run_here
+
     path = path or target.table_write_path
     static = is_static(target)
     session = MeasureSession.open(target, cache_dir)
     blocks = table_blocks(target, supernet)
     n = lm_budget(target).calibration_prompts
     configs = [c for _, c in calibration_configs([supernet], n)]
-    graphs = [(c, r, length) for c in configs for r in REGIMES for length in lengths(target, supernet, r)]
+    loops = loops_run_here(target)  # else whole-slice graphs through the target's runner
+    graphs = [] if loops else [(c, r, n) for c in configs for r in REGIMES for n in lengths(target, supernet, r)]
     with Progress(disable=not progress) as bar:
-        task = bar.add_task(f"[cyan]compiling LM blocks and slices for {target.name}", total=len(blocks) + len(graphs))
+        total = len(blocks) + (len(configs) if loops else len(graphs))
+        task = bar.add_task(f"[cyan]compiling LM blocks and slices for {target.name}", total=total)
         items = []
         for key in blocks:
             module, example = supernet.measurable_block(key)
@@ -183,32 +195,42 @@ def build_lm_table(
             module, example, names = regime_graph(supernet.extract(config), regime, length, static)
             items.append(session.compile(module, example, graph_identity(config, regime, length, static), names))
             bar.advance(task)
-        bar.update(task, description="[cyan]measuring blocks and slices interleaved")
+        bar.update(task, description="[cyan]measuring blocks" + ("" if loops else " and slices interleaved"))
         *stats, null = session.measure([*items, null_measurable(session)])
+        window = dict(zip(blocks, stats[: len(blocks)], strict=True))
+        if loops:
+            bar.update(task, description="[cyan]calibration slices: generation loops")
+            samples = loop_samples(
+                target, supernet, configs, window,
+                buckets=lengths(target, supernet, "prefill"), kv_lengths=lengths(target, supernet, "decode"),
+                static=static, work=Path(cache_dir or workspace.cache_dir()) / "lm-build" / target.name,
+                regime_key=regime_key, advance=lambda: bar.advance(task),
+            )  # fmt: skip
     fingerprint = session.fingerprint()
     table = new_table(session)
-    window = dict(zip(blocks, stats[: len(blocks)], strict=True))
     for key, s in window.items():
         table.upsert(Entry.from_stats(key, s, fingerprint, session.device_id()))
-    samples = []
-    for (config, regime, length), s in zip(graphs, stats[len(blocks) :], strict=True):
-        keys = supernet.regime_blocks(config, regime, length, static)
-        samples.append(
-            CalibrationSample(
-                subnet_id=f"{config.id}:{regime}@{length}",
-                config={**config.to_json(), "family": regime_key(supernet.family, regime), "length": length},
-                block_sum_ms=sum(window[k].median_ms for k in keys),
-                n_blocks=len(keys),
-                measured_ms=s.median_ms,
-                cv=s.cv,
+    if not loops:
+        samples = []
+        for (config, regime, length), s in zip(graphs, stats[len(blocks) :], strict=True):
+            keys = supernet.regime_blocks(config, regime, length, static)
+            samples.append(
+                CalibrationSample(
+                    subnet_id=f"{config.id}:{regime}@{length}",
+                    config={**config.to_json(), "family": regime_key(supernet.family, regime), "length": length},
+                    block_sum_ms=sum(window[k].median_ms for k in keys),
+                    n_blocks=len(keys),
+                    measured_ms=s.median_ms,
+                    cv=s.cv,
+                )
             )
-        )
     table.calibration = fit_calibration(samples, call_overhead_ms=null.median_ms)
     table.provenance = table.provenance.model_copy(update={"date": now_iso()})
     table.save(path)
     fits = {k: f.model_dump() for k, f in table.calibration.families.items()}
-    log.info("LM table %s: %d blocks, %d slice graphs; fits %s", path, len(blocks), len(graphs), fits)
-    return LMBuildResult(path, len(blocks), len(graphs), fits)
+    on = "generation-loop timings" if loops else "slice graphs"
+    log.info("LM table %s: %d blocks, %d %s; fits %s", path, len(blocks), len(samples), on, fits)
+    return LMBuildResult(path, len(blocks), len(samples), fits, on)
 
 
 def calibrated_ids(table: LatencyTable) -> set[str]:

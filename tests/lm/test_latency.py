@@ -97,3 +97,16 @@ def test_validation_times_whole_generation_loops_and_writes_per_regime_figures(b
 def test_an_lm_target_without_budgets_is_refused(workspace):
     with pytest.raises(ConfigFileError, match=r"ttft_ms or lm\.ms_per_token"):
         write_target(workspace, "no-budget-lm", ttft_ms=None, ms_per_token=None)
+
+
+def test_kv_length_at_max_context_is_refused_when_the_decode_step_would_write_past_it(workspace, lm):
+    from deploy.lm.latency import lengths
+
+    max_context = lm.dims.max_context
+    target = write_target(workspace, name="tiny-ort-lm-long", kv_lengths=[8, max_context])
+    with pytest.raises(ConfigFileError, match=rf"kv_lengths.*\[{max_context}\] exceed {max_context - 1}"):
+        lengths(target, lm, "decode")
+    assert lengths(write_target(workspace, name="tiny-ort-lm-ok", kv_lengths=[8, max_context - 1]), lm, "decode") == (
+        8,
+        max_context - 1,
+    )

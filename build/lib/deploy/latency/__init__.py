@@ -1,1 +1,0 @@
-"""Latency: measurement protocol, tables, prediction, regeneration and validation."""

@@ -1,1 +1,0 @@
-"""Packaging: the output folder of a deploy, its manifest and its report."""

@@ -1,1 +1,0 @@
-"""Search: the space of subnets, the selector under constraints, elastic precision, externally measured candidates."""
