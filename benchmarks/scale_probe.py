@@ -35,6 +35,7 @@ from deploy import workspace
 from deploy.backends import get_backend
 from deploy.export import hub
 from deploy.latency.build import build_table
+from deploy.latency.table import LatencyTable
 from deploy.latency.validate import validate_table
 from deploy.models.checkpoint import load
 from deploy.targets import load_target
@@ -76,6 +77,18 @@ def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: b
     log.info("%s: table built in %.0f s", name, build_s)
     report = validate_table(target, net, samples=samples, progress=False)
     log.info("%s: validated (%.1f%% median)", name, report.median_abs_pct_error)
+
+    # the copied target's budget was set for MNIST models: one between this model's smallest and largest
+    # subnet (their geometric mean, as the table predicts them) gives the deploy a real choice
+    from deploy.latency.predictor import LatencyPredictor
+
+    predictor = LatencyPredictor(LatencyTable.load(target.table_path, name))
+    ends = [predictor.predict(net.blocks(c), net.family).ms for c in (net.smallest(), net.largest())]
+    path = ws / "targets" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["budget_ms"] = round(float((ends[0] * ends[1]) ** 0.5), 4)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    target = load_target(name)
 
     backend = get_backend(target.backend)
     with tempfile.TemporaryDirectory(prefix="probe-export-") as tmp:
