@@ -78,15 +78,17 @@ def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: b
     report = validate_table(target, net, samples=samples, progress=False)
     log.info("%s: validated (%.1f%% median)", name, report.median_abs_pct_error)
 
-    # the copied target's budget was set for MNIST models: one between this model's smallest and largest
-    # subnet (their geometric mean, as the table predicts them) gives the deploy a real choice
+    # the copied target's budget was set for MNIST models: one whose effective budget (less the table's
+    # margin) is the geometric mean of this model's smallest and largest subnet gives the deploy a real choice
     from deploy.latency.predictor import LatencyPredictor
+    from deploy.search.precision import safety_margin_pct
 
     predictor = LatencyPredictor(LatencyTable.load(target.table_path, name))
     ends = [predictor.predict(net.blocks(c), net.family).ms for c in (net.smallest(), net.largest())]
     path = ws / "targets" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
-    data["budget_ms"] = round(float((ends[0] * ends[1]) ** 0.5), 4)
+    margin = min(safety_margin_pct(LatencyTable.load(target.table_path, name), net.family), 90.0) / 100
+    data["budget_ms"] = round(float((ends[0] * ends[1]) ** 0.5 / (1 - margin)), 4)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     target = load_target(name)
 
