@@ -116,7 +116,8 @@ def test_generate_from_python_gives_the_deployed_slice_tokens(deployed):
 )
 def test_bad_prompt_is_a_one_line_error_exit_2(root, deployed, prompt, needles):
     dist, _ = deployed
-    one_line_error(cli(root, "generate", "--dist", str(dist), prompt), *needles)
+    line = one_line_error(cli(root, "generate", "--dist", str(dist), prompt), *needles)
+    assert line.startswith("error:") and all(n in line for n in needles)
 
 
 def test_token_ids_outside_the_vocabulary_are_refused(deployed):
