@@ -94,8 +94,8 @@ class ValidationReport:
 
 
 def validation_configs(supernet: Supernet, table: LatencyTable, n: int, seed: int) -> list[SubnetConfig]:
-    """n distinct random subnets that the calibration was not fitted on."""
-    fitted = {s.subnet_id for s in (table.calibration.samples if table.calibration else [])}
+    """n distinct random subnets that the calibration was not fitted on (an LM sample's id is `<subnet>:<regime>@n`)."""
+    fitted = {s.subnet_id.split(":")[0] for s in (table.calibration.samples if table.calibration else [])}
     rng = np.random.default_rng(seed)
     chosen: dict[str, SubnetConfig] = {}
     for _ in range(50 * n):  # bounded: a tiny space may run out of unseen subnets

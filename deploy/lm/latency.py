@@ -239,11 +239,6 @@ def calibrated_ids(table: LatencyTable) -> set[str]:
 
 
 def pick_unseen(supernet: Supernet, table: LatencyTable, n: int, seed: int) -> list[SubnetConfig]:
-    fitted, rng, chosen = calibrated_ids(table), np.random.default_rng(seed), {}
-    for _ in range(50 * n):
-        if len(chosen) >= n:
-            break
-        config = supernet.sample(rng)
-        if config.id not in fitted:
-            chosen.setdefault(config.id, config)
-    return list(chosen.values())
+    from deploy.latency.validate import validation_configs
+
+    return validation_configs(supernet, table, n, seed)
