@@ -13,6 +13,7 @@ dynamic-cache prediction is interpolated linearly; a static one uses the bucket 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from deploy.targets import LMBudget, Target
 
 log = logging.getLogger(__name__)
 
+# loop timings this variable between rounds mean a busy machine: such a fit over-predicted a whole table
+# (host-cpu-litert-lm, docs/changelog.md 2026-12-02)
+NOISY_CALIBRATION_CV = 0.15
 STATIC_BACKENDS = ("tflite", "coreml", "executorch", "executorch_coreml")  # fixed shapes: padded prompts, fixed cache
 
 
@@ -92,16 +96,20 @@ class LMPrediction:
 class LMLatency:
     """Predictions of one LM target's table: `ttft(config, prompt)`, `ms_per_token(config, context)`."""
 
-    def __init__(self, table: LatencyTable, supernet: Supernet, target: Target, correction: float = 1.0) -> None:
+    def __init__(
+        self, table: LatencyTable, supernet: Supernet, target: Target, corrections: Mapping[str, float] | None = None
+    ) -> None:
+        """`corrections` rescale one regime's predictions (a deploy measured its artifact off the table)."""
         self.table, self.supernet, self.target = table, supernet, target
-        self.predictor = LatencyPredictor(table, correction)
+        self.corrections = dict(corrections or {})
+        self.predictors = {r: LatencyPredictor(table, self.corrections.get(r, 1.0)) for r in REGIMES}
         self.static = is_static(target)
         self.lengths = {r: lengths(target, supernet, r) for r in REGIMES}
-        self.predictor.require(table_blocks(target, supernet))
+        self.predictors["prefill"].require(table_blocks(target, supernet))
 
     def _at(self, config: SubnetConfig, regime: Regime, length: int) -> Prediction:
         blocks = self.supernet.regime_blocks(config, regime, length, self.static)
-        return self.predictor.predict(blocks, regime_key(self.supernet.family, regime))
+        return self.predictors[regime].predict(blocks, regime_key(self.supernet.family, regime))
 
     def predict(self, config: SubnetConfig, regime: Regime, length: int) -> LMPrediction:
         measured = self.lengths[regime]
@@ -224,6 +232,14 @@ def build_lm_table(
                     cv=s.cv,
                 )
             )
+    noisy_cv = float(np.median([x.cv for x in samples])) if samples else 0.0
+    if noisy_cv > NOISY_CALIBRATION_CV:
+        log.warning(
+            "%s: the calibration timings varied %.0f%% between rounds (median), so the machine was busy while "
+            "they ran and the fit inherits it; rebuild in a quieter window "
+            "(elastic-deploy tables build --target %s --rebuild)",
+            target.name, 100 * noisy_cv, target.name,
+        )  # fmt: skip
     table.calibration = fit_calibration(samples, call_overhead_ms=null.median_ms)
     table.provenance = table.provenance.model_copy(update={"date": now_iso()})
     table.save(path)

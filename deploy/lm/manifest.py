@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from deploy.errors import ConfigFileError, DeployError
 from deploy.io import atomic_write_text, pydantic_error_line, read_json
@@ -48,6 +48,9 @@ class LMLatencyRecord(_Record):
     method: str  # measured, estimated or transferred (the table's)
     measured: GenerationTiming | None = None
     not_measured_reason: str | None = None
+    # a slice measured over a budget is re-selected once, each regime's predictions rescaled by that measurement
+    corrections: dict[str, float] = Field(default_factory=dict)  # regime -> factor on the table's predictions
+    reselected_from: str | None = None  # the slice measured over its budget
     table: dict[str, Any]  # provenance, per-regime fits and validations
 
 
@@ -69,6 +72,7 @@ class LMMetricRecord(_Record):
     val: float
     test: float
     artifact_test: float | None  # perplexity through the artifact's own KV-cache path (teacher-forced)
+    torch_windows: float | None = None  # the torch slice's perplexity on the same windows, same path
     artifact_windows: int | None
     next_token_accuracy: float | None  # of the torch slice on val
     task: dict[str, Any]

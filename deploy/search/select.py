@@ -477,7 +477,8 @@ def select(
         direction=direction,
     )
     log.info(
-        "%s search: %d of %d configs scored, %d feasible within %.4g ms; chose %s (%.4g ms, %s acc %.4f)",
+        "%s search: %d of %d configs scored, %d feasible within %.4g ms; chose %s (%.4g ms, metric %.4f %s, %s "
+        "is better)",
         method,
         selection.evaluated,
         size,
@@ -485,7 +486,8 @@ def select(
         constraints.effective_budget_ms,
         choice.config.id,
         choice.latency_ms,
-        choice.accuracy_source,
         choice.accuracy,
+        choice.accuracy_source,
+        direction,
     )
     return selection

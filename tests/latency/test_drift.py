@@ -62,6 +62,24 @@ def test_drift_check_measures_the_factor_and_rescales_predictions_when_the_devic
     assert LatencyTable.load(src.table_path).entries == table.entries  # the table file is never changed
 
 
+def test_drift_check_leaves_predictions_alone_when_a_burst_slowed_only_one_of_its_passes(src, tiny, synthetic,
+                                                                                        monkeypatch):  # fmt: skip
+    table = with_error(LatencyTable.load(src.table_path), 5.0)
+    device = device_for(table, tiny, synthetic)
+    installed, passes = MeasureSession.measure, []
+
+    def measure(session, items):  # the first pass runs in a burst of load, the second after it
+        passes.append(len(items))
+        device.speed = 1.3 if len(passes) == 1 else 1.0
+        return installed(session, items)
+
+    monkeypatch.setattr(MeasureSession, "measure", measure)
+    check = check_drift(MeasureSession.open(src), table, tiny)
+    assert passes == [5, 5]  # 4 reference blocks and the null model, twice
+    assert check.factor == pytest.approx(1.15, rel=1e-6) and check.repeatability_pct == pytest.approx(26.1, abs=0.1)
+    assert not check.beyond and check.applied_factor == 1.0 and "within" in check.message()
+
+
 def test_drift_within_the_tables_validated_error_leaves_predictions_alone(src, tiny, synthetic):
     table = with_error(LatencyTable.load(src.table_path), 5.0)
     device_for(table, tiny, synthetic, speed=1.04)

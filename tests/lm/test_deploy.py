@@ -56,7 +56,31 @@ def root(tmp_path_factory):
         write_target(root, "tiny-tight-lm", ttft_ms=1e-4, ms_per_token=1e-4)
         build_lm_table(load_target("tiny-ort-lm"), load("matformer_lm_tiny")[0], progress=False)
         shutil.copy(root / "latency_tables" / "tiny-ort-lm.json", root / "latency_tables" / "tiny-tight-lm.json")
+        # a table that predicts every slice 1000x faster than it runs: whatever fits its budget runs over it
+        write_target(root, "tiny-fast-table-lm", ttft_ms=0.01, ms_per_token=0.01)
+        scaled_table(root / "latency_tables" / "tiny-ort-lm.json", root / "latency_tables" / "tiny-fast-table-lm.json",
+                     1e-3)  # fmt: skip
         yield root
+
+
+def scaled_table(src: Path, dst: Path, factor: float) -> None:
+    """A copy of a table whose every prediction is `factor` times the original's (entries and fits scaled)."""
+    data = json.loads(src.read_text())
+    for entry in data["entries"]:
+        for key in ("median_ms", "p90_ms", "mean_ms", "std_ms"):
+            entry[key] *= factor
+        entry["round_medians_ms"] = [v * factor for v in entry.get("round_medians_ms", [])]
+    calibration = data["calibration"]
+    for fit in [calibration, *calibration.get("families", {}).values()]:
+        for key in ("per_block_ms", "intercept_ms", "call_overhead_ms"):
+            if key in fit:
+                fit[key] *= factor
+        fit["quad_per_ms"] = fit.get("quad_per_ms", 0.0) / factor
+    for sample in calibration.get("samples", []):
+        sample["block_sum_ms"] *= factor
+        sample["measured_ms"] *= factor
+    data["provenance"]["target"] = dst.stem
+    dst.write_text(json.dumps(data))
 
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -132,6 +156,34 @@ def test_budgets_no_slice_meets_name_the_fastest_slice_ttft_and_ms_per_token(roo
                           "no matformer_lm slice", "the fastest", "TTFT", "ms/token")  # fmt: skip
     assert "tiny-tight-lm.yaml" in line
     assert not (root / "dist" / "tiny-tight-lm").exists()
+
+
+def test_deploy_measured_over_budget_reselects_once_then_stops_writing_nothing(root):
+    proc = cli(root, "deploy", "--target", "tiny-fast-table-lm", "--model", "matformer_lm_tiny")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if x.strip()][-1]  # the deploy's progress is logged above it
+    for needle in ("error:", "tiny-fast-table-lm", "measured TTFT", "> 0.01 ms budget",
+                   "re-selected with that correction", "tables build --target tiny-fast-table-lm"):  # fmt: skip
+        assert needle in line, line
+    assert "selecting once more with the predictions rescaled" in proc.stdout + proc.stderr
+    assert not (root / "dist" / "tiny-fast-table-lm").exists()
+
+
+def test_over_budget_rescales_each_regime_by_measured_over_predicted():
+    from deploy.lm.manifest import GenerationTiming
+    from deploy.lm.pipeline import _over_budget
+    from deploy.targets import load_target
+
+    target = load_target("host-cpu-ort-lm")  # ttft_ms 1.5 at 64 tokens, 0.3 ms/token
+    timing = GenerationTiming(ttft_ms=3.0, ms_per_token=0.2, tokens_per_s=5000, prompt_tokens=64, generated_tokens=32,
+                              loops=10, where="test")  # fmt: skip
+    over = _over_budget(target, "abc", timing, ttft_ms=1.0, per_token_ms=0.1, generation_ms=0.1,
+                        corrections={"prefill": 2.0})  # fmt: skip
+    assert over is not None and over.corrections == pytest.approx({"prefill": 6.0, "decode": 2.0})
+    assert "TTFT 3.000 ms (predicted 1.000) > 1.5 ms budget" in over.summary
+    fits = GenerationTiming(ttft_ms=1.0, ms_per_token=0.2, tokens_per_s=5000, prompt_tokens=64, generated_tokens=32,
+                            loops=10, where="test")  # fmt: skip
+    assert _over_budget(target, "abc", fits, ttft_ms=1.0, per_token_ms=0.1, generation_ms=0.1, corrections={}) is None
 
 
 def test_a_tokenizer_that_does_not_match_is_refused_at_deploy_and_at_generate(root, deployed, tmp_path):
