@@ -48,12 +48,14 @@ class PredictorQuality:
     n_fit: int
     n_holdout: int
     spearman: float
-    mae_pp: float  # mean absolute error in percentage points
+    mae_pp: float  # mean absolute error × 100: percentage points for a bounded metric (a fraction)
     l2: float
+    bounded: bool = True  # a fraction (top-1); else a loss or perplexity, whose MAE is in its own units
 
     def __str__(self) -> str:
+        mae = f"{self.mae_pp:.2f} pp" if self.bounded else f"{self.mae_pp / 100:.3g} (the metric's units)"
         return (
-            f"Spearman {self.spearman:.3f}, MAE {self.mae_pp:.2f} pp on {self.n_holdout} held-out configs "
+            f"Spearman {self.spearman:.3f}, MAE {mae} on {self.n_holdout} held-out configs "
             f"(fit on {self.n_fit}, l2={self.l2:g})"
         )
 
@@ -181,6 +183,7 @@ class FittedAccuracyPredictor:
                 spearman=spearman(pred, acc[hold]),
                 mae_pp=float(np.mean(np.abs(pred - acc[hold])) * 100),
                 l2=l2_fit,
+                bounded=transform == "logit",
             )
         l2_all = l2 if l2 is not None else _choose_l2(x, z, seed)
         w, b = _ridge(x, z, l2_all)
