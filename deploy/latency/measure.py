@@ -166,7 +166,7 @@ def measure_interleaved(
         if attempt < protocol.max_retries:
             progress(f"{len(noisy)} item(s) above the precision gate; measuring all {len(names)} again")
     for name in noisy:
-        log.info(
+        log.debug(
             "'%s' stayed noisy after %d retries: median known to ±%.1f%% (round CV %.1f%%), gate %.1f%%",
             name, protocol.max_retries, 100 * relative_standard_error(stats[name]), 100 * stats[name].cv,
             100 * protocol.cv_max,
