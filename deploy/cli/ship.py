@@ -26,13 +26,15 @@ def deploy(
     if getattr(result.manifest, "kind", None) == "lm":
         lm = result.manifest.latency
         measured = (
-            f", measured {lm.measured.ttft_ms:.3f} ms and {lm.measured.ms_per_token:.3f} ms/token"
+            f"; measured TTFT {lm.measured.ttft_ms:.3f} ms and {lm.measured.ms_per_token:.3f} ms/token over a "
+            f"{lm.measured.generated_tokens}-token generation"
             if lm.measured
             else ""
         )
         _say(
             f"[bold green]done[/]: {result.out_dir}/report.md — predicted TTFT {lm.predicted_ttft_ms:.3f} ms at "
-            f"{lm.ttft_prompt} tokens and {lm.predicted_ms_per_token:.3f} ms/token{measured}. Next: "
+            f"{lm.ttft_prompt} tokens and {lm.predicted_ms_per_token:.3f} ms/token at {lm.decode_context} of "
+            f"context{measured}. Next: "
             f'`elastic-deploy generate --dist {result.out_dir} "def main("`'
         )
         return
