@@ -83,11 +83,12 @@ def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: b
     from deploy.latency.predictor import LatencyPredictor
     from deploy.search.precision import safety_margin_pct
 
-    predictor = LatencyPredictor(LatencyTable.load(target.table_path, name))
+    table = LatencyTable.load(target.table_path, name)
+    predictor = LatencyPredictor(table)
     ends = [predictor.predict(net.blocks(c), net.family).ms for c in (net.smallest(), net.largest())]
     path = ws / "targets" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
-    margin = min(safety_margin_pct(LatencyTable.load(target.table_path, name), net.family), 90.0) / 100
+    margin = min(safety_margin_pct(table, net.family), 90.0) / 100
     data["budget_ms"] = round(float((ends[0] * ends[1]) ** 0.5 / (1 - margin)), 4)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     target = load_target(name)

@@ -25,11 +25,13 @@ LM = {"prompt_buckets": [6], "kv_lengths": [12], "ttft_prompt": 6, "decode_conte
 pytestmark = pytest.mark.slow
 
 
-def write_target(root: Path, name: str, **budgets: float) -> None:
+def write_target(root: Path, name: str, estimate: dict | None = None, **budgets: float) -> None:
     import yaml
 
     spec = {"name": name, "device": {"name": "host"}, "backend": "onnxruntime", "threads": 1,
             "model": "matformer_lm_tiny", "measurement": FAST, "lm": {**LM, **budgets}}  # fmt: skip
+    if estimate is not None:
+        spec["estimate"] = estimate
     (root / "targets" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
 
 
@@ -45,6 +47,7 @@ def root(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
+        from deploy.latency.estimate import estimate_table
         from deploy.lm.latency import build_lm_table
         from deploy.models.checkpoint import load
         from deploy.targets import load_target
@@ -56,31 +59,12 @@ def root(tmp_path_factory):
         write_target(root, "tiny-tight-lm", ttft_ms=1e-4, ms_per_token=1e-4)
         build_lm_table(load_target("tiny-ort-lm"), load("matformer_lm_tiny")[0], progress=False)
         shutil.copy(root / "latency_tables" / "tiny-ort-lm.json", root / "latency_tables" / "tiny-tight-lm.json")
-        # a table that predicts every slice 1000x faster than it runs: whatever fits its budget runs over it
-        write_target(root, "tiny-fast-table-lm", ttft_ms=0.01, ms_per_token=0.01)
-        scaled_table(root / "latency_tables" / "tiny-ort-lm.json", root / "latency_tables" / "tiny-fast-table-lm.json",
-                     1e-3)  # fmt: skip
+        # an ESTIMATED table that predicts every slice 1000x faster than it runs: what fits its budget runs over it
+        write_target(root, "tiny-fast-table-lm", ttft_ms=0.01, ms_per_token=0.01, estimate={
+            "source_target": "tiny-ort-lm", "factor": 1e-3, "derivation": "a test: 1000x too fast",
+            "expected_error_pct": 10, "expected_error": "a test"})  # fmt: skip
+        estimate_table(load_target("tiny-fast-table-lm"))
         yield root
-
-
-def scaled_table(src: Path, dst: Path, factor: float) -> None:
-    """A copy of a table whose every prediction is `factor` times the original's (entries and fits scaled)."""
-    data = json.loads(src.read_text())
-    for entry in data["entries"]:
-        for key in ("median_ms", "p90_ms", "mean_ms", "std_ms"):
-            entry[key] *= factor
-        entry["round_medians_ms"] = [v * factor for v in entry.get("round_medians_ms", [])]
-    calibration = data["calibration"]
-    for fit in [calibration, *calibration.get("families", {}).values()]:
-        for key in ("per_block_ms", "intercept_ms", "call_overhead_ms"):
-            if key in fit:
-                fit[key] *= factor
-        fit["quad_per_ms"] = fit.get("quad_per_ms", 0.0) / factor
-    for sample in calibration.get("samples", []):
-        sample["block_sum_ms"] *= factor
-        sample["measured_ms"] *= factor
-    data["provenance"]["target"] = dst.stem
-    dst.write_text(json.dumps(data))
 
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
