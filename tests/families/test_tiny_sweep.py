@@ -15,9 +15,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from deploy.executors.local import LocalExecutor
 from deploy.export.hub import get_or_export
-from deploy.latency.table import LatencyTable
-from deploy.latency.validate import validate_table
+from deploy.latency.build import block_identity, calibration_configs, fit_calibration, null_measurable, subnet_identity
+from deploy.latency.table import CalibrationSample, LatencyTable
+from deploy.latency.validate import VALIDATION_SEED
 from deploy.models import build, known_models
 from deploy.targets import load_target
 
@@ -101,13 +103,62 @@ def test_blocks_account_for_all_compute_params_and_ops_of_the_extracted_subnet(n
         assert ops == block_ops, f"{config}: only in the subnet {ops - block_ops}, only in blocks {block_ops - ops}"
 
 
+def _error_with_a_calibration_fitted_here(target, supernet, cache_dir, *, fit_on: int = 8, unseen: int = 3):
+    """Median |error| % and repeatability % of the table's method on this machine, in one interleaved window:
+    the blocks of `fit_on` calibration subnets and `unseen` others, the calibration fitted on the former
+    (as `tables build` fits it), the latter predicted from their blocks and measured twice."""
+    session = LocalExecutor().session(target, cache_dir)
+    fit = [c for _, c in calibration_configs([supernet], fit_on)]
+    seen, rng, held = {c.id for c in fit}, np.random.default_rng(VALIDATION_SEED), {}
+    for _ in range(50 * unseen):  # bounded: a small space may run out of unseen subnets
+        if len(held) >= unseen:
+            break
+        config = supernet.sample(rng)
+        if config.id not in seen:
+            held.setdefault(config.id, config)
+    configs = [*fit, *held.values()]
+    keys = sorted({k for c in configs for k in supernet.blocks(c)})
+    subnets = [
+        session.compile(
+            supernet.extract(c), supernet.example_inputs(), subnet_identity(supernet, c), supernet.input_names()
+        )
+        for c in configs
+    ]
+    blocks = [session.compile(*supernet.measurable_block(k), block_identity(k)) for k in keys]
+    n_held = len(held)
+    *stats, null = session.measure(subnets + subnets[len(fit) :] + blocks + [null_measurable(session)])
+    whole, again, block = stats[: len(configs)], stats[len(configs) : len(configs) + n_held], stats[-len(keys) :]
+    ms = dict(zip(keys, (b.median_ms for b in block), strict=True))
+    samples = [
+        CalibrationSample(
+            subnet_id=c.id,
+            config=c.to_json(),
+            block_sum_ms=sum(ms[k] for k in supernet.blocks(c)),
+            n_blocks=len(supernet.blocks(c)),
+            measured_ms=s.median_ms,
+        )
+        for c, s in zip(configs, whole, strict=True)
+    ]
+    cal = fit_calibration(samples[: len(fit)], null.median_ms)
+    errors, repeat = [], []
+    for sample, a, b in zip(samples[len(fit) :], whole[len(fit) :], again, strict=True):
+        measured = float(np.median([a.median_ms, b.median_ms]))
+        predicted = cal.apply(sample.block_sum_ms, sample.n_blocks, supernet.family, null.median_ms)
+        errors.append(abs(predicted - measured) / measured * 100)
+        repeat.append(abs(a.median_ms - b.median_ms) / measured * 100)
+    return float(np.median(errors)), float(np.median(repeat))
+
+
 @pytest.mark.timing
-def test_prediction_is_within_the_validated_error_of_the_host_ort_table(net, ship_files):
-    # The family's shipped variant on the shipped host ORT table (1 thread: 0.05-0.4% repeatability
-    # here, 2 threads 0.5-2.7%): random subnets the calibration did not see, measured end to end beside
-    # their blocks, must be predicted within the p90 error `tables validate` recorded for the family.
-    # Not the tiny variant's own table: at ~0.05 ms a whole subnet runs up to 44% faster than its
-    # separately timed blocks (per-call overhead), a regime the shipped models never see.
+def test_prediction_is_within_the_validated_error_when_calibrated_on_this_machine(net, ship_files, tmp_path):
+    # The family's shipped variant on the host ORT target (1 thread: 0.05-0.4% repeatability here, 2 threads
+    # 0.5-2.7%): subnets the calibration did not see, predicted from their blocks, must land within the p90
+    # error `tables validate` recorded for the family where the shipped table was measured. The calibration
+    # is fitted here, in the same window: how a whole subnet relates to its blocks is the machine's (on the
+    # CI host an elastic_vit subnet ran 30% below its blocks' sum where it ran 4% below on the machine the
+    # shipped table was fitted on), so the shipped fit is no claim about another machine.
+    # Not the tiny variant: at ~0.05 ms a whole subnet runs up to 44% faster than its separately timed
+    # blocks (per-call overhead), a regime the shipped models never see.
     ship_files("targets/host-cpu-ort-1t.yaml", "latency_tables/host-cpu-ort-1t.json")
     host = load_target("host-cpu-ort-1t")
     variant = next((m for m in host.served_models if build(m).family == net.family), None)
@@ -120,8 +171,7 @@ def test_prediction_is_within_the_validated_error_of_the_host_ort_table(net, shi
     assert shipped_figures is not None, f"validate host-cpu-ort-1t on {variant}: make validate-tables"
     spec = host.measurement.model_copy(update={"min_runs": 10, "rounds": 6, "max_retries": 0, "cv_max": 10.0})
     target = host.model_copy(update={"model": variant, "measurement": spec})
-    report = validate_table(target, build(variant), samples=3, write_back=False, progress=False)
-    # Same-window error: blocks re-measured beside the subnets, so the machine's drift since the table was
-    # measured is out; floor 10% for a 3-subnet sample on a shared VM.
-    bound = max(shipped_figures.p90_abs_pct_error, 3 * report.repeatability_pct, 10.0)
-    assert report.same_window_median_abs_pct_error <= bound, report.rows
+    error, repeatability = _error_with_a_calibration_fitted_here(target, build(variant), tmp_path)
+    # floor 10% for a 3-subnet sample on a shared VM
+    bound = max(shipped_figures.p90_abs_pct_error, 3 * repeatability, 10.0)
+    assert error <= bound, f"{variant}: {error:.1f}% median error, repeatability {repeatability:.1f}%"
