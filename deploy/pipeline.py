@@ -155,10 +155,11 @@ def _deploy_once(
 
         measured, not_measured = measure_artifact(backend, artifact, entry, target, check, measure, say)
         if measured is not None:
-            err = (choice.latency_ms - measured.median_ms) / measured.median_ms * 100
+            # the sign the drift and bench lines use: measured relative to the prediction
+            off = (measured.median_ms - choice.latency_ms) / choice.latency_ms * 100
             say(
                 f"measured {measured.median_ms:.3f} ms (p90 {measured.p90_ms:.3f}, cv {measured.cv:.1%}, "
-                f"{measured.n_runs} runs on {measured.where}); prediction off by {err:+.1f}%"
+                f"{measured.n_runs} runs on {measured.where}): {off:+.1f}% vs the predicted {choice.latency_ms:.3f} ms"
             )
 
         # drift: record the measurement, refit where it disagrees, never ship over budget silently (drift.py)
