@@ -94,7 +94,7 @@ class DriftCheck:
     blocks: tuple[ReferenceBlock, ...]
     factor: float  # median ratio now / table
     repeatability_pct: float  # median |a − b| / mean of each block over the check's two passes, seconds apart
-    table_error_pct: float  # the table's expected error for the family (validated, else the fit's)
+    table_error_pct: float  # the table's shape error for the family (validation's same-window, else expected)
     threshold_pct: float  # max(table_error_pct, 2 × repeatability_pct)
     call_overhead_ms: float  # the null model now
     table_call_overhead_ms: float
@@ -129,7 +129,15 @@ class DriftCheck:
 
 
 def table_error_pct(table: LatencyTable, family: str | None = None) -> float:
-    """The error a prediction of this table is expected to have (what the predictor's std uses), in %."""
+    """The error of the table's shape at the device's current speed, in %: the same-window error of its
+    validation (blocks re-timed beside the subnets), else the error a prediction is expected to have.
+
+    Not the validation's overall median: one taken while the device ran at another speed holds that drift, and
+    as the threshold of the drift check it would hide the very drift the check is for (seen here: a validation
+    18% off during a slow spell, same-window 3%, let the next check pass blocks 12% slow)."""
+    validation = table.validation_for(family)
+    if validation is not None and validation.same_window_median_abs_pct_error > 0:
+        return validation.same_window_median_abs_pct_error
     return LatencyPredictor(table).relative_error(family) * 100
 
 
@@ -455,6 +463,14 @@ def say_why_not(target: Target, table: LatencyTable, family: str | None, say: Ca
     then its calibration, not the measuring, limits every prediction of it, and the deploy cannot be closer."""
     v = table.validation_for(family)
     if v is None or v.source != "tables validate" or v.median_abs_pct_error <= 2 * v.repeatability_pct:
+        return
+    if v.same_window_median_abs_pct_error <= 2 * v.repeatability_pct:
+        say(
+            f"note: the {target.table_path.name} table was validated at {v.median_abs_pct_error:.1f}% median error "
+            f"({v.date}, {v.host}) while the device ran {v.drift_pct:+.1f}% off the table's speed; re-timed in the "
+            f"same window its predictions held within {v.same_window_median_abs_pct_error:.1f}%, so the speed, not "
+            f"the calibration, was off: the drift check below corrects the speed"
+        )
         return
     say(
         f"note: the {target.table_path.name} table was validated at {v.median_abs_pct_error:.1f}% median error, more "

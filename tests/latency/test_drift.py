@@ -32,12 +32,14 @@ from deploy.latency.validate import summarize, validate_table
 from deploy.targets import load_target
 
 
-def with_error(table: LatencyTable, pct: float) -> LatencyTable:
-    """The table as if `tables validate` had found a `pct` median error (the drift threshold's floor)."""
+def with_error(table: LatencyTable, pct: float, same_window_pct: float | None = None) -> LatencyTable:
+    """The table as if `tables validate` had found a `pct` median error and `same_window_pct` (default `pct`)
+    with its blocks re-timed beside the subnets (the drift threshold's floor)."""
+    same = pct if same_window_pct is None else same_window_pct
     table.validation = Validation(
         date="2026-12-02T00:00:00+00:00", n_samples=10, seed=1, median_abs_pct_error=pct, within_5pct=1.0,
-        within_10pct=1.0, p90_abs_pct_error=2 * pct, worst_pct_error=3 * pct, same_window_median_abs_pct_error=pct,
-        repeatability_pct=0.5, host="h",
+        within_10pct=1.0, p90_abs_pct_error=2 * pct, worst_pct_error=3 * pct, same_window_median_abs_pct_error=same,
+        repeatability_pct=0.5, host="h", drift_pct=pct - same,
     )  # fmt: skip
     return table
 
@@ -87,6 +89,16 @@ def test_drift_within_the_tables_validated_error_leaves_predictions_alone(src, t
     assert correction.drift is not None and correction.drift.factor == pytest.approx(1.04)
     assert not correction.drift.beyond and correction.factor == 1.0 and correction.checked
     assert "within 5.0%" in correction.drift.message()
+
+
+def test_drift_threshold_is_the_same_window_error_when_the_validation_ran_while_the_device_drifted(
+    src, tiny, synthetic
+):
+    table = with_error(LatencyTable.load(src.table_path), 18.0, same_window_pct=2.0)  # validated in a slow spell
+    device_for(table, tiny, synthetic, speed=1.12)
+    correction = current_correction(src, table, tiny)
+    assert correction.drift is not None and correction.drift.threshold_pct == 2.0
+    assert correction.drift.beyond and correction.factor == pytest.approx(1.12)
 
 
 def test_drift_threshold_is_twice_the_checks_repeatability_when_that_exceeds_the_tables_error():
@@ -365,6 +377,11 @@ def test_deploy_corrections_say_why_not_when_the_tables_error_exceeds_twice_its_
     said.clear()
     drift.deploy_corrections(src, tiny, measure=True, say=said.append)
     assert not any(m.startswith("note:") for m in said)
+    with_error(table, 5.0, same_window_pct=0.8).save(src.table_path)  # off in speed only, during that run
+    said.clear()
+    drift.deploy_corrections(src, tiny, measure=True, say=said.append)
+    assert "while the device ran +4.2% off the table's speed" in said[0] and "the speed, not the calibration" in said[0]
+    assert "--recalibrate" not in said[0]
 
 
 def test_a_transferred_table_lacking_a_models_blocks_says_to_transfer_again(src, make_target, tiny, synthetic):
