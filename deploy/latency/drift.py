@@ -10,16 +10,19 @@ whatever can measure on the target first times a few of the table's own blocks (
   now over the table's, both net of the per-call overhead (now: the null model; the table's: its
   calibration's); the drift factor is the median ratio. A TRANSFERRED table's entries are scaled to fit
   whole subnets, so its baseline is the blocks the transfer timed on the device (`device_baseline`). It is *beyond* when
-  |factor − 1| > max(the table's expected error for the family, 2 × this check's repeatability),
-  the expected error being the validated median error (else the calibration fit's): a move the table's
+  |factor − 1| > max(the table's error for the family, 2 × this check's repeatability), the error
+  being its validation's same-window median error (else the calibration fit's): a move the table's
   own error or the measurement's noise could explain is left alone. Beyond, predictions are multiplied
   by the factor: `Prediction.correction`, never a change to the table file.
 - **Observations** (`record_observation`): every end-to-end measurement of a deployed artifact (deploy
   and bench) is appended, with its provenance, to `<cache>/observations/<table>.jsonl`.
 - **Refit on observations** (`observed_scale`): when the recent observations of a table (same table
-  and calibration, same family, the last OBSERVATION_MAX_AGE_S) disagree with their drift-corrected
-  predictions beyond the table's error, the calibration's overall scale is refitted on them: s = median
-  of measured / (table prediction × drift factor), and later deploys multiply by it too. One parameter
+  and calibration, same family, the last OBSERVATION_MAX_AGE_S, made with no drift correction applied)
+  disagree with their predictions beyond the table's error, the calibration's overall scale is refitted
+  on them: s = median of measured / table prediction, and later deploys multiply by it too. An
+  observation made while a drift correction was applied judges that correction, not the table: here a
+  check that timed blocks 24% slow while the artifact ran at the table's speed would otherwise have
+  left a ×0.74 "refit" that the next deploy, its blocks back at speed, applied alone. One parameter
   only: a calibration's shape needs its window of 12-36 subnets measured beside their blocks, while
   what moves between windows here is the whole-subnet/block ratio as a whole (docs/targets-and-tables.md,
   "What limits the predictions").
@@ -252,8 +255,9 @@ class Observation(BaseModel):
 
     @property
     def ratio(self) -> float:
-        """measured / drift-corrected table prediction: what the calibration's scale is refitted on."""
-        return self.measured_ms / (self.table_prediction_ms * self.drift_factor)
+        """measured / table prediction: what the calibration's scale is refitted on (made with no drift
+        correction applied; see `observed_scale`)."""
+        return self.measured_ms / self.table_prediction_ms
 
 
 def table_identity(table: LatencyTable) -> str:
@@ -335,7 +339,10 @@ def observed_scale(
     recent = [
         o
         for o in load_observations(path)
-        if o.table_identity == ident and o.family == family and _age_s(o.date, now) <= OBSERVATION_MAX_AGE_S
+        if o.table_identity == ident
+        and o.family == family
+        and o.drift_factor == 1.0  # under a drift correction it judged that correction (module docstring)
+        and _age_s(o.date, now) <= OBSERVATION_MAX_AGE_S
     ]
     if not recent:
         return None
@@ -553,7 +560,14 @@ def settle_measurement(
     block["observation"] = {"path": str(path), **obs.model_dump()}
     error = table_error_pct(table, supernet.family)
     off = (measured.median_ms - choice.latency_ms) / choice.latency_ms * 100
-    if abs(off) > error:
+    if abs(off) > error and correction.drift_factor != 1.0:
+        table_off = (measured.median_ms - table_ms) / table_ms * 100
+        say(
+            f"measured {measured.median_ms:.3f} ms vs predicted {choice.latency_ms:.3f} ms ({off:+.1f}%): the drift "
+            f"check's ×{correction.drift_factor:.3f} did not hold for the whole artifact (the table alone predicted "
+            f"{table_ms:.3f} ms, {table_off:+.1f}%); recorded in {path}, where it judges that check and refits nothing"
+        )
+    elif abs(off) > error:
         refit = observed_scale(target, table, supernet.family, cache_dir=cache_dir)
         block["refit"] = None if refit is None else refit.to_json()
         if refit is not None:

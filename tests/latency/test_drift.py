@@ -144,7 +144,8 @@ def test_observed_scale_refits_on_recent_observations_of_the_same_table_when_the
     path = observations_path(src)
     assert observed_scale(src, table, tiny.family) is None
     record_observation(observation(table, tiny.family, 1.25), path)
-    record_observation(observation(table, tiny.family, 1.20, drift_factor=1.1), path)  # relative to drift
+    record_observation(observation(table, tiny.family, 1.20), path)
+    record_observation(observation(table, tiny.family, 0.7, drift_factor=1.3), path)  # judged the drift check
     record_observation(observation(table, tiny.family, 3.0, age_s=3 * 3600), path)  # too old
     other = observation(table, tiny.family, 3.0).model_copy(update={"table_identity": "another table"})
     record_observation(other, path)
@@ -317,6 +318,10 @@ def test_deploy_rescales_predictions_and_records_them_in_the_manifest_when_the_d
     assert len(lines) == 1 and obs.source == "deploy" and obs.measured_ms == 0.3 and obs.drift_factor == 1.25
     assert obs.subnet_id == result.manifest.model_dump(mode="json")["subnet"]["id"] and obs.where == "local:fake"
     assert "drift correction" in (shipped / "dist" / "host-cpu-ort" / "report.md").read_text()
+    # measured far below the corrected prediction: that judges the drift check, and refits nothing
+    assert any("×1.250 did not hold for the whole artifact" in m and "refits nothing" in m for m in said)
+    target = load_target("host-cpu-ort")
+    assert observed_scale(target, LatencyTable.load(target.table_path), obs.family) is None
 
 
 @pytest.mark.slow
