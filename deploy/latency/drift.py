@@ -562,10 +562,12 @@ def settle_measurement(
     off = (measured.median_ms - choice.latency_ms) / choice.latency_ms * 100
     if abs(off) > error and correction.drift_factor != 1.0:
         table_off = (measured.median_ms - table_ms) / table_ms * 100
+        source = "the first artifact's measurement" if correction.measured_factor is not None else "the drift check"
         say(
-            f"measured {measured.median_ms:.3f} ms vs predicted {choice.latency_ms:.3f} ms ({off:+.1f}%): the drift "
-            f"check's ×{correction.drift_factor:.3f} did not hold for the whole artifact (the table alone predicted "
-            f"{table_ms:.3f} ms, {table_off:+.1f}%); recorded in {path}, where it judges that check and refits nothing"
+            f"measured {measured.median_ms:.3f} ms vs predicted {choice.latency_ms:.3f} ms ({off:+.1f}%): the "
+            f"×{correction.factor:.3f} from {source} did not hold for this artifact (the table alone predicted "
+            f"{table_ms:.3f} ms, {table_off:+.1f}%); recorded in {path}; made under a drift correction, it refits "
+            f"nothing"
         )
     elif abs(off) > error:
         refit = observed_scale(target, table, supernet.family, cache_dir=cache_dir)
