@@ -76,8 +76,8 @@ test: $(VENV)/.installed-$(TEST_EXTRAS) ssh-tools
 	$(PY) -m ruff check deploy tests benchmarks docs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing and not extended"
 	$(PY) -m pytest -q -m "timing and not extended"
-	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d $$site; \
-	  rc=$$?; rm -rf $$site; exit $$rc
+	@site=$$(mktemp -d) && log=$$(mktemp) && NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d $$site >$$log 2>&1; \
+	  rc=$$?; [ $$rc = 0 ] || cat $$log; rm -rf $$site $$log; exit $$rc
 
 # The documentation site in site/: results pages rendered from benchmarks/results/*.json and
 # latency_tables/*.validation.json, the CLI reference from the typer app, the API from docstrings.
