@@ -104,9 +104,9 @@ def test_blocks_account_for_all_compute_params_and_ops_of_the_extracted_subnet(n
 
 
 def _error_with_a_calibration_fitted_here(target, supernet, cache_dir, *, fit_on: int = 8, unseen: int = 3):
-    """Median |error| % and repeatability % of the table's method on this machine, in one interleaved window:
-    the blocks of `fit_on` calibration subnets and `unseen` others, the calibration fitted on the former
-    (as `tables build` fits it), the latter predicted from their blocks and measured twice."""
+    """Median |error| %, repeatability % and the fit's own RMS residual % of the table's method on this machine,
+    in one interleaved window: the blocks of `fit_on` calibration subnets and `unseen` others, the calibration
+    fitted on the former (as `tables build` fits it), the latter predicted from their blocks and measured twice."""
     session = LocalExecutor().session(target, cache_dir)
     fit = [c for _, c in calibration_configs([supernet], fit_on)]
     seen, rng, held = {c.id for c in fit}, np.random.default_rng(VALIDATION_SEED), {}
@@ -146,7 +146,7 @@ def _error_with_a_calibration_fitted_here(target, supernet, cache_dir, *, fit_on
         predicted = cal.apply(sample.block_sum_ms, sample.n_blocks, supernet.family, null.median_ms)
         errors.append(abs(predicted - measured) / measured * 100)
         repeat.append(abs(a.median_ms - b.median_ms) / measured * 100)
-    return float(np.median(errors)), float(np.median(repeat))
+    return float(np.median(errors)), float(np.median(repeat)), cal.residual_pct
 
 
 @pytest.mark.timing
@@ -171,7 +171,11 @@ def test_prediction_is_within_the_validated_error_when_calibrated_on_this_machin
     assert shipped_figures is not None, f"validate host-cpu-ort-1t on {variant}: make validate-tables"
     spec = host.measurement.model_copy(update={"min_runs": 10, "rounds": 6, "max_retries": 0, "cv_max": 10.0})
     target = host.model_copy(update={"model": variant, "measurement": spec})
-    error, repeatability = _error_with_a_calibration_fitted_here(target, build(variant), tmp_path)
-    # floor 10% for a 3-subnet sample on a shared VM
-    bound = max(shipped_figures.p90_abs_pct_error, 3 * repeatability, 10.0)
-    assert error <= bound, f"{variant}: {error:.1f}% median error, repeatability {repeatability:.1f}%"
+    error, repeatability, residual = _error_with_a_calibration_fitted_here(target, build(variant), tmp_path)
+    # Floor 10% for a 3-subnet sample on a shared VM. A subnet the fit did not see is predicted no better than
+    # the fit matches its own subnets in the same window: in a slow spell of this VM (2026-12-03) that residual
+    # reached 19% RMS with held-out errors of 15-17%, in a quiet one 0.6% with 1.0%.
+    bound = max(shipped_figures.p90_abs_pct_error, 3 * repeatability, 2 * residual, 10.0)
+    assert error <= bound, (
+        f"{variant}: {error:.1f}% median error, repeatability {repeatability:.1f}%, fit residual {residual:.1f}%"
+    )
