@@ -96,13 +96,18 @@ class ValidationReport:
 def validation_configs(supernet: Supernet, table: LatencyTable, n: int, seed: int) -> list[SubnetConfig]:
     """n distinct random subnets that the calibration was not fitted on (an LM sample's id is `<subnet>:<regime>@n`)."""
     fitted = {s.subnet_id.split(":")[0] for s in (table.calibration.samples if table.calibration else [])}
+    return unseen_configs(supernet, fitted, n, seed)
+
+
+def unseen_configs(supernet: Supernet, seen: set[str], n: int, seed: int) -> list[SubnetConfig]:
+    """n distinct random subnets whose ids are not in `seen`."""
     rng = np.random.default_rng(seed)
     chosen: dict[str, SubnetConfig] = {}
     for _ in range(50 * n):  # bounded: a tiny space may run out of unseen subnets
         if len(chosen) >= n:
             break
         config = supernet.sample(rng)
-        if config.id not in fitted:
+        if config.id not in seen:
             chosen.setdefault(config.id, config)
     return list(chosen.values())
 

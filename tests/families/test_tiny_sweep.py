@@ -19,7 +19,7 @@ from deploy.executors.local import LocalExecutor
 from deploy.export.hub import get_or_export
 from deploy.latency.build import block_identity, calibration_configs, fit_calibration, null_measurable, subnet_identity
 from deploy.latency.table import CalibrationSample, LatencyTable
-from deploy.latency.validate import VALIDATION_SEED
+from deploy.latency.validate import VALIDATION_SEED, unseen_configs
 from deploy.models import build, known_models
 from deploy.targets import load_target
 
@@ -109,14 +109,8 @@ def _error_with_a_calibration_fitted_here(target, supernet, cache_dir, *, fit_on
     fitted on the former (as `tables build` fits it), the latter predicted from their blocks and measured twice."""
     session = LocalExecutor().session(target, cache_dir)
     fit = [c for _, c in calibration_configs([supernet], fit_on)]
-    seen, rng, held = {c.id for c in fit}, np.random.default_rng(VALIDATION_SEED), {}
-    for _ in range(50 * unseen):  # bounded: a small space may run out of unseen subnets
-        if len(held) >= unseen:
-            break
-        config = supernet.sample(rng)
-        if config.id not in seen:
-            held.setdefault(config.id, config)
-    configs = [*fit, *held.values()]
+    held = unseen_configs(supernet, {c.id for c in fit}, unseen, VALIDATION_SEED)
+    configs = [*fit, *held]
     keys = sorted({k for c in configs for k in supernet.blocks(c)})
     subnets = [
         session.compile(
