@@ -20,9 +20,9 @@ whatever can measure on the target first times a few of the table's own blocks (
   and calibration, same family, the last OBSERVATION_MAX_AGE_S, made with no drift correction applied)
   disagree with their predictions beyond the table's error, the calibration's overall scale is refitted
   on them: s = median of measured / table prediction, and later deploys multiply by it too. An
-  observation made while a drift correction was applied judges that correction, not the table: here a
-  check that timed blocks 24% slow while the artifact ran at the table's speed would otherwise have
-  left a ×0.74 "refit" that the next deploy, its blocks back at speed, applied alone. One parameter
+  observation made while a drift correction was applied judges that correction, not the table: a check
+  misled by a slow spell would otherwise leave a "refit" that the next deploy, its blocks back at speed,
+  applies alone (docs/targets-and-tables.md). One parameter
   only: a calibration's shape needs its window of 12-36 subnets measured beside their blocks, while
   what moves between windows here is the whole-subnet/block ratio as a whole (docs/targets-and-tables.md,
   "What limits the predictions").
@@ -137,8 +137,8 @@ def table_error_pct(table: LatencyTable, family: str | None = None) -> float:
     validation (blocks re-timed beside the subnets), else the error a prediction is expected to have.
 
     Not the validation's overall median: one taken while the device ran at another speed holds that drift, and
-    as the threshold of the drift check it would hide the very drift the check is for (seen here: a validation
-    18% off during a slow spell, same-window 3%, let the next check pass blocks 12% slow)."""
+    as the threshold of the drift check it would hide the very drift the check is for (docs/targets-and-tables.md,
+    "What limits the predictions")."""
     validation = table.validation_for(family)
     if validation is not None and validation.same_window_median_abs_pct_error > 0:
         return validation.same_window_median_abs_pct_error
@@ -574,7 +574,7 @@ def settle_measurement(
     block["observation"] = {"path": str(path), **obs.model_dump()}
     error = table_error_pct(table, supernet.family)
     off = (measured.median_ms - choice.latency_ms) / choice.latency_ms * 100
-    if abs(off) > error and correction.drift_factor != 1.0:
+    if abs(off) > error and correction.drift_factor != 1.0:  # judges that correction: no refit (observed_scale)
         table_off = (measured.median_ms - table_ms) / table_ms * 100
         source = "the first artifact's measurement" if correction.measured_factor is not None else "the drift check"
         say(
