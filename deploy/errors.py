@@ -114,6 +114,10 @@ class DeviceBusyError(DeployError):
     """Another elastic-deploy process measures on the same device and did not finish in time."""
 
 
+class LockFileError(DeployError):
+    """A measurement lock folder or file that is not safe to use: a file, a symbolic link, another user's."""
+
+
 class BuildInterruptedError(DeployError):
     """A table build stopped by Ctrl-C; what it measured is saved and the same command resumes."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,49 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _read_text(path: Path, kind: str) -> str:
+# Every file this tool reads is small (the largest, an accuracy cache, holds under a KiB per evaluated subnet);
+# the bound stops a file that is a link to /dev/zero, or a runaway one, from filling memory.
+MAX_READ_BYTES = 32 * 1024 * 1024
+_CHUNK = 1024 * 1024  # read(n) allocates n bytes up front: a small file must not cost the whole bound
+
+
+def read_bytes(path: Path, kind: str, limit: int = MAX_READ_BYTES) -> bytes:
+    """At most `limit` bytes of `path`, read with a bound (the size a device reports means nothing); a pipe is
+    refused rather than waited on."""
+    chunks: list[bytes] = []
+    total = 0
     try:
-        return Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise ConfigFileError(f"{path}: is a pipe, not a {kind} file; give the file itself")
+            while total <= limit and (chunk := f.read(min(_CHUNK, limit + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
     except FileNotFoundError:
         raise ConfigFileError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ConfigFileError(f"{path}: is a folder, not a {kind} file") from None
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if total > limit:
+        bound = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit:,} bytes"
+        raise ConfigFileError(
+            f"{path}: larger than {bound}, the most a {kind} file of this tool holds (is it a link to a device "
+            "or another file?); give the right file"
+        )
+    return b"".join(chunks)
+
+
+def _read_text(path: Path, kind: str) -> str:
+    data = read_bytes(path, kind, MAX_READ_BYTES)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigFileError(
             f"{path}: not a UTF-8 text file (byte {exc.start}); a {kind} file is text: fix or regenerate it"
         ) from None
-    except OSError as exc:
-        raise ConfigFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text mode reads them
 
 
 def read_json(path: Path) -> Any:
@@ -65,10 +96,34 @@ def read_json(path: Path) -> Any:
         raise ConfigFileError(f"{path}: JSON nested too deeply to be a file of this tool; regenerate it") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may override what it merges
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} appears twice (first at line {first.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     text = _read_text(path, "YAML")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except RecursionError:
         raise ConfigFileError(f"{path}: YAML nested too deeply to be a file of this tool; fix it") from None
     except yaml.YAMLError as exc:
@@ -84,10 +139,11 @@ def pydantic_error_line(path: Path, exc: Exception) -> str:
     if not errors:
         return f"{path}: {exc}"
     first = errors[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    field = loc or "(top level)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     msg = str(first.get("msg", "")).removeprefix("Value error, ")
     nested = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg)  # a validator naming a field inside its own
     if nested:
-        field, msg = f"{field}.{nested.group(1)}", nested.group(2)
+        field, msg = f"{loc}.{nested.group(1)}" if loc else nested.group(1), nested.group(2)
     return f"{path}: field '{field}': {msg}{more}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,19 @@ from deploy.latency.stats import MeasureProtocol
 from deploy.runners.specs import LocalSpec, RunnerSpecBase, parse_runner
 
 NAME_RE = re.compile(r"^[a-z0-9-]+$")
+MAX_THREADS = 256  # more than any device this tool measures has cores: a larger number is a typo
+
+
+def _number(value: Any) -> Any:
+    """YAML reads `true` as a bool and pydantic would take it as 1: a number field wants a number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()} (a YAML boolean)")
+    return value
+
+
+# Numbers of a target file. Floats stay lax otherwise: PyYAML reads `1e9` (no dot) as a string.
+Int = Annotated[int, BeforeValidator(_number), Field(strict=True)]
+Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -51,7 +65,7 @@ class DeviceSpec(_Strict):
 
     id: str = Field(pattern=DEVICE_ID_RE.pattern)  # recorded in the table entries it measures
     runner: Runner = LocalSpec()
-    ray_resources: dict[str, float] = Field(default_factory=dict)
+    ray_resources: dict[str, Float] = Field(default_factory=dict)
 
 
 def default_device_id(runner: RunnerSpecBase) -> str:
@@ -62,14 +76,14 @@ def default_device_id(runner: RunnerSpecBase) -> str:
 
 
 class MeasurementSpec(_Strict):
-    warmup_runs: int = Field(20, ge=0)
-    min_runs: int = Field(20, ge=1)
-    min_time_s: float = Field(0.02, ge=0)
-    rounds: int = Field(20, ge=1)
-    cv_max: float = Field(0.02, gt=0)  # gate on the median's relative standard error
-    max_retries: int = Field(2, ge=0)
-    cooldown_s: float = Field(0.0, ge=0)
-    calibration_subnets: int = Field(16, ge=2)  # per model served: each family gets its own fit
+    warmup_runs: Int = Field(20, ge=0)
+    min_runs: Int = Field(20, ge=1)
+    min_time_s: Float = Field(0.02, ge=0)
+    rounds: Int = Field(20, ge=1)
+    cv_max: Float = Field(0.02, gt=0)  # gate on the median's relative standard error
+    max_retries: Int = Field(2, ge=0)
+    cooldown_s: Float = Field(0.0, ge=0)
+    calibration_subnets: Int = Field(16, ge=2)  # per model served: each family gets its own fit
 
     def protocol(self) -> MeasureProtocol:
         return MeasureProtocol(
@@ -88,8 +102,8 @@ class AnchorSpec(_Strict):
 
     model: str  # name in deploy.latency.anchors.ANCHORS
     device: str
-    device_ms: float = Field(gt=0)  # at the target's first precision
-    device_ms_by_precision: dict[str, float] = Field(default_factory=dict)  # other precisions' published figures
+    device_ms: Float = Field(gt=0)  # at the target's first precision
+    device_ms_by_precision: dict[str, Float] = Field(default_factory=dict)  # other precisions' published figures
     source: str  # where the figure was published (repository @ commit, file)
 
 
@@ -102,10 +116,10 @@ class EstimateSpec(_Strict):
 
     source_target: str  # a target whose table is measured (same block keys)
     anchor: AnchorSpec | None = None
-    correction: float = Field(1.0, gt=0)  # e.g. a newer chip than the anchor's device
-    factor: float | None = Field(None, gt=0)  # used when there is no anchor
+    correction: Float = Field(1.0, gt=0)  # e.g. a newer chip than the anchor's device
+    factor: Float | None = Field(None, gt=0)  # used when there is no anchor
     derivation: str  # the reasoning behind correction / factor, in words
-    expected_error_pct: float = Field(gt=0)
+    expected_error_pct: Float = Field(gt=0)
     expected_error: str  # what the expected error rests on
 
 
@@ -116,15 +130,15 @@ class LMBudget(_Strict):
     `decode_context` tokens of context; at least one budget. Static-shape backends (LiteRT, Core ML) pad a
     prompt to the smallest of `prompt_buckets` and hold a cache of the model's max_context."""
 
-    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128)  # prefill timed at these prompt lengths
-    kv_lengths: tuple[int, ...] = (32, 64, 128, 256)  # decode timed at these context lengths (dynamic cache)
-    ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
-    ttft_prompt: int = Field(64, ge=1)
-    ms_per_token: float | None = Field(None, gt=0, allow_inf_nan=False)
-    decode_context: int = Field(128, ge=1)
-    max_artifact_mb: float | None = Field(None, gt=0)
-    generate_tokens: int = Field(32, ge=2)  # tokens of each generation loop `tables validate` and deploys time
-    calibration_prompts: int = Field(8, ge=4)  # whole-slice graphs per regime in a table's calibration window
+    prompt_buckets: tuple[Int, ...] = (16, 32, 64, 128)  # prefill timed at these prompt lengths
+    kv_lengths: tuple[Int, ...] = (32, 64, 128, 256)  # decode timed at these context lengths (dynamic cache)
+    ttft_ms: Float | None = Field(None, gt=0)
+    ttft_prompt: Int = Field(64, ge=1)
+    ms_per_token: Float | None = Field(None, gt=0)
+    decode_context: Int = Field(128, ge=1)
+    max_artifact_mb: Float | None = Field(None, gt=0)
+    generate_tokens: Int = Field(32, ge=2)  # tokens of each generation loop `tables validate` and deploys time
+    calibration_prompts: Int = Field(8, ge=4)  # whole-slice graphs per regime in a table's calibration window
 
     @model_validator(mode="after")
     def _consistent(self) -> LMBudget:
@@ -153,17 +167,17 @@ class Target(_Strict):
     # Precisions the selector may choose among (elastic precision); the first is `precision`, whose
     # table is <name>.json; the others' are <name>.<precision>.json. None: `precision` only.
     precisions: tuple[Literal["fp32", "fp16", "int8_dynamic", "int8"], ...] | None = None
-    max_accuracy_drop_pp: float = Field(1.0, ge=0)  # a precision losing more val accuracy is rejected
-    threads: int = Field(1, ge=1)
-    budget_ms: float = Field(gt=0, allow_inf_nan=False)  # no budget at all: a large number, e.g. 1e9
-    max_params: int | None = Field(None, gt=0)
+    max_accuracy_drop_pp: Float = Field(1.0, ge=0)  # a precision losing more val accuracy is rejected
+    threads: Int = Field(1, ge=1, le=MAX_THREADS)
+    budget_ms: Float = Field(gt=0)  # no budget at all: a large number, e.g. 1e9
+    max_params: Int | None = Field(None, gt=0)
     model: str  # the default model of `make deploy TARGET=…`
     # Every model this target serves (MODEL=… may pick any); its table holds the union of their blocks,
     # and blocks with the same key are shared across families. None: `model` only.
     models: tuple[str, ...] | None = None
-    parity_atol: float = Field(1e-4, gt=0)
+    parity_atol: Float = Field(1e-4, gt=0)
     measurement: MeasurementSpec = MeasurementSpec()
-    bench_tolerance_pct: float | None = Field(None, gt=0)  # `bench` gate on |measured - predicted|; default 15
+    bench_tolerance_pct: Float | None = Field(None, gt=0)  # `bench` gate on |measured - predicted|; default 15
     # The backend's own options, checked against its declared schema (backend.options_model) on load.
     backend_options: dict[str, Any] = Field(default_factory=dict)
     estimate: EstimateSpec | None = None  # present when no device is at hand to measure the table
@@ -201,6 +215,21 @@ class Target(_Strict):
             raise ValueError("give either runner (one device) or devices (several, each with its runner), not both")
         # Whatever measures on one device (deploy, bench, the local executor) uses the first one.
         object.__setattr__(self, "runner", self.devices[0].runner)
+        return self
+
+    @model_validator(mode="after")
+    def _threads_fit_this_machine(self) -> Target:
+        """A local runner measures here: more threads than this machine's CPUs would time contention."""
+        if self.estimate is not None:  # threads describe the estimated device, which is not this machine
+            return self
+        cpus = os.cpu_count() or 1
+        # A device pinned by ray_resources measures on the Ray node that declares them, not necessarily here.
+        here = any(d.runner.kind == "local" and not d.ray_resources for d in self.device_list)
+        if here and self.threads > cpus:
+            raise ValueError(
+                f"threads: {self.threads} is more than the {cpus} CPUs of this machine, where the local runner "
+                f"measures; give at most {cpus}, or measure on a larger machine through an ssh runner"
+            )
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ files are the shipped ones. `elastic-deploy init DIR` scaffolds a new one.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from deploy.errors import WorkspaceError
@@ -92,6 +93,50 @@ def dist_dir() -> Path:
     return root() / "dist"
 
 
+def _check_folder_variable(name: str) -> None:
+    value = os.environ.get(name)
+    if not value:
+        return
+    path = Path(value).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"lies below the file {existing}"
+        raise WorkspaceError(f"{name}={value} {where}, not a folder; point it at a folder, or unset it")
+
+
+def check_writable(folder: Path, what: str) -> Path:
+    """Refuse, before long work, a folder this run will write into but cannot (a read-only workspace, a file
+    in the way); it need not exist yet."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path(folder.anchor))
+    if not existing.is_dir():
+        raise WorkspaceError(f"{what} {folder}: {existing} is a file, so nothing can be written there; move it aside")
+    try:  # the real test (os.access says yes to root on a read-only mount)
+        os.rmdir(tempfile.mkdtemp(prefix=".elastic-deploy-probe.", dir=existing))
+    except OSError as exc:
+        raise WorkspaceError(
+            f"{what} {folder} cannot be written ({exc.strerror or exc}); nothing was done: run in a workspace you "
+            "can write to (--workspace DIR, or `elastic-deploy init DIR`)"
+        ) from None
+    return folder
+
+
+def check_environment() -> None:
+    """Refuse, before any work, an environment variable that names a folder which is not one (a typo'd
+    ELASTIC_DEPLOY_ROOT is refused as --workspace would be, rather than used and filled with a .cache)."""
+    from deploy.latency.lock import _timeout_s
+
+    env = os.environ.get(ENV)
+    if env is not None:
+        try:
+            use(Path(env))
+        except WorkspaceError as exc:
+            raise WorkspaceError(f"{ENV}={env}: {exc}; or unset {ENV}") from None
+    for name in ("ELASTIC_DEPLOY_CACHE", "ELASTIC_DEPLOY_LOCK_DIR"):
+        _check_folder_variable(name)
+    _timeout_s()
+
+
 def cache_dir() -> Path:
     env = os.environ.get("ELASTIC_DEPLOY_CACHE")
     return Path(env).resolve() if env else root() / ".cache" / "elastic-deploy"
@@ -112,16 +157,33 @@ accuracy_samples: 24
 """
 
 
+def _check_new_workspace(folder: Path) -> None:
+    """Refuse, before writing anything, a workspace folder that is a file, lies below one, or cannot be made."""
+    if folder.exists() and not folder.is_dir():
+        raise WorkspaceError(f"{folder} is a file, not a folder; give a new folder for the workspace")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise WorkspaceError(f"{folder} is not empty; give a new folder for the workspace")
+    parent = next((p for p in folder.parents if p.exists()), Path(folder.anchor))
+    if not parent.is_dir():
+        raise WorkspaceError(f"{folder}: {parent} is a file, so the workspace cannot be made there; choose a folder")
+    try:  # the real test (os.access says yes to root on a read-only mount)
+        os.rmdir(tempfile.mkdtemp(prefix=".elastic-deploy-probe.", dir=parent))
+    except OSError as exc:
+        raise WorkspaceError(f"{folder}: cannot write in {parent} ({exc.strerror or exc}); choose a folder") from None
+
+
 def scaffold(folder: Path, from_target: str) -> list[str]:
     """A new workspace in `folder`: a target copied from a shipped one (as my-cpu, serving my_model), an
-    example model spec, and the empty folders; refuses a folder that already holds files."""
+    example model spec, and the empty folders; refuses a folder that already holds files. Built beside the
+    folder and moved into place, so a failure leaves nothing half-made."""
+    import shutil
+
     import yaml
 
     from deploy.io import atomic_write_text, read_yaml
 
-    folder = Path(folder).expanduser().resolve()
-    if folder.exists() and any(folder.iterdir()):
-        raise WorkspaceError(f"{folder} is not empty; give a new folder for the workspace")
+    folder = Path(folder).expanduser().absolute()
+    _check_new_workspace(folder)
     source = resolve("targets", f"{from_target}.yaml")
     if not source.exists():
         raise WorkspaceError(f"no shipped target {from_target} to copy; known: {', '.join(names('targets', '.yaml'))}")
@@ -133,10 +195,23 @@ def scaffold(folder: Path, from_target: str) -> list[str]:
     )
     for key in ("models", "estimate"):
         target.pop(key, None)
-    for kind in KINDS:
-        (folder / kind).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "targets" / "my-cpu.yaml", yaml.safe_dump(target, sort_keys=False))
-    atomic_write_text(folder / "models" / "my_model.yaml", EXAMPLE_MODEL)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.init-", dir=folder.parent))
+    try:
+        for kind in KINDS:
+            (staging / kind).mkdir()
+        atomic_write_text(staging / "targets" / "my-cpu.yaml", yaml.safe_dump(target, sort_keys=False))
+        atomic_write_text(staging / "models" / "my_model.yaml", EXAMPLE_MODEL)
+        staging.chmod(0o755)
+        if folder.is_dir():  # an empty folder the user made (or the current one): fill it
+            for child in staging.iterdir():
+                child.rename(folder / child.name)
+        else:
+            staging.rename(folder)
+    except OSError as exc:
+        raise WorkspaceError(f"{folder}: cannot be written ({exc.strerror or exc}); nothing was left there") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return [
         f"created {folder}/targets/my-cpu.yaml (from {from_target}), {folder}/models/my_model.yaml",
         f"created empty {', '.join(k + '/' for k in KINDS if k not in ('targets', 'models'))} (tables and "

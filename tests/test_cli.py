@@ -109,3 +109,40 @@ def test_select_duplicate_ids_with_conflicting_rows_exit_2_naming_both_lines(tmp
     csv = tmp_path / "c.csv"
     csv.write_text("id,latency_ms,accuracy\na,2.0,0.9\nb,1.0,0.8\na,1.0,0.95\n")
     assert_one_line_error(run_cli("select", "--candidates", str(csv), "--budget-ms", "3"), "'a'", "lines 2 and 4")
+
+
+TARGET = "name: {name}\ndevice: {{name: box}}\nbackend: onnxruntime\nthreads: 1\nbudget_ms: 1.5\nmodel: m\n"
+
+
+def test_targets_lists_every_good_target_and_each_bad_one_then_exits_2_naming_them(tmp_root):
+    (tmp_root / "targets" / "good-one.yaml").write_text(TARGET.format(name="good-one"))
+    (tmp_root / "targets" / "bad-dup.yaml").write_text(TARGET.format(name="bad-dup") + "threads: 2\n")
+    (tmp_root / "targets" / "bad-type.yaml").write_text(
+        TARGET.format(name="bad-type").replace("budget_ms: 1.5", "budget_ms: true")
+    )
+    proc = run_cli("targets", env={**os.environ, "COLUMNS": "300"})
+    out = " ".join(proc.stdout.split())
+    assert "good-one" in out and "host-cpu-ort" in out  # one bad file hides nothing
+    bad_lines = [line for line in proc.stdout.splitlines() if line.startswith("bad target")]
+    assert len(bad_lines) == 2, proc.stdout
+    assert "bad-dup.yaml: malformed YAML at line 7 column 1: key 'threads' appears twice" in bad_lines[0]
+    assert "bad-type.yaml: field 'budget_ms': expected a number, got true" in bad_lines[1]
+    assert_one_line_error(proc, "target files that do not load: bad-dup.yaml, bad-type.yaml")
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        ("--sustained=inf", "--sustained inf is not a positive, finite number of seconds"),
+        ("--sustained=nan", "--sustained nan is not a positive, finite number of seconds"),
+        ("--sustained=0", "--sustained 0 is not a positive"),
+        ("--sustained=-1", "--sustained -1 is not a positive"),
+        ("--sustained=1e9", "--sustained 1e+09 is more than 86400 seconds"),
+        ("--tolerance=inf", "--tolerance inf is not a positive, finite number of percent"),
+        ("--tolerance=nan", "--tolerance nan is not a positive"),
+    ],
+)
+def test_bench_float_option_that_is_not_a_positive_finite_number_exits_2_before_measuring(tmp_root, option, needle):
+    proc = run_cli("bench", "--target", "host-cpu-ort", option)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_root / "bench").exists()

@@ -77,7 +77,8 @@ def test_deploy_with_infeasible_budget_names_fastest_subnet(shipped):
 def test_parity_failure_raises_and_keeps_previous_dist(shipped):
     out = shipped / "dist" / "host-cpu-ort"
     out.mkdir(parents=True)
-    (out / "manifest.json").write_text("{}")
+    (out / "manifest.json").write_text("{}")  # a previous deploy's output, with the marker deploys write
+    (out / ".elastic-deploy.json").write_text('{"tool": "elastic-deploy", "files": ["manifest.json"]}')
     edit_target(shipped, parity_atol=1e-30)
     with pytest.raises(ParityError, match="max abs diff"):
         deploy("host-cpu-ort", progress=False, measure=False)

@@ -123,3 +123,113 @@ def test_latency_table_reader_never_raises_on_arbitrary_bytes(tmp_path, data):
     path = tmp_path / "t.json"
     path.write_bytes(data)
     _outcome(lambda: LatencyTable.load(path))
+
+
+# --- every reader of a file a user (or a damaged disk) can hand us: issue 24 ---------------------------------
+# Random bytes and random JSON/YAML documents to each; a load either succeeds or fails with one named line,
+# within a bounded time and memory.
+
+MAX_SECONDS = 5.0
+MAX_PEAK_BYTES = 64 * 2**20
+yaml_docs = json_values.map(lambda doc: yaml.safe_dump(doc))
+json_docs = json_values.map(json.dumps)
+file_bytes = st.one_of(st.binary(max_size=400), yaml_docs.map(str.encode), json_docs.map(str.encode))
+
+
+def _bounded(call) -> str:
+    """_outcome, under a time and memory bound (tracemalloc sees every Python and numpy allocation)."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        outcome = _outcome(call)
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert time.monotonic() - start < MAX_SECONDS, f"a load took {time.monotonic() - start:.1f} s"
+    assert peak < MAX_PEAK_BYTES, f"a load allocated {peak / 2**20:.0f} MiB"
+    return outcome
+
+
+def _spec_load(root: Path):
+    from deploy.models.spec import build, load_spec
+
+    return lambda: (load_spec("m1"), build("m1"))
+
+
+def _checkpoint_load(root: Path):
+    from deploy.models.checkpoint import load
+
+    return lambda: load("matformer_vit_tiny", path=root / "checkpoints" / "c1.safetensors")
+
+
+def _manifest_load(root: Path):
+    from deploy.packaging.manifest import Manifest
+
+    return lambda: Manifest.load(root / "dist" / "manifest.json")
+
+
+def _lm_manifest_load(root: Path):
+    from deploy.lm.manifest import LMManifest
+
+    return lambda: LMManifest.load(root / "dist" / "manifest.json")
+
+
+def _lm_json_load(root: Path):
+    from deploy.lm.artifact import LMArtifact
+
+    return lambda: LMArtifact.load(root / "dist")
+
+
+def _observations_load(root: Path):
+    from deploy.latency.drift import load_observations
+
+    return lambda: load_observations(root / "obs.jsonl")
+
+
+READERS = {  # reader: (file it reads, relative to the workspace; the call)
+    "target": ("targets/t1.yaml", lambda root: lambda: load_target("t1")),
+    "model spec": ("models/m1.yaml", _spec_load),
+    "latency table": ("latency_tables/t.json", lambda root: lambda: LatencyTable.load(root / "latency_tables/t.json")),
+    "checkpoint sidecar": ("checkpoints/c1.json", _checkpoint_load),
+    "manifest": ("dist/manifest.json", _manifest_load),
+    "lm manifest": ("dist/manifest.json", _lm_manifest_load),
+    "lm.json": ("dist/lm.json", _lm_json_load),
+    "observations": ("obs.jsonl", _observations_load),
+}
+
+
+@pytest.fixture
+def reader_root(tmp_root) -> Path:
+    from safetensors.torch import save_file
+
+    from deploy.models import build
+
+    for folder in ("models", "checkpoints", "dist"):
+        (tmp_root / folder).mkdir(exist_ok=True)
+    save_file(build("matformer_vit_tiny").state_dict(), str(tmp_root / "checkpoints" / "c1.safetensors"))
+    return tmp_root
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=file_bytes)
+def test_every_reader_of_a_users_file_loads_or_fails_in_one_named_line(reader_root, reader, data):
+    relpath, make_call = READERS[reader]
+    path = reader_root / relpath
+    path.write_bytes(data)
+    outcome = _bounded(make_call(reader_root))
+    assert outcome == "loaded" or Path(relpath).name in outcome or reader == "observations", outcome
+
+
+@pytest.mark.parametrize("reader", ["target", "model spec", "latency table", "manifest", "lm.json"])
+def test_every_reader_refuses_a_file_that_never_ends(reader_root, reader):
+    """A file linked to /dev/zero is refused after a bounded read, not read until memory runs out."""
+    relpath, make_call = READERS[reader]
+    path = reader_root / relpath
+    path.unlink(missing_ok=True)
+    path.symlink_to("/dev/zero")
+    outcome = _bounded(make_call(reader_root))
+    assert outcome != "loaded" and Path(relpath).name in outcome, outcome

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -220,4 +221,87 @@ def test_backend_options_are_checked_against_the_backend_schema_when_the_target_
 def test_unknown_backend_lists_the_known_ones(tmp_root):
     (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("backend: onnxruntime", "backend: tpu"))
     with pytest.raises(UnknownNameError, match=r"unknown backend 'tpu'; known: .*onnxruntime"):
+        load_target("t1")
+
+
+# --- bounds on what a target may ask for (issue 24) -------------------------------------------------
+
+
+def test_threads_past_the_sanity_cap_are_refused_for_any_runner(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(SSH.replace("threads: 2", "threads: 10000"))
+    with pytest.raises(ConfigFileError, match=r"field 'threads': Input should be less than or equal to 256"):
+        load_target("t1")
+
+
+def test_threads_past_this_machines_cpus_are_refused_when_the_local_runner_measures(tmp_root, monkeypatch):
+    monkeypatch.setattr("deploy.targets.os.cpu_count", lambda: 2)
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("threads: 2", "threads: 3"))
+    with pytest.raises(ConfigFileError) as info:
+        load_target("t1")
+    assert str(info.value).endswith(
+        "t1.yaml: field 'threads': 3 is more than the 2 CPUs of this machine, where the local runner measures; "
+        "give at most 2, or measure on a larger machine through an ssh runner"
+    )
+
+
+def test_threads_past_this_machines_cpus_are_accepted_when_another_machine_measures(tmp_root, monkeypatch):
+    monkeypatch.setattr("deploy.targets.os.cpu_count", lambda: 2)
+    (tmp_root / "targets" / "t1.yaml").write_text(SSH.replace("threads: 2", "threads: 8"))
+    assert load_target("t1").threads == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (GOOD.replace("budget_ms: 1.5", "budget_ms: true"), "budget_ms"),
+        (GOOD.replace("threads: 2", "threads: true"), "threads"),
+        (GOOD + "measurement: {rounds: yes}\n", "measurement.rounds"),
+        (GOOD + "bench_tolerance_pct: true\n", "bench_tolerance_pct"),
+    ],
+)
+def test_boolean_where_a_number_belongs_is_refused_naming_the_field(tmp_root, text, field):
+    (tmp_root / "targets" / "t1.yaml").write_text(text)
+    with pytest.raises(ConfigFileError, match=rf"field '{re.escape(field)}': expected a number, got true"):
+        load_target("t1")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD.replace("budget_ms: 1.5", "budget_ms: .nan"),
+        GOOD.replace("budget_ms: 1.5", "budget_ms: inf"),
+        GOOD + "bench_tolerance_pct: .inf\n",
+        GOOD + "measurement: {cv_max: .inf}\n",
+    ],
+)
+def test_non_finite_number_is_refused(tmp_root, text):
+    (tmp_root / "targets" / "t1.yaml").write_text(text)
+    with pytest.raises(ConfigFileError, match=r"finite number"):
+        load_target("t1")
+
+
+def test_budget_written_without_a_dot_still_reads_as_a_number(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD.replace("budget_ms: 1.5", "budget_ms: 1e9"))
+    assert load_target("t1").budget_ms == 1e9  # PyYAML reads `1e9` as a string; the field converts it
+
+
+def test_key_given_twice_is_refused_naming_the_line_and_the_key(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "budget_ms: 900\n")
+    with pytest.raises(ConfigFileError) as info:
+        load_target("t1")
+    assert str(info.value).endswith(
+        "t1.yaml: malformed YAML at line 7 column 1: key 'budget_ms' appears twice (first at line 5); keep one"
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero here")
+def test_target_file_that_links_to_dev_zero_is_refused_at_the_size_limit(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").symlink_to("/dev/zero")
+    with pytest.raises(ConfigFileError, match=r"t1\.yaml: larger than 32 MiB, the most a YAML file"):
+        load_target("t1")
+
+
+def test_boolean_ssh_port_is_refused_naming_the_field(tmp_root):
+    (tmp_root / "targets" / "t1.yaml").write_text(GOOD + "runner: {kind: ssh, host: box, port: true}\n")
+    with pytest.raises(ConfigFileError, match=r"port"):
         load_target("t1")

@@ -23,7 +23,8 @@ from typing import Any
 from deploy.errors import DeployError
 from deploy.io import atomic_write_json, atomic_write_text
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
 QUICK_OUT = Path(".cache") / "benchmarks-quick"  # in the folder it runs from, beside the other caches
 DEFAULT_DISTRIBUTIONS = ("torch", "numpy", "onnxruntime")
 
@@ -94,8 +95,23 @@ def describe(result: Result) -> tuple[str, str]:
     return date, str(host)
 
 
+def machine_free(value: Any) -> Any:
+    """`value` with every absolute path of this machine made portable: relative to the repository where it
+    lies inside, `~/…` inside the home folder. Results are committed; a machine's paths mean nothing elsewhere."""
+    if isinstance(value, dict):
+        return {k: machine_free(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [machine_free(v) for v in value]
+    if isinstance(value, str):
+        for root, shown in ((str(REPO), "."), (str(Path.home()), "~")):
+            if root not in ("/", "") and root in value:
+                value = value.replace(root + os.sep, shown + "/" if shown != "." else "").replace(root, shown)
+    return value
+
+
 def write(result: Result, markdown: Callable[[Result], str], out: Path, stem: str) -> tuple[Path, Path, str]:
     out.mkdir(parents=True, exist_ok=True)
+    result = machine_free(result)
     text = markdown(result)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     atomic_write_json(json_path, result)

@@ -60,7 +60,8 @@ def _root(
     _state["debug"] = debug
     if workspace_dir is not None:
         workspace.use(workspace_dir)
-    else:  # the current folder, named for what this process starts (Ray workers)
+    workspace.check_environment()
+    if workspace_dir is None:  # the current folder, named for what this process starts (Ray workers)
         os.environ.setdefault(workspace.ENV, str(workspace.root()))
     # Our own INFO messages; the libraries' (torch.onnx, onnxscript: hundreds of lines per export) only
     # from WARNING up, unless --verbose.

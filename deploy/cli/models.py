@@ -55,15 +55,24 @@ def train(
 
 @app.command()
 def targets() -> None:
-    """List the targets: backend, precisions, budget, default model, and whether its latencies are measured."""
+    """List the targets: backend, precisions, budget, default model, and whether its latencies are measured.
+
+    A target file that does not load is listed after the others with its error, and the command then exits 2
+    naming every such file: one bad file neither hides the good ones nor passes unnoticed."""
+    from deploy.errors import ConfigFileError
     from deploy.latency.table import LatencyTable
     from deploy.targets import known_targets, load_target
 
     table = Table(title="targets")
     for col in ("name", "device", "backend", "precisions", "budget ms", "model", "latency table"):
         table.add_column(col)
+    bad: dict[str, DeployError] = {}
     for name in known_targets():
-        t = load_target(name)
+        try:
+            t = load_target(name)
+        except DeployError as exc:
+            bad[name] = exc
+            continue
         try:
             lat = LatencyTable.load(t.table_path, name)
             v = lat.validation
@@ -75,6 +84,13 @@ def targets() -> None:
             t.name, t.device.name, t.backend, ", ".join(t.search_precisions), f"{t.budget_ms}", t.model, status
         )
     console.print(table)
+    for name, exc in bad.items():
+        console.print(f"[red]bad target {escape(name)}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+    if bad:
+        raise ConfigFileError(
+            f"target files that do not load: {', '.join(f'{n}.yaml' for n in bad)}; fix each as its line above "
+            "says, or remove it"
+        )
 
 
 @app.command()
@@ -97,13 +113,26 @@ def families() -> None:
     console.print(table)
 
 
+def _cached_accuracies(cache: object) -> dict[str, float]:
+    """{subnet id: metric} of an accuracy cache file; ConfigFileError when it is not one."""
+    from deploy.errors import ConfigFileError
+
+    entries = cache.get("entries", []) if isinstance(cache, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("id"), str) and isinstance(e.get("accuracy"), int | float)
+        for e in entries
+    ):
+        raise ConfigFileError("the accuracy cache is damaged; delete it (deploys evaluate again)")
+    return {e["id"]: float(e["accuracy"]) for e in entries}
+
+
 @app.command()
 def models() -> None:
     """List the models (models/*.yaml): family, task, search-space size and the metric range its cache knows."""
     from deploy.accuracy.oracle import accuracy_cache_path
     from deploy.io import read_json
     from deploy.models import build, known_models, load_spec
-    from deploy.models.checkpoint import default_path, train_command
+    from deploy.models.checkpoint import default_path, read_config, train_command
 
     table = Table(title="models")
     for col in ("model", "family", "task", "space size", "weights: val metric range (evaluated subnets)"):
@@ -121,10 +150,13 @@ def models() -> None:
             weights = default_path(name)
             meta_path, cache = weights.with_suffix(".json"), accuracy_cache_path(weights)
             if meta_path.exists():  # every evaluated subnet (the cache), else the named ones of the meta
-                val = read_json(meta_path).get("meta", {}).get("accuracy", {}).get("val", {})
-                if cache.exists():
-                    val = {e["id"]: e["accuracy"] for e in read_json(cache).get("entries", [])} or val
-                acc = f"{min(val.values()):.2%} – {max(val.values()):.2%}" if val else "not recorded"
+                try:
+                    val = ((read_config(weights, name).get("meta") or {}).get("accuracy") or {}).get("val") or {}
+                    val = _cached_accuracies(read_json(cache)) or val if cache.exists() else val
+                    fmt = spec.make_task().metric.format
+                    acc = f"{fmt(min(val.values()))} – {fmt(max(val.values()))}" if val else "not recorded"
+                except DeployError as exc:  # a damaged sidecar or cache: said on its row, the others still listed
+                    acc = f"[red]{escape(str(exc))}[/]"
             else:
                 acc = f"none yet ({train_command(name)})"
         size = net.space().size()
@@ -145,9 +177,11 @@ def init(
     made = scaffold(folder, target)
     for line in made:
         _say(escape(line))
+    where = folder.expanduser().resolve()
+    cd = "" if where == Path.cwd().resolve() else f"`cd {escape(str(folder))}`, then "
     _say(
-        f"[bold green]workspace ready[/]: {escape(str(folder))}. Next: `cd {escape(str(folder))}` and "
-        "`elastic-deploy tables build --target my-cpu`, then `elastic-deploy deploy --target my-cpu`"
+        f"[bold green]workspace ready[/] in {escape(str(where))}. Next: {cd}`elastic-deploy tables build "
+        "--target my-cpu`, then `elastic-deploy deploy --target my-cpu`"
     )
 
 

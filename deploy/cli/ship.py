@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,17 @@ import typer
 from rich.markup import escape
 
 from deploy.cli.app import ExecutorOpt, ModelOpt, RayAddressOpt, TargetOpt, _executor, _say, app
+from deploy.errors import InvalidArgumentError
+
+
+def _check_positive(flag: str, value: float | None, unit: str, most: float | None = None) -> None:
+    """A float option left out (None), or a positive finite number (at most `most`): click takes inf and nan."""
+    if value is None:
+        return
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidArgumentError(f"{flag} {value:g} is not a positive, finite number of {unit}; give one such as 10")
+    if most is not None and value > most:
+        raise InvalidArgumentError(f"{flag} {value:g} is more than {most:g} {unit}; give at most {most:g}")
 
 
 @app.command()
@@ -59,10 +71,10 @@ def bench_cmd(
         bool, typer.Option("--update-baseline", help="store this run as bench/baselines/<target>.json")
     ] = False,
     sustained: Annotated[
-        float, typer.Option("--sustained", min=0, help="keep measuring this many seconds and report drift")
-    ] = 0.0,
+        float | None, typer.Option("--sustained", help="keep measuring this many seconds and report drift")
+    ] = None,
     tolerance: Annotated[
-        float | None, typer.Option("--tolerance", min=0, help="allowed % between measured and predicted")
+        float | None, typer.Option("--tolerance", help="allowed % between measured and predicted")
     ] = None,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -71,14 +83,17 @@ def bench_cmd(
     ] = True,
 ) -> None:
     """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
+    from deploy.latency.bench import MAX_SUSTAINED_S
     from deploy.latency.bench import bench as run_bench
 
+    _check_positive("--sustained", sustained, "seconds", MAX_SUSTAINED_S)
+    _check_positive("--tolerance", tolerance, "percent")
     with _executor(executor, ray_address) as ex:
         result = run_bench(
             target,
             dist_dir=dist,
             update_baseline=update_baseline,
-            sustained_s=sustained,
+            sustained_s=sustained or 0.0,
             tolerance_pct=tolerance,
             say=_say,
             executor=ex,

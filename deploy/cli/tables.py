@@ -38,11 +38,14 @@ def tables_build(
     """Measure every block the target's models can produce (the union over the models it serves; one
     table per precision it lists); resumes where an interrupted build stopped. With --executor ray the
     blocks are spread over the target's devices."""
+    from deploy import workspace
     from deploy.latency.build import build_table
     from deploy.models.checkpoint import latency_model
     from deploy.targets import load_target
 
     t = load_target(target)
+    workspace.check_writable(t.table_write_path.parent, "latency table folder")  # before any measuring
+    workspace.check_writable(workspace.cache_dir(), "cache")
     supernets = [latency_model(m) for m in model_list(t, model)]
     if t.lm is not None:  # a language model: prefill and decode blocks, one fit per regime (deploy/lm/latency.py)
         from deploy.lm.latency import build_lm_table
@@ -127,9 +130,12 @@ def tables_transfer(
     """Write a TRANSFERRED table: measured source tables mapped to the target's device by N subnets measured there."""
     from deploy.latency.transfer_table import transfer_table
     from deploy.models.checkpoint import latency_model
+    from deploy.packaging.output import check_output_file
     from deploy.targets import load_target
 
     t = load_target(target)
+    if out is not None:
+        check_output_file(out, "--out")  # before measuring: a wrong path fails first, and alone
     t = t.at_precision(precision) if precision else t
     supernets = [latency_model(m) for m in model_list(t, model)]
     with _executor(executor, ray_address) as ex:
@@ -169,12 +175,18 @@ def tables_validate(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Measure random subnets end to end and report how far the table's prediction is from them."""
+    from deploy import workspace
     from deploy.latency.validate import validate_table
     from deploy.models.checkpoint import load as load_checkpoint
+    from deploy.packaging.output import check_output_file
     from deploy.targets import load_target
 
     t = load_target(target)
     t = t.at_precision(precision) if precision else t
+    if json_out is not None:  # where the results go is checked before measuring
+        check_output_file(json_out, "--json")
+    if write_back:
+        workspace.check_writable(t.table_write_path.parent, "latency table folder (--no-write-back skips it)")
     supernet, _ = load_checkpoint(model or t.model)
     if t.lm is not None:  # whole generation loops: TTFT, ms/token, tokens/s (deploy/lm/validate.py)
         from deploy.lm.validate import validate_lm_table

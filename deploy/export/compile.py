@@ -21,6 +21,7 @@ from deploy.export.hub import REFERENCES_FILE, HubEntry
 from deploy.export.parity import ParityReport, check_parity
 from deploy.io import atomic_write_json
 from deploy.latency.table import now_iso
+from deploy.packaging.output import MARKER, add_to_marker, check_output_dir, is_output_dir
 from deploy.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,11 @@ def compile_onnx(onnx_path: Path, target_name: str, out_dir: Path | None = None)
     target = load_target(target_name)
     entry = entry_from_onnx(onnx_path)
     backend = get_backend(target.backend)
-    out = Path(out_dir or entry.dir)
+    # An --out folder follows the output-folder rules; the default, the packaged ONNX's own folder, is written
+    # beside it, and where that is a deploy's output the new files join its marker (the next deploy may
+    # replace them).
+    out = check_output_dir(out_dir) if out_dir is not None else entry.dir
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
     artifact = backend.compile(entry, target, out, calibration=_calibration(entry))
     parity = None
     has_refs = (entry.dir / REFERENCES_FILE).is_file()
@@ -95,6 +100,8 @@ def compile_onnx(onnx_path: Path, target_name: str, out_dir: Path | None = None)
         "created": now_iso(),
     }
     atomic_write_json(out / "compile.json", report)
+    if out_dir is not None or is_output_dir(out):
+        add_to_marker(out, sorted({p.name for p in out.iterdir()} - before - {MARKER}))
     if parity is not None:
         summary = f"parity {parity.max_abs_diff:.2e} ≤ {target.parity_atol:.0e}"
     elif not has_refs:

@@ -7,11 +7,13 @@ blocks. There are no labels for an arbitrary model, so validation is parity (and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from deploy.targets import load_target
 log = logging.getLogger(__name__)
 
 EXAMPLE_SEED = 0  # the example input (and so the parity references) is the same on every run
+MAX_INPUT_ELEMENTS = 2**28
 SHAPE_HINT = "write it as comma-separated integers, e.g. --input-shape 1,3,224,224"
 
 
@@ -47,13 +50,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def _current_folder_importable() -> Iterator[None]:
+    """The current folder on sys.path while the user's module imports, last (an installed package of the same
+    name wins) and removed afterwards: a stray `onnxslim.py` there must not run when a converter imports its
+    own dependency later."""
+    cwd = os.getcwd()
+    shadowing = {"", ".", cwd}
+    added = not shadowing & set(sys.path)
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def _import(module_name: str) -> Any:
     # Like uvicorn: a model in the current folder is importable without setting PYTHONPATH.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
     try:
-        return importlib.import_module(module_name)
+        with _current_folder_importable():
+            return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or module_name
         if module_name == missing or module_name.startswith(f"{missing}."):
@@ -104,6 +122,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise DeployError(f"--input-shape '{text}' is not a list of integers; {SHAPE_HINT}") from None
     if not shape or any(d < 1 for d in shape):
         raise DeployError(f"--input-shape '{text}' needs positive dimensions; {SHAPE_HINT}")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:  # the example input and its references are held in memory
+        raise DeployError(
+            f"--input-shape '{text}' is {math.prod(shape):,} elements, over the {MAX_INPUT_ELEMENTS:,} (1 GiB as "
+            "float32) an example input may have; give the shape of one real input (batch 1)"
+        )
     return shape
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ import numpy as np
 
 from deploy import workspace
 from deploy.backends import Artifact, Backend, get_backend
-from deploy.errors import BenchGateError, ConfigFileError, DeployError
+from deploy.errors import BenchGateError, ConfigFileError, DeployError, InvalidArgumentError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, atomic_write_text, read_json
@@ -35,11 +36,13 @@ from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
 from deploy.latency.table import now_iso
 from deploy.models.checkpoint import sha256_tree
-from deploy.packaging.manifest import Manifest
+from deploy.packaging.manifest import Manifest, inside
 from deploy.runners.local import cpu_model, usable_cores
 from deploy.targets import Target, load_target
 
 log = logging.getLogger(__name__)
+
+MAX_SUSTAINED_S = 86_400.0  # a day: longer is a typo (and inf would never end)
 
 DEFAULT_TOLERANCE_PCT = 15.0
 REGRESSION_PCT = 10.0
@@ -123,7 +126,8 @@ def load_artifact(manifest: Manifest, folder: Path) -> tuple[Artifact, dict[str,
     floats; zeros for integer inputs such as token ids, always a valid id)."""
     target = manifest.target
     entry = manifest.artifact
-    path = folder / Path(entry.path).name
+    # the artifact is read beside the manifest whatever folder it was written to (dist folders move)
+    path = inside(folder, Path(entry.path).name, named_by=folder / "manifest.json", field="artifact.path")
     if not path.exists():
         raise DeployError(
             f"artifact {path} named by {folder / 'manifest.json'} is missing; run `make deploy TARGET={target}`"
@@ -338,6 +342,10 @@ def bench(
     """Measure dist/<target>/ (or dist_dir, the folder holding manifest.json) and gate the result.
 
     On the target's first device; with the Ray executor, in that device's actor on the cluster."""
+    if not (math.isfinite(sustained_s) and 0 <= sustained_s <= MAX_SUSTAINED_S):
+        raise InvalidArgumentError(
+            f"sustained run of {sustained_s} s: give a number of seconds from 0 to {MAX_SUSTAINED_S:.0f} (one day)"
+        )
     target = load_target(target_name)
     folder = Path(dist_dir) if dist_dir is not None else workspace.dist_dir() / target.name
     manifest = _load_manifest(target.name, folder)

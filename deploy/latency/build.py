@@ -22,6 +22,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from deploy import workspace
 from deploy.errors import BuildInterruptedError, ConfigFileError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
@@ -263,6 +264,8 @@ def build_table(
     window runs on one device.
     """
     path = path or target.table_write_path
+    workspace.check_writable(path.parent, "latency table folder")  # before any measuring
+    workspace.check_writable(cache_dir or workspace.cache_dir(), "cache")
     partial_path = partial_table_path(path)
     in_force = path if path.exists() or path != target.table_write_path else target.table_path  # else: shipped
     executor = executor or LocalExecutor()

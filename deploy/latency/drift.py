@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,7 +53,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploy import workspace
-from deploy.errors import BackendUnavailableError, MeasuredOverBudgetError, RunnerError
+from deploy.errors import BackendUnavailableError, ConfigFileError, MeasuredOverBudgetError, RunnerError
+from deploy.io import read_bytes
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable, now_iso
 
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 REFERENCE_BLOCKS = 4
 DRIFT_PASS_GAP_S = 2.0  # between the drift check's two passes over its reference blocks
 OBSERVATION_MAX_AGE_S = 2 * 3600.0  # this VM's whole/block ratio moved within tens of minutes (docs/)
+MAX_CLOCK_SKEW_S = 300.0  # an observation dated later than now by more is refused: it would never age out
 BUILD_CHECK_EVERY = 12  # blocks between two checks of a build (~15% more measuring with 3 reference blocks)
 BUILD_REFERENCE_BLOCKS = 3
 BUILD_MIN_DRIFT_PCT = 3.0  # a build check never calls a move below this "drift" (round noise here: 1-4%)
@@ -243,7 +246,10 @@ def check_drift(
 
 
 class Observation(BaseModel):
-    """One end-to-end measurement of a deployed artifact, with where it came from (one line of the file)."""
+    """One end-to-end measurement of a deployed artifact, with where it came from (one line of the file).
+
+    Its figures become the next deploys' correction (`observed_scale`): one with a `problem` is neither
+    recorded nor read back."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -270,8 +276,34 @@ class Observation(BaseModel):
     @property
     def ratio(self) -> float:
         """measured / table prediction: what the calibration's scale is refitted on (made with no drift
-        correction applied; see `observed_scale`)."""
+        correction applied; see `observed_scale`). NaN, never a division by zero, where the prediction is not
+        a positive number."""
+        if not self.table_prediction_ms > 0:
+            return float("nan")
         return self.measured_ms / self.table_prediction_ms
+
+    def problem(self, now: datetime) -> str | None:
+        """Why this observation must not correct anything (None: it may). Checked here rather than as field
+        constraints so that a deploy that measured something odd still finishes: it just records nothing."""
+        figures = {
+            "table_prediction_ms": self.table_prediction_ms,
+            "corrected_prediction_ms": self.corrected_prediction_ms,
+            "measured_ms": self.measured_ms,
+            "measured_p90_ms": self.measured_p90_ms,
+            "drift_factor": self.drift_factor,
+        }
+        for name, value in figures.items():
+            if value is not None and not (math.isfinite(value) and value > 0):
+                return f"{name} {value} is not a positive finite number"
+        try:
+            when = datetime.fromisoformat(self.date)
+        except ValueError:
+            return f"date {self.date!r} is not an ISO date and time"
+        if when.tzinfo is None:  # its age could not be told
+            return f"date {self.date!r} has no time zone"
+        if (when - now).total_seconds() > MAX_CLOCK_SKEW_S:  # it would never grow old enough to drop out
+            return f"date {self.date} is later than now"
+        return None
 
 
 def table_identity(table: LatencyTable) -> str:
@@ -285,7 +317,12 @@ def observations_path(target: Target, cache_dir: Path | None = None) -> Path:
 
 
 def record_observation(observation: Observation, path: Path) -> Path:
-    """Append one line (a single O_APPEND write: lines of concurrent writers do not interleave)."""
+    """Append one line (a single O_APPEND write: lines of concurrent writers do not interleave); an observation
+    that is not usable is left out, with a warning."""
+    problem = observation.problem(datetime.now(UTC))
+    if problem is not None:
+        log.warning("not recorded in %s: an observation whose %s would correct later deploys wrongly", path, problem)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (observation.model_dump_json() + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -296,23 +333,46 @@ def record_observation(observation: Observation, path: Path) -> Path:
     return path
 
 
-def load_observations(path: Path) -> list[Observation]:
-    """Every readable line of the file (a damaged line is skipped: the file is a log, not a contract)."""
+def load_observations(path: Path, now: datetime | None = None) -> list[Observation]:
+    """Every usable line of the file. The file is our cache, not a contract: a line that is damaged or has a
+    `problem` (Observation.problem) is skipped, and one warning counts them: no deploy is corrected by it."""
+    now = now or datetime.now(UTC)
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
+    try:
+        raw = read_bytes(path, "observations")
+    except ConfigFileError as exc:  # unreadable, a pipe, or grown past the bound: a cache, so said and skipped
+        log.warning("%s; no observation of it is used", exc)
+        return []
+    out, skipped, first = [], 0, ""
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            out.append(Observation.model_validate(json.loads(line)))
-        except (ValueError, ValidationError):
-            log.debug("skipping an unreadable line of %s", path)
+            obs = Observation.model_validate(json.loads(line))
+        except ValidationError as exc:
+            why = f"field '{'.'.join(str(p) for p in exc.errors()[0]['loc']) or '(top level)'}'"
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested without end
+            why = "not JSON"
+        else:
+            why = obs.problem(now)
+            if why is None:
+                out.append(obs)
+                continue
+        skipped += 1
+        first = first or f"line {number}: {why}"
+    if skipped:
+        log.warning(
+            "%s: skipped %d of %d lines that are not usable observations (first: %s); they correct nothing",
+            path, skipped, skipped + len(out), first,
+        )  # fmt: skip
     return out
 
 
 def _age_s(date: str, now: datetime) -> float:
     try:
         return (now - datetime.fromisoformat(date)).total_seconds()
-    except ValueError:
+    except (ValueError, TypeError):  # not a date, or one without its zone: too old to count
         return float("inf")
 
 
@@ -352,7 +412,7 @@ def observed_scale(
     ident = table_identity(table)
     recent = [
         o
-        for o in load_observations(path)
+        for o in load_observations(path, now)
         if o.table_identity == ident
         and o.family == family
         and o.drift_factor == 1.0  # under a drift correction it judged that correction (module docstring)

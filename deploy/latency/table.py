@@ -239,6 +239,7 @@ class LatencyTable(_Strict):
 
     @classmethod
     def load(cls, path: Path, target: str | None = None) -> LatencyTable:
+        """The table in `path`; given `target`, it must be that target's own (its provenance names it)."""
         if not Path(path).exists():
             name = target or Path(path).stem
             raise TableNotFoundError(f"no latency table at {path}; build it with `make latency-tables TARGET={name}`")
@@ -253,5 +254,12 @@ class LatencyTable(_Strict):
             raise ConfigFileError(
                 f"{path}: schema_version {table.schema_version}, this tool reads {SCHEMA_VERSION}; "
                 "regenerate it with `make latency-tables`"
+            )
+        if target is not None and table.provenance.target != target:
+            # Its blocks were timed on another device or runtime, so its predictions are not this target's. An
+            # estimated or transferred table names its own target here and its source in estimate/transfer.
+            raise ConfigFileError(
+                f"{path}: the latency table of target {table.provenance.target}, not of {target}: remove it and "
+                f"rebuild with `elastic-deploy tables build --target {target}`, or copy {target}'s own table there"
             )
         return table

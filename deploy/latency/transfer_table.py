@@ -547,6 +547,11 @@ def transfer_table(
                 "the transferred table elsewhere"
             )
     plan = plan_subnets(supernets, sources[0].table, samples, seed)
+    if len(plan) < samples:
+        say(
+            f"--samples {samples}: the models offer {len(plan)} distinct subnets to measure (at most "
+            f"{POOL_PER_MODEL} candidates per model); measuring those {len(plan)}"
+        )
     blocks = plan_blocks(supernets, sources[0].table, blocks_per_kind)
     kinds = sorted({b.kind for net, c in plan for b in net.blocks(c)})
     cols = tuple(Column(s.label, k) for s in sources for k in kinds)

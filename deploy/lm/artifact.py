@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from deploy.errors import ConfigFileError, DeployError, PromptError
 from deploy.io import atomic_write_text, pydantic_error_line, read_json
 from deploy.lm import tokenizer as tok
+from deploy.packaging.manifest import inside
 from deploy.registry import Registry
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class LMArtifact:
         except ValidationError as exc:
             raise ConfigFileError(pydantic_error_line(path, exc) + "; deploy the model again") from None
         artifact = cls(Path(folder), spec)
+        for role, name in spec.files.items():  # the folder's sha256 covers only the files inside it
+            inside(artifact.dir, name, named_by=path, field=f"files.{role}")
         missing = [f for f in spec.files.values() if not (artifact.dir / f).exists()]
         if missing:
             raise DeployError(f"LM artifact {folder} lacks {', '.join(missing)} named by {SPEC_FILE}; deploy again")

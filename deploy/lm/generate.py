@@ -1,8 +1,8 @@
 """Greedy generation against any LMSession (an artifact's, or the torch decoder's), timed as it runs.
 
 Time to first token is the prefill of the prompt (plus the first argmax); each further token is one decode.
-Prompts are checked first: empty, longer than the artifact takes, or holding ids outside the vocabulary
-are each a PromptError naming the limit.
+Prompts are checked first: text that is not UTF-8, empty, longer than the artifact takes, or holding ids
+outside the vocabulary are each a PromptError naming the limit.
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ class Generation:
     def tokens_per_s(self) -> float | None:
         total = sum(self.decode_ms)
         return len(self.decode_ms) / total * 1000 if total > 0 else None
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """The prompt's token ids, or a PromptError where the text cannot be UTF-8 (bytes a non-UTF-8 command line
+    passed through as surrogate escapes, or a lone surrogate)."""
+    try:
+        return tokenizer.encode(text)
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        raise PromptError(
+            f"the prompt is not UTF-8 text ({what} at character {exc.start}); pass it as UTF-8 (a UTF-8 locale "
+            "for the command line)"
+        ) from None
 
 
 def check_prompt(prompt: Sequence[int], vocab: int, longest: int, what: str = "the model") -> np.ndarray:

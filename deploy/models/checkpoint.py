@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from deploy import workspace
-from deploy.errors import CheckpointError
+from deploy.errors import CheckpointError, ConfigFileError
 from deploy.families import Supernet
-from deploy.io import atomic_write_bytes, atomic_write_json
+from deploy.io import atomic_write_bytes, atomic_write_json, pydantic_error_line, read_json
 from deploy.models.spec import ModelSpec, build_from_spec, load_spec
 from deploy.tasks import get_task
 from deploy.tasks.base import Task
@@ -29,6 +30,67 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 SUFFIX = ".safetensors"
+
+
+class _Strict(BaseModel):
+    # strict: a seed of "0" or 1.0 is a hand edit gone wrong, not something to coerce
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AccuracyCacheRef(_Strict):
+    """How training sampled the shipped accuracy cache (build_accuracy_model reuses it)."""
+
+    split: str = "val"
+    samples: int = Field(ge=0)
+    seed: int
+
+
+class TokenizerRef(_Strict):
+    """The tokenizer training saved beside the weights (a language model's)."""
+
+    file: str
+    sha256: str
+    vocab: int = Field(gt=0)
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # read from beside the checkpoint: a path here could point anywhere
+        if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+            raise ValueError(f"{value!r} is not a file name beside the checkpoint")
+        return value
+
+
+class CheckpointMeta(BaseModel):
+    """What training recorded. The fields this tool reads are typed; the rest is a record for people."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    task: str | None = None
+    seed: int | None = None
+    data_seed: int | None = Field(None, ge=0)
+    accuracy_cache: AccuracyCacheRef | None = None
+    accuracy: dict[str, dict[str, float]] | None = None  # split -> named config -> metric (`elastic-deploy models`)
+    tokenizer: TokenizerRef | None = None
+
+
+class CheckpointConfig(_Strict):
+    """`<stem>.json`, the sidecar of `<stem>.safetensors`."""
+
+    format: int
+    family: str
+    variant: str
+    hparams: dict[str, Any]
+    weights: str
+    sha256: str | None = None
+    meta: CheckpointMeta = Field(default_factory=CheckpointMeta)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT:
+            raise ValueError(f"format {value}, this tool reads {FORMAT}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -117,17 +179,23 @@ def save(supernet: Supernet, stem: Path, meta: Mapping[str, Any]) -> Path:
     return weights
 
 
-def _read_config(weights: Path, variant: str) -> dict[str, Any]:
+def read_config(weights: Path, variant: str) -> dict[str, Any]:
+    """The sidecar as written (its meta is kept as recorded), once it matches CheckpointConfig."""
     cfg_path = config_path(weights)
     retrain = f"retrain with `{train_command(variant)}`"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{cfg_path}: checkpoint config missing beside {weights.name}; {retrain}")
     try:
-        config = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{cfg_path}: checkpoint config missing beside {weights.name}; {retrain}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: malformed checkpoint config ({exc}); {retrain}") from None
+        config = read_json(cfg_path)
+    except ConfigFileError as exc:
+        why = str(exc).removeprefix(f"{cfg_path}: ")
+        raise CheckpointError(f"{cfg_path}: malformed checkpoint config ({why}); {retrain}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_path}: checkpoint config is not a JSON object; {retrain}")
+    try:
+        CheckpointConfig.model_validate(config)
+    except ValidationError as exc:
+        raise CheckpointError(f"{pydantic_error_line(cfg_path, exc)}; fix the field or {retrain}") from None
     return config
 
 
@@ -136,10 +204,8 @@ def _check_config(config: dict[str, Any], net: Supernet, cfg_path: Path) -> None
     for key, want in (("family", net.family), ("variant", net.variant)):
         if config.get(key) != want:
             raise CheckpointError(f"{cfg_path}: {key} is {config.get(key)!r}, expected {want!r}; {retrain}")
-    want_h, got_h = _jsonable(net.hparams()), config.get("hparams")
+    want_h, got_h = _jsonable(net.hparams()), config["hparams"]  # an object: read_config validated it
     if got_h != want_h:
-        if not isinstance(got_h, dict):
-            raise CheckpointError(f"{cfg_path}: hparams missing or not an object; {retrain}")
         diff = sorted(k for k in set(want_h) | set(got_h) if want_h.get(k) != got_h.get(k))
         shown = ", ".join(f"{k}={got_h.get(k)!r} (variant has {want_h.get(k)!r})" for k in diff[:3])
         raise CheckpointError(f"{cfg_path}: hparams differ from {net.variant}: {shown}; {retrain}")
@@ -214,7 +280,7 @@ def load(variant: str, path: Path | None = None) -> tuple[Supernet, CheckpointIn
         )
     if not weights.is_file():
         raise CheckpointError(f"{weights}: checkpoint not found; run `{train_command(variant)}`")
-    config = _read_config(weights, variant)
+    config = read_config(weights, variant)
     _check_config(config, net, config_path(weights))
     tensors = _read_tensors(weights, variant)
 
@@ -241,6 +307,6 @@ def load(variant: str, path: Path | None = None) -> tuple[Supernet, CheckpointIn
         # Weights replaced without their config: usable, but cached accuracies no longer apply (they are
         # keyed by this sha, so they are re-evaluated).
         log.warning("%s: sha256 differs from the one recorded in %s", weights, config_path(weights).name)
-    meta = config.get("meta") if isinstance(config.get("meta"), dict) else {}
+    meta = config.get("meta", {})  # validated by read_config
     _check_task(spec, meta, weights)
     return net.eval(), CheckpointInfo(weights, sha, meta, spec)

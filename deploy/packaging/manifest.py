@@ -18,6 +18,25 @@ from deploy.io import atomic_write_text, pydantic_error_line, read_json
 SCHEMA_VERSION = 2
 
 
+def inside(folder: Path, name: str, *, named_by: Path, field: str) -> Path:
+    """`folder / name`, refused (ConfigFileError) unless it resolves strictly inside `folder`.
+
+    Every path a manifest or lm.json names is read from the deploy's own folder: one that leads elsewhere
+    (`..`, an absolute path, a symlink out) would also escape the sha256 check that says it changed.
+    """
+    try:
+        base = Path(folder).resolve()
+        within = base in (base / name).resolve().parents
+    except (OSError, ValueError):  # a NUL byte, a symlink loop
+        within = False
+    if not within:
+        raise ConfigFileError(
+            f"{named_by}: field '{field}' is {name!r}, which is not inside {folder}; a deploy reads only files in "
+            "its own folder: deploy again"
+        )
+    return Path(folder) / name
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

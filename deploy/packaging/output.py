@@ -5,11 +5,15 @@ when everything has been written. The rules, each because of a way a user could 
 
 - The output folder is checked before any work: a file, a folder that cannot be written, or a folder
   holding anything this tool did not write (`--out .` in a project, `--out ~/notes`) is refused with
-  one line. What a deploy wrote is listed in its marker file, so a later deploy knows what it may replace.
+  one line. What a deploy wrote is listed in its marker file, so a later deploy knows what it may replace;
+  a folder without that marker is never taken for a previous output, whatever its files are called.
 - The swap is one step (Linux `renameat2(RENAME_EXCHANGE)`): a kill at any moment leaves either the
   old folder or the new one at the path. Where the exchange is not available the old folder is renamed
   aside first, and the next run puts it back if it was killed in between.
-- Staging and set-aside folders carry their process id; the next run deletes those whose process has died.
+- Staging and set-aside folders carry their process id in their name and the marker inside; the next run
+  deletes (or restores) only those that carry the marker and whose process has died. A folder of the user's
+  that merely looks like one is never touched.
+- A disk that fills up mid-write is one line; the previous output stays as it was.
 """
 
 from __future__ import annotations
@@ -20,10 +24,8 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,25 +34,21 @@ from deploy.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 MARKER = ".elastic-deploy.json"
-# What deploys wrote before the marker existed: a folder holding only these is a previous deploy's.
-LEGACY_NAMES = frozenset(
-    {
-        "manifest.json",
-        "report.md",
-        "pareto.png",
-        "references.npz",
-        "model.onnx",
-        "model.tflite",
-        "model.mlpackage",
-        "model.engine",
-        "model.pt2",
-        "model.pte",
-    }
-)
 _STAGING, _ASIDE = "staging", "old"
-LEGACY_STAGING = re.compile(r"[a-z0-9_]{8}")  # tempfile.mkdtemp's suffix, as older versions named staging
-LEGACY_STALE_S = 3600.0
+
+
+def _marker(folder: Path) -> dict | None:
+    """The marker this tool writes into every folder it makes (None when absent or not ours)."""
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("tool") != "elastic-deploy" or not isinstance(data.get("files"), list):
+        return None
+    return data
 
 
 def _is_ours(folder: Path) -> tuple[bool, list[str]]:
@@ -58,18 +56,23 @@ def _is_ours(folder: Path) -> tuple[bool, list[str]]:
     names = sorted(p.name for p in folder.iterdir())
     if not names:
         return True, []
-    listed: set[str] = set(LEGACY_NAMES)
-    marker = folder / MARKER
-    if marker.is_file():
-        try:
-            data = json.loads(marker.read_text())
-            listed = {str(n) for n in data.get("files", [])} | {MARKER}
-        except (OSError, ValueError, AttributeError):
-            listed = set()
-    elif "manifest.json" not in names:
-        listed = set()
+    marker = _marker(folder)
+    listed = {str(n) for n in marker["files"]} | {MARKER} if marker is not None else set()
     foreign = [n for n in names if n not in listed]
     return not foreign, foreign
+
+
+def is_output_dir(folder: Path) -> bool:
+    """Whether `folder` is an output folder this tool made (it holds the marker)."""
+    return _marker(folder) is not None
+
+
+def add_to_marker(folder: Path, names: list[str]) -> None:
+    """Record files a later step (`compile` on the device) wrote into an output folder, so that the next
+    deploy may replace them."""
+    marker = _marker(folder) or {"tool": "elastic-deploy", "files": []}
+    files = sorted({str(n) for n in marker["files"]} | set(names))
+    atomic_write_json(folder / MARKER, {**marker, "files": files})
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -90,7 +93,8 @@ def check_output_dir(out_dir: Path, option: str = "--out") -> Path:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputDirError(
                 f"{option} {out_dir} holds files elastic-deploy did not write ({shown}); nothing was changed: "
-                "give a new or empty folder (the artifacts are written into it)"
+                "give a new or empty folder (the artifacts are written into it; an output of an elastic-deploy "
+                f"older than its {MARKER} marker is not recognised: delete it yourself)"
             )
     parent = _nearest_existing(out_dir.parent)
     if not parent.is_dir():
@@ -145,20 +149,18 @@ def _alive(pid: int | None) -> bool:
 
 
 def recover(out_dir: Path) -> None:
-    """Clean up after killed runs: delete dead staging folders, put back an old folder set aside mid-swap."""
+    """Clean up after killed runs: delete dead staging folders, put back an old folder set aside mid-swap.
+
+    Only folders named `.<out>.staging-<pid>-…` or `.<out>.old-<pid>-…` that hold this tool's marker and
+    whose process is gone; anything else beside the output folder is the user's."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
     for leftover in sorted(parent.glob(f".{out_dir.name}.*")):
-        tail = leftover.name[len(out_dir.name) + 2 :]
-        kind = tail.split("-")[0]
-        if not leftover.is_dir():
+        kind = leftover.name[len(out_dir.name) + 2 :].split("-")[0]
+        if kind not in (_STAGING, _ASIDE) or leftover.is_symlink() or not leftover.is_dir():
             continue
-        if LEGACY_STAGING.fullmatch(tail):  # before process ids were in the name: only stale ones
-            if time.time() - leftover.stat().st_mtime > LEGACY_STALE_S:
-                shutil.rmtree(leftover, ignore_errors=True)
-            continue
-        if kind not in (_STAGING, _ASIDE) or _alive(_pid_of(leftover.name)):
+        if _marker(leftover) is None or _alive(_pid_of(leftover.name)):
             continue
         if kind == _ASIDE and not out_dir.exists():
             leftover.rename(out_dir)  # killed between setting the old one aside and moving the new one in
@@ -210,11 +212,20 @@ def staged_dir(out_dir: Path, option: str = "--out") -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_STAGING}-{os.getpid()}-", suffix="", dir=out_dir.parent))
     staging.chmod(0o755)
     try:
+        # Marked from the start: a later run deletes a dead staging folder only when it carries this.
+        atomic_write_json(staging / MARKER, {"tool": "elastic-deploy", "files": [], "staging": True})
         yield staging
-        files = sorted(p.name for p in staging.iterdir())
+        files = sorted(p.name for p in staging.iterdir() if p.name != MARKER)
         atomic_write_json(staging / MARKER, {"tool": "elastic-deploy", "files": files})
         check_output_dir(out_dir, option)  # a file dropped in meanwhile must not be swapped away
         _swap_in(staging, out_dir)
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise
+        raise OutputDirError(
+            f"{option} {out_dir}: {exc.strerror} while writing the output; nothing was half-written and the "
+            "previous output (if any) is unchanged: free space (or choose another folder) and run again"
+        ) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -59,7 +59,7 @@ class SshSpec(RunnerSpecBase):
     kind: Literal["ssh"] = "ssh"
     host: Host
     user: User | None = None  # default: this user's name
-    port: int = Field(22, ge=1, le=65535)
+    port: int = Field(22, ge=1, le=65535, strict=True)  # `port: true` is not port 1
     key_path: FilePath | None = None
     python: FilePath = "python3"  # remote interpreter that has elastic-deploy installed
 

@@ -7,11 +7,13 @@ is carried through to the result so the caller keeps whatever else the table say
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
 
 from deploy.errors import ConfigFileError, InvalidArgumentError, NoFeasibleSubnetError
+from deploy.io import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,10 @@ def _number(path: Path, line: int, column: str, text: str | None) -> float:
 def _read_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) for every data row; ConfigFileError for anything that is not a usable CSV."""
     try:
-        with Path(path).open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames
-            rows = [(reader.line_num, row) for row in reader]
-    except FileNotFoundError:
-        raise ConfigFileError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigFileError(f"{path}: is a directory, not a CSV file") from None
+        text = read_bytes(Path(path), "CSV").decode("utf-8-sig")  # bounded: a link to a device is refused
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames
+        rows = [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError:
         raise ConfigFileError(f"{path}: not a text CSV file (not UTF-8); export it as CSV") from None
     except csv.Error as exc:

@@ -294,6 +294,10 @@ def train(
     best by val accuracy. `recipe` replaces the variant's registered one (benchmarks compare recipes).
     `depth` fine-tunes the learngene `variant`'s descendant of that depth as `<variant>_tuned`.
     """
+    # Where the run writes is checked first: a read-only workspace fails now, not after the whole run.
+    stem_dir = Path(out_stem).parent if out_stem is not None else workspace.checkpoints_dir()
+    workspace.check_writable(stem_dir, "checkpoints")
+    workspace.check_writable(workspace.cache_dir(), "cache")
     spec = tuned_spec(variant, depth)
     recipe = recipe or recipe_for(spec.training)
     if epochs is not None:

@@ -48,3 +48,21 @@ def test_spec_problems_names_a_shape_mismatch_and_accepts_a_match(packaged):
     assert spec_problems(good, entry) == []
     bad = {"inputs": [{"name": "x", "shape": [1, 3, 28, 28]}], "outputs": good["outputs"]}
     assert "input 0 (x) has shape [1, 3, 28, 28]" in spec_problems(bad, entry)[0]
+
+
+def test_compile_into_a_deploys_output_folder_adds_what_it_wrote_to_the_marker(tiny, ship_files, tmp_root, tmp_path):
+    """The next deploy into that folder replaces it instead of refusing compile.json as a user's file (issue 24)."""
+    from deploy.packaging.output import check_output_dir, staged_dir
+
+    ship_files("targets/host-cpu-ort-1t.yaml")
+    config = tiny.smallest()
+    entry = hub.get_or_export(tiny.extract(config), tiny.example_inputs()[0], {"subnet": config.id}, tmp_path / "c")
+    dist = tmp_path / "dist" / "t"
+    with staged_dir(dist) as staging:
+        package_onnx(entry, staging)
+    compile_onnx(dist / "model.onnx", "host-cpu-ort-1t")
+    assert (dist / "compile.json").is_file()
+    check_output_dir(dist)  # would raise OutputDirError naming compile.json
+    with staged_dir(dist) as staging:
+        (staging / "model.onnx").write_text("next deploy")
+    assert sorted(p.name for p in dist.iterdir()) == [".elastic-deploy.json", "model.onnx"]

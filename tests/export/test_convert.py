@@ -131,6 +131,7 @@ def test_cli_convert_exits_0_and_prints_the_output_folder(host, tmp_path, capsys
         (f"{HERE}:make_cnn", ["--input-shape", "1,3,x"], ["--input-shape '1,3,x'", "comma-separated"]),
         (f"{HERE}:make_transformer", [], ["no input_shape", "--input-shape"]),
         (f"{HERE}:make_transformer", ["--input-shape", "1,16,8"], ["fails on an input of shape 1,16,8"]),
+        (f"{HERE}:make_cnn", ["--input-shape", "100000,100000,100"], ["1,000,000,000,000 elements", "batch 1"]),
     ],
     ids=[
         "no-colon",
@@ -141,6 +142,7 @@ def test_cli_convert_exits_0_and_prints_the_output_folder(host, tmp_path, capsys
         "bad-shape",
         "no-shape",
         "wrong-shape",
+        "huge-shape",
     ],
 )
 def test_cli_convert_exits_2_with_one_line_message_when_input_is_bad(host, capsys, model, extra, needles):
@@ -201,3 +203,59 @@ def test_convert_to_a_litert_target_without_litert_is_an_error_naming_the_instal
     with pytest.raises(BackendUnavailableError, match=r"tflite"):
         convert(f"{HERE}:make_cnn", target, out_dir=tmp_path / "tfl", measure=False)
     assert not (tmp_path / "tfl").exists(), "nothing is packaged for a backend that compiles here"
+
+
+USER_MODEL = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    input_shape = (1, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(x).relu()
+
+def make():
+    torch.manual_seed(0)
+    return Net()
+"""
+PLANTED = """
+import pathlib
+pathlib.Path(__file__).with_name("planted-ran").write_text("ran")
+raise ImportError("planted module")
+"""
+
+
+def test_convert_imports_only_the_users_module_from_the_current_folder(host, tmp_path):
+    """A file in the current folder named like a converter's dependency never runs (issue 24)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "mymodel.py").write_text(USER_MODEL)
+    (folder / "onnxslim.py").write_text(PLANTED)
+    (folder / "onnxscript.py").write_text(PLANTED)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy", "convert", "--model", "mymodel:make", "--target", "host-cpu-ort",
+         "--no-measure", "--out", str(tmp_path / "out")],
+        cwd=folder, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert not (folder / "planted-ran").exists(), "a planted module in the current folder ran"
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_convert_leaves_sys_path_as_it_found_it(host, tmp_path, monkeypatch):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "mymodel_path_check.py").write_text(USER_MODEL)
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(folder))])
+    before = list(sys.path)
+    convert("mymodel_path_check:make", "host-cpu-ort", out_dir=tmp_path / "out", measure=False)
+    assert sys.path == before

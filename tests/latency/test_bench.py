@@ -122,6 +122,26 @@ def test_bench_rejects_artifact_changed_after_deploy(root):
         bench(TARGET)
 
 
+@pytest.mark.parametrize("where", ["..", "/", "../../etc/..", "symlink"])
+def test_bench_refuses_artifact_path_outside_the_dist_folder_writing_nothing(root, tmp_path, where):
+    """The artifact is read beside the manifest by name: a name or symlink leading out of the folder would
+    escape the sha256 check (a copy outside with the recorded sha256 is accepted otherwise)."""
+    from deploy.errors import ConfigFileError
+
+    dist = root / "dist" / TARGET
+    manifest = json.loads((dist / "manifest.json").read_text())
+    if where == "symlink":
+        outside = tmp_path / "model.onnx"
+        shutil.move(dist / "model.onnx", outside)
+        (dist / "model.onnx").symlink_to(outside)
+    else:
+        manifest["artifact"]["path"] = where
+        (dist / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigFileError, match=r"manifest\.json: field 'artifact\.path' is .* not inside"):
+        bench(TARGET, dist_dir=dist)
+    assert not (root / "bench").exists()
+
+
 def test_bench_baseline_round_trip_compares_second_run_with_stored_baseline(root):
     first = bench(TARGET, tolerance_pct=1e6, update_baseline=True)
     base_path = root / "bench" / "baselines" / f"{TARGET}.json"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +176,59 @@ def test_block_key_is_typed_and_ordered():
     assert a["ffn"] == 128
     assert str(a) == "vit_block(dim=64,ffn=128,heads=4,tokens=50)"
     assert a < BlockKey.of("vit_block", tokens=50, dim=64, heads=4, ffn=256)
+
+
+def test_load_refuses_table_of_another_target_naming_both_and_the_rebuild_command(tmp_path, tiny):
+    make_table(tiny.all_blocks()).save(tmp_path / "t2.json")  # provenance: target t1
+    with pytest.raises(ConfigFileError) as info:
+        LatencyTable.load(tmp_path / "t2.json", "t2")
+    line = str(info.value)
+    assert line.startswith(f"{tmp_path / 't2.json'}: the latency table of target t1, not of t2") and "\n" not in line
+    assert "`elastic-deploy tables build --target t2`" in line and "copy t2's own table" in line
+    assert LatencyTable.load(tmp_path / "t2.json").provenance.target == "t1"  # no target given: nothing to check
+
+
+def test_load_accepts_estimated_table_whose_source_is_another_target(tmp_path, tiny):
+    table = make_table(tiny.all_blocks())
+    prov = table.provenance.model_copy(
+        update={"target": "t2", "method": "estimated", "estimation": "t1 × 2", "estimate": {"source_target": "t1"}}
+    )
+    table.model_copy(update={"provenance": prov}).save(tmp_path / "t2.json")
+    assert LatencyTable.load(tmp_path / "t2.json", "t2").provenance.estimate == {"source_target": "t1"}
+
+
+def _shipped_tables():
+    from deploy.targets import load_target
+
+    repo = Path(__file__).resolve().parents[2]
+    for yaml_path in sorted((repo / "targets").glob("*.yaml")):
+        target = load_target(yaml_path.stem)
+        for precision in target.search_precisions:
+            yield target.at_precision(precision)
+
+
+def test_every_shipped_table_loads_for_its_own_target_at_every_precision(tmp_root):
+    """The ownership check refuses no shipped table, estimated ones included (they name their source apart)."""
+    loaded = []
+    for target in _shipped_tables():
+        if not target.table_path.exists():
+            continue  # not measured yet (tests/test_targets.py says which)
+        table = LatencyTable.load(target.table_path, target.name)
+        assert table.provenance.precision == target.precision, target.table_path
+        loaded.append(table.provenance.method)
+    assert "measured" in loaded and "estimated" in loaded
+
+
+def test_deploy_exits_2_with_one_line_when_the_workspace_table_belongs_to_another_target(ship_files, tmp_root, capsys):
+    from deploy.cli import main
+
+    ship_files("targets/host-cpu-ort.yaml", "checkpoints")
+    pixel7 = Path(__file__).resolve().parents[2] / "latency_tables" / "pixel7.json"
+    (tmp_root / "latency_tables" / "host-cpu-ort.json").write_bytes(pixel7.read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deploy", "--target", "host-cpu-ort"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "the latency table of target pixel7, not of host-cpu-ort" in lines[0]
+    assert not (tmp_root / "dist").exists()

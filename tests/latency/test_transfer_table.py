@@ -102,7 +102,9 @@ def test_transfer_chooses_a_one_parameter_model_when_the_device_is_uniformly_slo
 
 def test_transfer_with_two_sources_records_both_and_their_columns(src, make_target, tiny, synthetic, tmp_root):
     make_target("src2", threads=2)
-    (tmp_root / "latency_tables" / "src2.json").write_bytes((tmp_root / "latency_tables" / "src.json").read_bytes())
+    data = json.loads((tmp_root / "latency_tables" / "src.json").read_text())
+    data["provenance"]["target"] = "src2"  # a table measured for src2 (the same blocks suffice here)
+    (tmp_root / "latency_tables" / "src2.json").write_text(json.dumps(data))
     dst = make_target("dst")
     synthetic(source_table(src), tiny, SCALES, offset_ms=0.005)
     record = transfer_table(dst, ["src", "src2"], [tiny], samples=20, fit="kind_scales", progress=False).record
@@ -116,7 +118,7 @@ def test_transfer_with_two_sources_records_both_and_their_columns(src, make_targ
 def test_transfer_from_an_estimated_table_is_a_named_error_and_writes_nothing(src, make_target, tiny, tmp_root):
     make_target("est")
     data = json.loads((tmp_root / "latency_tables" / "src.json").read_text())
-    data["provenance"]["method"] = "estimated"
+    data["provenance"].update(method="estimated", target="est")
     (tmp_root / "latency_tables" / "est.json").write_text(json.dumps(data))
     dst = make_target("dst")
     with pytest.raises(TransferSourceError, match=r"est\.json is ESTIMATED, not measured"):
@@ -163,7 +165,9 @@ def test_transfer_onto_its_own_or_a_measured_table_is_refused(src, make_target, 
     with pytest.raises(TransferSourceError, match="own table"):
         transfer_table(src, ["src"], [tiny], samples=10, progress=False)
     dst = make_target("dst")
-    (tmp_root / "latency_tables" / "dst.json").write_bytes(src.table_path.read_bytes())
+    data = json.loads(src.table_path.read_text())
+    data["provenance"]["target"] = "dst"  # a table measured for dst
+    (tmp_root / "latency_tables" / "dst.json").write_text(json.dumps(data))
     before = dst.table_path.read_bytes()
     with pytest.raises(TransferError, match=r"is a MEASURED table; .*--force, or --out PATH"):
         transfer_table(dst, ["src"], [tiny], samples=10, progress=False)
@@ -173,7 +177,7 @@ def test_transfer_onto_its_own_or_a_measured_table_is_refused(src, make_target, 
 def test_cli_transfer_from_an_estimated_table_exits_2_with_one_line(src, make_target, tmp_root):
     make_target("est")
     data = json.loads(src.table_path.read_text())
-    data["provenance"]["method"] = "estimated"
+    data["provenance"].update(method="estimated", target="est")
     (tmp_root / "latency_tables" / "est.json").write_text(json.dumps(data))
     make_target("dst")
     proc = subprocess.run(

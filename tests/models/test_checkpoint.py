@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from deploy.errors import CheckpointError, UnknownNameError
 from deploy.models import checkpoint
 
 TINY = "matformer_vit_tiny"
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 @pytest.fixture
@@ -131,3 +133,68 @@ def test_load_warns_and_reports_actual_sha_when_weights_replaced(saved, caplog):
     assert info.sha256 == checkpoint.sha256_file(path)
     assert "sha256 differs" in caplog.text
     assert torch.equal(loaded.head.fc.bias, state["head.fc.bias"])
+
+
+def _edit_sidecar(path, edit) -> None:
+    cfg_path = path.with_suffix(".json")
+    config = json.loads(cfg_path.read_text())
+    edit(config)
+    cfg_path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda c: c["meta"].update(data_seed="abc"), "meta.data_seed"),
+        (lambda c: c["meta"].update(data_seed="0"), "meta.data_seed"),  # strict: a string is not a seed
+        (lambda c: c["meta"].update(data_seed=-1), "meta.data_seed"),
+        (lambda c: c["meta"].update(task=3), "meta.task"),
+        (lambda c: c["meta"].update(accuracy_cache={"samples": "30", "seed": 0}), "meta.accuracy_cache.samples"),
+        (lambda c: c["meta"].update(tokenizer={"file": "../x.json", "sha256": "0", "vocab": 256}),
+         "meta.tokenizer.file"),
+        (lambda c: c.update(meta=["not", "an", "object"]), "meta"),
+        (lambda c: c.update(hparams=None), "hparams"),
+        (lambda c: c.update(format=2), "format"),
+        (lambda c: c.update(extra="field"), "extra"),
+    ],
+    ids=["data_seed_text", "data_seed_string_number", "data_seed_negative", "task_number", "samples_text",
+         "tokenizer_path", "meta_list", "hparams_null", "format_2", "unknown_field"],
+)  # fmt: skip
+def test_load_raises_one_line_naming_file_and_field_when_sidecar_field_malformed(saved, edit, field):
+    _, path = saved
+    _edit_sidecar(path, edit)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(TINY, path)
+    message = str(info.value)
+    assert message.startswith(f"{path.with_suffix('.json')}: field '{field}'") and "\n" not in message, message
+    assert f"make train MODEL={TINY}" in message
+
+
+def test_load_keeps_free_form_meta_when_sidecar_typed_fields_valid(saved):
+    _, path = saved
+    _edit_sidecar(path, lambda c: c["meta"].update(data_seed=0, notes={"anything": [1, "two"]}))
+    _, info = checkpoint.load(TINY, path)
+    assert info.meta["notes"] == {"anything": [1, "two"]} and info.data_seed == 0
+
+
+def test_every_shipped_checkpoint_sidecar_validates():
+    shipped = sorted(SHIPPED.glob("*.safetensors"))
+    assert shipped
+    for weights in shipped:
+        checkpoint.CheckpointConfig.model_validate(json.loads(weights.with_suffix(".json").read_text()))
+
+
+def test_cli_exits_2_with_one_line_when_sidecar_data_seed_malformed(tmp_root, capsys):
+    from deploy.cli import main
+
+    ckpt = tmp_root / "checkpoints"
+    ckpt.mkdir()
+    for suffix in (".safetensors", ".json", ".accuracy.json"):
+        (ckpt / f"matformer_vit_mnist{suffix}").write_bytes((SHIPPED / f"matformer_vit_mnist{suffix}").read_bytes())
+    _edit_sidecar(ckpt / "matformer_vit_mnist.safetensors", lambda c: c["meta"].update(data_seed="abc"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["accuracy", "--model", "matformer_vit_mnist", "--samples", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "field 'meta.data_seed'" in lines[0], err

@@ -128,3 +128,111 @@ def test_workspace_option_on_a_folder_that_is_not_one_says_how_to_make_one(tmp_p
 
     with pytest.raises(WorkspaceError, match="elastic-deploy init"):
         workspace.use(tmp_path)
+
+
+# --- bounds on what a spec may ask for (issue 24) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dims_yaml", "needle"),
+    [
+        ("{dim: 1.0e+9}", "dims.dim is 1000000000.0"),  # a float, however whole
+        ("{dim: 1e9}", "dims.dim is '1e9'"),  # PyYAML reads this as a string
+        ("{dim: -32}", "dims.dim is -32"),
+        ("{depth: 0}", "dims.depth is 0"),
+        ("{dim: true}", "dims.dim is true"),
+        ("{dim: 16.0}", "dims.dim is 16.0"),
+    ],
+)
+def test_dim_that_is_not_a_positive_whole_number_is_refused_naming_it(tmp_root, dims_yaml, needle):
+    (tmp_root / "models").mkdir()
+    text = yaml.safe_dump({k: v for k, v in GOOD.items() if k != "dims"}) + f"dims: {dims_yaml}\n"
+    (tmp_root / "models" / "m1.yaml").write_text(text)
+    with pytest.raises(ConfigFileError) as info:
+        build("m1")
+    message = str(info.value)
+    assert "m1.yaml" in message and needle in message and "whole number from 1" in message and "\n" not in message
+
+
+def test_dim_inside_an_option_tuple_is_checked_too(tmp_root):
+    write(tmp_root, family="poa_vit", dims={"heads": [2, 0, 4]})
+    with pytest.raises(ConfigFileError, match=r"dims\.heads\[1\] is 0"):
+        build("m1")
+
+
+def test_dim_past_the_sanity_bound_is_refused_before_building(tmp_root):
+    from deploy.models.spec import DIM_MAX
+
+    write(tmp_root, dims={**GOOD["dims"], "ffn_max": DIM_MAX + 1})
+    with pytest.raises(ConfigFileError, match=r"dims\.ffn_max is 1,048,577, more than 1,048,576"):
+        build("m1")
+
+
+def test_depth_that_would_build_too_many_modules_is_refused(tmp_root):
+    write(tmp_root, dims={**GOOD["dims"], "depth": 100_000})  # grew to gigabytes before it was bounded
+    with pytest.raises(ConfigFileError, match=r"m1\.yaml: these dims build more than 10,000 modules"):
+        build("m1")
+
+
+def test_model_whose_weights_exceed_a_share_of_memory_is_refused_before_allocating(tmp_root, monkeypatch):
+    from deploy.models import spec as spec_module
+
+    monkeypatch.setattr(spec_module, "machine_memory_bytes", lambda: 8 * 2**30)
+    allocated = []
+    monkeypatch.setattr(spec_module, "_construct", _recording(spec_module._construct, allocated))
+    write(tmp_root, dims={"dim": 4096, "depth": 24, "heads": 32, "ffn_max": 16384})  # ~18 GiB of float32
+    with pytest.raises(ConfigFileError) as info:
+        build("m1")
+    message = str(info.value)
+    assert "m1.yaml: these dims make a model of 18.0 GiB of weights" in message, message
+    assert "this machine's 8.0 GiB of memory" in message and "give smaller dims" in message
+    assert allocated == ["meta"]  # never built for real
+
+
+def test_model_within_the_memory_share_builds_as_before(tmp_root, monkeypatch):
+    from deploy.models import spec as spec_module
+
+    monkeypatch.setattr(spec_module, "machine_memory_bytes", lambda: 8 * 2**30)
+    write(tmp_root)
+    torch.manual_seed(0)
+    net = build("m1")
+    torch.manual_seed(0)
+    plain = spec_module._construct(load_spec("m1"), spec_module.family_class("matformer_vit"))
+    assert next(net.parameters()).device.type == "cpu"  # the meta estimate leaves the real build as it was
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), plain.state_dict().values(), strict=True))
+
+
+def _recording(construct, devices):
+    def wrapped(spec, cls):
+        devices.append(torch.empty(0).device.type)
+        return construct(spec, cls)
+
+    return wrapped
+
+
+def _item_family():
+    from deploy.families.matformer_vit import MatFormerViT
+
+    class ItemViT(MatFormerViT):
+        """Reads a tensor's value in __init__, which the meta device cannot give."""
+
+        def __init__(self, variant, dims):
+            super().__init__(variant, dims)
+            self.scale = float(torch.ones(1).item())
+
+    return ItemViT
+
+
+ItemViT = _item_family()
+
+
+def test_family_that_cannot_build_on_meta_is_bounded_while_it_builds(tmp_root, monkeypatch):
+    from deploy.models import spec as spec_module
+
+    family = f"{__name__}:ItemViT"
+    write(tmp_root, family=family)
+    assert build("m1").scale == 1.0  # the meta estimate fails, the real build is counted and goes on
+    monkeypatch.setattr(spec_module, "machine_memory_bytes", lambda: 2**20)  # 256 Ki weights at most
+    write(tmp_root, family=family, dims={**GOOD["dims"], "dim": 256, "ffn_max": 1024})
+    with pytest.raises(ConfigFileError, match=r"m1\.yaml: these dims make a model of at least 0\.00\d+ GiB"):
+        build("m1")
