@@ -92,11 +92,10 @@ def measured_latency(
 def run(args: Any) -> harness.Result:
     from deploy.accuracy.model import build_accuracy_model
     from deploy.accuracy.oracle import EvalOracle
-    from deploy.latency.table import LatencyTable
+    from deploy.latency.table import LatencyTable, safety_margin_pct
     from deploy.lm.latency import LMLatency, build_lm_table, regime_key
     from deploy.lm.select import select_lm
     from deploy.models.checkpoint import task_for
-    from deploy.search.precision import safety_margin_pct
 
     with lmh.workspace(args.quick) as root:
         target = lmh.target_for(args, "onnxruntime", root)

@@ -81,7 +81,7 @@ def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: b
     # the copied target's budget was set for MNIST models: one whose effective budget (less the table's
     # margin) is the geometric mean of this model's smallest and largest subnet gives the deploy a real choice
     from deploy.latency.predictor import LatencyPredictor
-    from deploy.search.precision import safety_margin_pct
+    from deploy.latency.table import safety_margin_pct
 
     table = LatencyTable.load(target.table_path, name)
     predictor = LatencyPredictor(table)
@@ -105,7 +105,7 @@ def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: b
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if quick:  # in this process: a child's interpreter and imports would cost more than the deploy
-        from deploy.pipeline import deploy
+        from deploy.flows.deploy import deploy
 
         deploy(name, out_dir=ws / "dist" / name, progress=False, say=lambda _m: None)
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

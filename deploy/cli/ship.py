@@ -32,7 +32,7 @@ def deploy(
     measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
 ) -> None:
     """Pick the best subnet within the target's budget and package its compiled artifact."""
-    from deploy.pipeline import deploy as run_deploy
+    from deploy.flows.deploy import deploy as run_deploy
 
     result = run_deploy(target, model, out_dir=out, measure=measure, say=lambda m: _say(escape(m)))
     if getattr(result.manifest, "kind", None) == "lm":
@@ -83,8 +83,8 @@ def bench_cmd(
     ] = True,
 ) -> None:
     """Measure the deployed artifact on its target; fail on budget, prediction or baseline regression."""
-    from deploy.latency.bench import MAX_SUSTAINED_S
-    from deploy.latency.bench import bench as run_bench
+    from deploy.flows.bench import MAX_SUSTAINED_S
+    from deploy.flows.bench import bench as run_bench
 
     _check_positive("--sustained", sustained, "seconds", MAX_SUSTAINED_S)
     _check_positive("--tolerance", tolerance, "percent")
@@ -109,7 +109,7 @@ def compile_cmd(
     out: Annotated[Path | None, typer.Option(help="output folder (default: beside the ONNX)")] = None,
 ) -> None:
     """Compile a packaged ONNX for the target's backend on the device (e.g. a TensorRT engine on a Jetson)."""
-    from deploy.export.compile import compile_onnx
+    from deploy.flows.compile import compile_onnx
 
     result = compile_onnx(onnx, target, out_dir=out)
     _say(f"[bold green]compiled[/] {result.artifact.path} ({escape(result.summary)})")
@@ -129,7 +129,7 @@ def convert_cmd(
     measure: Annotated[bool, typer.Option(help="measure the artifact where the runner can")] = True,
 ) -> None:
     """Convert a plain torch model (no subnet selection) for the target, validate it and package it."""
-    from deploy.export.convert import convert
+    from deploy.flows.convert import convert
 
     result = convert(
         model, target, input_shape=input_shape, out_dir=out, measure=measure, say=lambda m: _say(escape(m))

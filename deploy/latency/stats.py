@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+
+INPUT_SEED = 0  # the inputs artifacts are timed on: latency does not depend on their values
 
 
 @dataclass(frozen=True)
@@ -43,3 +48,12 @@ class LatencyStats:
         data = asdict(self)
         data["round_medians_ms"] = list(self.round_medians_ms)
         return data
+
+
+def seeded_inputs(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Latency does not depend on the values: seeded normal floats, zeros for integer inputs (a valid token id)."""
+    rng = np.random.default_rng(INPUT_SEED)
+    return {
+        name: rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        for name, (shape, dtype) in specs.items()
+    }

@@ -263,3 +263,17 @@ class LatencyTable(_Strict):
                 f"rebuild with `elastic-deploy tables build --target {target}`, or copy {target}'s own table there"
             )
         return table
+
+
+def safety_margin_pct(table: LatencyTable, family: str | None = None) -> float:
+    """Budget margin from the table's out-of-sample error (p90, the family's own if validated), or the
+    calibration fit's if unvalidated."""
+    validation = table.validation_for(family)
+    if validation is not None:
+        return validation.p90_abs_pct_error
+    source_p90 = (table.provenance.estimate or {}).get("source_validation_p90_pct")
+    if source_p90 is not None:  # estimated: the source's own error; the device factor's error is systematic
+        return float(source_p90)
+    if table.calibration is not None:
+        return 2 * table.calibration.residual_for(family)
+    return 25.0

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deploy.errors import NoFeasibleSubnetError
+from deploy.latency.table import safety_margin_pct
 from deploy.lm.latency import LMLatency, lm_budget, regime_key
-from deploy.search.precision import safety_margin_pct
 from deploy.search.select import Constraints, Limit, Selection, select
 
 if TYPE_CHECKING:

@@ -89,7 +89,7 @@ def onnx_io(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], tu
 def load_item(path: Path, backend: str, threads: int) -> tuple[Artifact, dict[str, np.ndarray]]:
     """An Artifact for the ONNX file and a seeded random input of its graph input shape."""
     from deploy.backends.onnxruntime import OnnxRuntimeBackend
-    from deploy.latency.bench import seeded_inputs
+    from deploy.latency.stats import seeded_inputs
 
     if not path.is_file():
         raise RemoteBenchError(f"artifact {path} does not exist on {socket.gethostname()}; copy it there first")

@@ -314,7 +314,7 @@ def test_coreml_delegate_matches_references_within_fp16_atol_on_macos(coreml_art
 def test_convert_transformer_to_executorch_writes_pte_manifest_with_delegation_and_warns(tmp_root, ship_files):
     import yaml
 
-    from deploy.export.convert import convert
+    from deploy.flows.convert import convert
 
     ship_files("targets/host-cpu-executorch.yaml")
     data = yaml.safe_load((tmp_root / "targets" / "host-cpu-executorch.yaml").read_text())
@@ -383,7 +383,7 @@ def test_deploy_host_cpu_executorch_picks_a_precision_records_delegation_warns_a
 ):
     pytest.importorskip("mlxtend")
     from deploy.cli import main
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     ship_files("targets/host-cpu-executorch.yaml", "checkpoints")
     _tables(tmp_root)

@@ -31,7 +31,7 @@ def test_local_executor_is_the_default_and_refuses_a_ray_address():
 
 def test_importing_the_package_and_the_local_path_never_imports_ray():
     code = (
-        "import sys, deploy.executors, deploy.latency.build, deploy.accuracy, deploy.latency.bench, deploy.cli;"
+        "import sys, deploy.executors, deploy.latency.build, deploy.accuracy, deploy.flows.bench, deploy.cli;"
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from deploy.flows.bench import evaluate
 from deploy.latency import drift
-from deploy.latency.bench import evaluate
 from deploy.latency.build import build_table
 from deploy.latency.drift import (
     BuildDriftGuard,
@@ -364,19 +364,19 @@ def fake_drift(monkeypatch, factor: float) -> None:
 
 def fake_measurements(monkeypatch, values: list[float]) -> list[float]:
     """The deploy's measurements of its artifact, in order (the real artifact is built and checked)."""
-    import deploy.pipeline
+    import deploy.flows.deploy
 
     def measure_artifact(backend, artifact, entry, target, check, measure, say):
         ms = values.pop(0)
         return LatencyStats(ms, ms * 1.1, ms, ms * 0.05, 400, (ms, ms), 0.01, "local:fake"), None
 
-    monkeypatch.setattr(deploy.pipeline, "measure_artifact", measure_artifact)
+    monkeypatch.setattr(deploy.flows.deploy, "measure_artifact", measure_artifact)
     return values
 
 
 @pytest.mark.slow
 def test_deploy_rescales_predictions_and_records_them_in_the_manifest_when_the_device_drifted(shipped, monkeypatch):
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     fake_drift(monkeypatch, 1.25)
     fake_measurements(monkeypatch, [0.3])
@@ -399,7 +399,7 @@ def test_deploy_rescales_predictions_and_records_them_in_the_manifest_when_the_d
 
 @pytest.mark.slow
 def test_deploy_reselects_once_with_the_measured_correction_when_the_artifact_exceeds_the_budget(shipped, monkeypatch):
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     fake_drift(monkeypatch, 1.0)
     left = fake_measurements(monkeypatch, [0.7, 0.3])
@@ -419,7 +419,7 @@ def test_deploy_reselects_once_with_the_measured_correction_when_the_artifact_ex
 @pytest.mark.slow
 def test_deploy_stops_with_both_numbers_when_the_reselected_artifact_is_over_budget_too(shipped, monkeypatch):
     from deploy.errors import MeasuredOverBudgetError
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     fake_drift(monkeypatch, 1.0)
     fake_measurements(monkeypatch, [0.7, 0.65, 0.1])
@@ -434,7 +434,7 @@ def test_deploy_stops_with_both_numbers_when_the_reselected_artifact_is_over_bud
 @pytest.mark.slow
 def test_deploy_stops_when_nothing_fits_with_the_measured_correction(shipped, monkeypatch):
     from deploy.errors import MeasuredOverBudgetError
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     fake_drift(monkeypatch, 1.0)
     fake_measurements(monkeypatch, [50.0])

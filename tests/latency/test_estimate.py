@@ -7,8 +7,7 @@ import yaml
 
 from deploy.errors import BackendUnavailableError, ConfigFileError
 from deploy.latency.estimate import estimate_table
-from deploy.latency.table import LatencyTable
-from deploy.pipeline import safety_margin_pct
+from deploy.latency.table import LatencyTable, safety_margin_pct
 from deploy.targets import load_target
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.pipeline import deploy
+from deploy.flows.deploy import deploy
 
 pytestmark = pytest.mark.slow
 

@@ -201,8 +201,8 @@ def test_bench_of_a_deployed_artifact_runs_through_ssh(sshd, shipped):
     """make bench on a target whose runner is ssh: the deployed artifact is copied and measured remotely."""
     import yaml
 
-    from deploy.latency.bench import bench
-    from deploy.pipeline import deploy
+    from deploy.flows.bench import bench
+    from deploy.flows.deploy import deploy
 
     deploy("host-cpu-ort", progress=False, measure=False)
     path = shipped / "targets" / "host-cpu-ort.yaml"

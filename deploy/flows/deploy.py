@@ -16,6 +16,7 @@ from deploy.errors import ConfigFileError, NoFeasibleSubnetError
 from deploy.export import hub
 from deploy.export.check import build_and_check, measure_artifact
 from deploy.export.parity import check_extraction
+from deploy.flows.precision import choose_precision
 from deploy.latency.drift import Reselect, deploy_corrections, reselect_failed, settle_measurement
 from deploy.latency.table import LatencyTable
 from deploy.models.checkpoint import load as load_checkpoint
@@ -23,7 +24,6 @@ from deploy.models.checkpoint import sha256_tree, task_for
 from deploy.packaging.manifest import Manifest
 from deploy.packaging.output import check_output_dir, staged_dir
 from deploy.packaging.report import plot_pareto, write_manifest, write_report
-from deploy.search.precision import choose_precision, safety_margin_pct  # noqa: F401 (re-exported)
 from deploy.search.select import Selection
 from deploy.targets import Target, load_target
 
@@ -70,7 +70,7 @@ def deploy(
     options: dict[str, Any] = dict(out_dir=out_dir, measure=measure, cache_dir=cache_dir, progress=progress, say=say)
     target = load_target(target_name)
     if target.lm is not None:  # a language model: TTFT / per-token budgets, KV-cache artifacts (deploy/lm)
-        from deploy.lm.pipeline import deploy_lm
+        from deploy.flows.deploy_lm import deploy_lm
 
         return deploy_lm(target, model, **options)  # type: ignore[return-value]
     check_not_language_model(target, model or target.model)

@@ -21,7 +21,7 @@ from deploy.errors import NoFeasibleSubnetError
 from deploy.export import hub
 from deploy.export.check import artifact_metric
 from deploy.latency.predictor import LatencyPredictor
-from deploy.latency.table import LatencyTable
+from deploy.latency.table import LatencyTable, safety_margin_pct
 from deploy.search.select import Constraints, Selection, select
 
 if TYPE_CHECKING:
@@ -72,20 +72,6 @@ class PrecisionOption:
             "table_method": None if self.table is None else self.table.provenance.method,
             "rejected": self.rejected,
         }
-
-
-def safety_margin_pct(table: LatencyTable, family: str | None = None) -> float:
-    """Budget margin from the table's out-of-sample error (p90, the family's own if validated), or the
-    calibration fit's if unvalidated."""
-    validation = table.validation_for(family)
-    if validation is not None:
-        return validation.p90_abs_pct_error
-    source_p90 = (table.provenance.estimate or {}).get("source_validation_p90_pct")
-    if source_p90 is not None:  # estimated: the source's own error; the device factor's error is systematic
-        return float(source_p90)
-    if table.calibration is not None:
-        return 2 * table.calibration.residual_for(family)
-    return 25.0
 
 
 def select_at(

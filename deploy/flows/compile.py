@@ -60,8 +60,8 @@ def _calibration(entry: HubEntry) -> np.ndarray | None:
     """The deployed model's task's training examples (int8) where the manifest beside the ONNX names a task
     this device can load, else None (the packaged reference inputs)."""
     try:
+        from deploy.flows.deploy import CALIBRATION_IMAGES
         from deploy.packaging.manifest import Manifest
-        from deploy.pipeline import CALIBRATION_IMAGES
         from deploy.tasks import get_task
 
         task = Manifest.load(entry.dir / "manifest.json").model_spec["task"]

@@ -7,7 +7,7 @@ import pytest
 from deploy.errors import ConfigFileError
 from deploy.export import hub
 from deploy.export.check import package_onnx, spec_problems
-from deploy.export.compile import compile_onnx
+from deploy.flows.compile import compile_onnx
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from deploy.errors import NoFeasibleSubnetError, UnsupportedPrecisionError
-from deploy.pipeline import deploy
+from deploy.flows.deploy import deploy
 from deploy.targets import load_target
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from deploy.errors import (
     TableUncalibratedError,
 )
 from deploy.families.base import BlockKey
+from deploy.flows.deploy import deploy
 from deploy.models import build
-from deploy.pipeline import deploy
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import yaml
 
 from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.errors import BenchGateError, DeployError
-from deploy.latency.bench import bench
+from deploy.flows.bench import bench
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ SHORT = {"warmup_runs": 5, "rounds": 3, "min_runs": 5, "min_time_s": 0, "max_ret
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> Path:
     """One deploy (≈15 s) shared by the module: a root with the shipped target, table, checkpoints and dist."""
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     root = tmp_path_factory.mktemp("deployed")
     for rel in (f"targets/{TARGET}.yaml", f"latency_tables/{TARGET}.json", "checkpoints"):

@@ -18,7 +18,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from deploy.executors.local import LocalExecutor
 from deploy.io import atomic_write_json, atomic_write_text, read_json
 from deploy.latency.drift import bench_drift
 from deploy.latency.lock import measuring
-from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.latency.stats import INPUT_SEED, LatencyStats, MeasureProtocol, seeded_inputs
 from deploy.latency.table import now_iso
 from deploy.models.checkpoint import sha256_tree
 from deploy.packaging.manifest import Manifest, inside
@@ -46,7 +46,6 @@ MAX_SUSTAINED_S = 86_400.0  # a day: longer is a typo (and inf would never end)
 
 DEFAULT_TOLERANCE_PCT = 15.0
 REGRESSION_PCT = 10.0
-INPUT_SEED = 0
 GOVERNOR_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 THERMAL_GLOB = "/sys/class/thermal/thermal_zone*"
 
@@ -110,15 +109,6 @@ def _load_manifest(target_name: str, folder: Path) -> Manifest:
             f"{path}: a manifest of target {manifest.target}, not {target_name}; run `make deploy TARGET={target_name}`"
         )
     return manifest
-
-
-def seeded_inputs(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
-    """Latency does not depend on the values: seeded normal floats, zeros for integer inputs (a valid token id)."""
-    rng = np.random.default_rng(INPUT_SEED)
-    return {
-        name: rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
-        for name, (shape, dtype) in specs.items()
-    }
 
 
 def load_artifact(manifest: Manifest, folder: Path) -> tuple[Artifact, dict[str, np.ndarray]]:

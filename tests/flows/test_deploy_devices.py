@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deploy.pipeline import deploy
+from deploy.flows.deploy import deploy
 
 pytestmark = pytest.mark.slow
 

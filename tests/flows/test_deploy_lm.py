@@ -156,8 +156,8 @@ def test_deploy_measured_over_budget_reselects_once_then_stops_writing_nothing(r
 
 
 def test_over_budget_rescales_each_regime_by_measured_over_predicted():
+    from deploy.flows.deploy_lm import _over_budget
     from deploy.lm.manifest import GenerationTiming
-    from deploy.lm.pipeline import _over_budget
     from deploy.targets import load_target
 
     target = load_target("host-cpu-ort-lm")  # ttft_ms 1.5 at 64 tokens, 0.3 ms/token
@@ -193,7 +193,7 @@ def test_a_tokenizer_that_does_not_match_is_refused_at_deploy_and_at_generate(ro
 
 def test_an_lm_on_a_target_without_an_lm_section_is_refused_naming_the_lm_targets():
     from deploy.errors import ConfigFileError
-    from deploy.pipeline import deploy
+    from deploy.flows.deploy import deploy
 
     with pytest.raises(ConfigFileError, match=r"is a language model .* --target host-cpu-ort-lm"):
         deploy("host-cpu-ort", "matformer_lm_tiny", out_dir=Path("/nonexistent/never-written"))

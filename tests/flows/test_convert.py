@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from deploy.cli import main
-from deploy.export.convert import convert
+from deploy.flows.convert import convert
 
 HERE = __name__  # the factories below are imported back by name, as a user's MODULE:FACTORY would be
 QUICK_MEASUREMENT = {"warmup_runs": 2, "min_runs": 5, "min_time_s": 0.0, "rounds": 3, "cv_max": 1.0, "max_retries": 0}
