@@ -64,7 +64,7 @@ def et_again(path: Path, x: np.ndarray) -> Built:
     """The .pte in a second Program and Method (the backend's are cached per file), timed like the backend."""
     from executorch.runtime import Runtime
 
-    with et_module._quiet():
+    with et_module.quiet_executorch():
         method = Runtime.get().load_program(str(path)).load_method(et_module.METHOD)
     tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
     (out,) = method.execute(tensors)

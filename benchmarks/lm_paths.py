@@ -96,7 +96,7 @@ def peer_exporters() -> dict[str, str]:
 def no_kv_session(decoder: Any, target: Any, out: Path) -> tuple[NoKVSession, float]:
     import onnxruntime as ort
 
-    from deploy.lm.onnxruntime import EXAMPLE_LENGTH, export_onnx
+    from deploy.backends.onnxruntime_lm import EXAMPLE_LENGTH, export_onnx
 
     start = time.perf_counter()
     path = out / "nokv.onnx"

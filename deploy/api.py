@@ -10,7 +10,8 @@ A user never edits elastic-deploy to deploy their model. They write, in their ow
 - a **task**: a `Task` subclass with `name`, `metric` (a `Metric` with its direction), `input_names`,
   `load_split(name)` returning `Split`s, and `batch_score(outputs, targets)`;
 - optionally a **backend** (`Backend` protocol, `BackendBase` defaults) or a **runner** (`Runner`
-  protocol, a `RunnerSpecBase` subclass for its target fields).
+  protocol, a `RunnerSpecBase` subclass for its target fields; its `measures_in_process` capability stays
+  False unless the runner times artifacts in this process, as the local runner does).
 
 They register them through Python entry points in their pyproject.toml (the groups below), or name them
 as `package.module:Class` in a model spec (`models/<name>.yaml`) or a target. Everything else (targets,
@@ -25,6 +26,7 @@ from deploy.errors import DeployError, PluginError
 from deploy.families import FAMILIES
 from deploy.families.base import BlockKey, ImageSupernet, InputSpec, Supernet
 from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.lm.artifact import LMArtifact, LMBackend, LMSession, LMSpec
 from deploy.models.spec import ModelSpec, build, build_from_spec, known_models, load_spec
 from deploy.runners import RUNNERS
 from deploy.runners.base import Runner, SingleFromMany
@@ -57,6 +59,10 @@ __all__ = [
     "Gene",
     "ImageSupernet",
     "InputSpec",
+    "LMArtifact",
+    "LMBackend",
+    "LMSession",
+    "LMSpec",
     "LatencyStats",
     "MeasureProtocol",
     "Metric",

@@ -161,3 +161,15 @@ class TokenizerError(DeployError):
 class PromptError(DeployError):
     """A prompt a language model cannot take: empty, longer than its maximum context, or token ids outside
     its vocabulary."""
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of `exc`'s message, to quote inside a one-line error (its type's name when it has none).
+
+    `with_type` puts the type's name first ("KeyError: 'x'"): for errors from a user's code, where the type
+    is half of what went wrong."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return f"{type(exc).__name__}: {line}" if with_type else line

@@ -98,7 +98,7 @@ class MeasurementSpec(_Strict):
 
 
 class AnchorSpec(_Strict):
-    """A published latency of a model we can rebuild (deploy/anchors.py) and measure on the source."""
+    """A published latency of a model we can rebuild (deploy/latency/anchors.py) and measure on the source."""
 
     model: str  # name in deploy.latency.anchors.ANCHORS
     device: str
@@ -224,7 +224,7 @@ class Target(_Strict):
             return self
         cpus = os.cpu_count() or 1
         # A device pinned by ray_resources measures on the Ray node that declares them, not necessarily here.
-        here = any(d.runner.kind == "local" and not d.ray_resources for d in self.device_list)
+        here = any(d.runner.measures_in_process and not d.ray_resources for d in self.device_list)
         if here and self.threads > cpus:
             raise ValueError(
                 f"threads: {self.threads} is more than the {cpus} CPUs of this machine, where the local runner "

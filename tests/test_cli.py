@@ -146,3 +146,17 @@ def test_bench_float_option_that_is_not_a_positive_finite_number_exits_2_before_
     proc = run_cli("bench", "--target", "host-cpu-ort", option)
     assert_one_line_error(proc, needle)
     assert not (tmp_root / "bench").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("tables", "validate", "--target", "host-cpu-ort-lm", "--executor", "ray"),
+         ("--executor ray", "host-cpu-ort-lm")),
+        (("tables", "transfer", "--target", "host-cpu-ort-lm", "--from", "host-cpu-ort"), ("language-model target",)),
+    ],
+    ids=["validate-executor", "transfer"],
+)
+def test_flag_a_language_model_target_cannot_honour_is_one_line_naming_it(args, needles):
+    """Refused, never ignored (issue 25): nothing is measured or written."""
+    assert_one_line_error(run_cli(*args), *needles)

@@ -166,13 +166,13 @@ def _checkpoint_load(root: Path):
 
 
 def _manifest_load(root: Path):
-    from deploy.packaging.manifest import Manifest
+    from deploy.packaging.manifest import load_manifest
 
-    return lambda: Manifest.load(root / "dist" / "manifest.json")
+    return lambda: load_manifest(root / "dist" / "manifest.json")
 
 
 def _lm_manifest_load(root: Path):
-    from deploy.lm.manifest import LMManifest
+    from deploy.packaging.manifest import LMManifest
 
     return lambda: LMManifest.load(root / "dist" / "manifest.json")
 
@@ -184,7 +184,7 @@ def _lm_json_load(root: Path):
 
 
 def _observations_load(root: Path):
-    from deploy.latency.drift import load_observations
+    from deploy.latency.observations import load_observations
 
     return lambda: load_observations(root / "obs.jsonl")
 

@@ -19,6 +19,7 @@ import numpy as np
 from deploy.accuracy.oracle import EvalOracle, accuracy_cache_path, user_cache_path
 from deploy.accuracy.surrogate import FittedAccuracyPredictor, PredictorQuality, transform_for
 from deploy.families import Supernet
+from deploy.progress import Progress
 from deploy.search.space import SubnetConfig
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def build_accuracy_model(
     info: CheckpointInfo,
     n_samples: int | None = None,
     seed: int | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     cache_path: Path | None = None,
     split: str = "val",
     executor: Executor | None = None,

@@ -11,12 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from deploy import workspace
 from deploy.executors.local import LocalExecutor
 from deploy.families import Supernet
 from deploy.io import atomic_write_json, read_json
+from deploy.progress import Progress, ProgressTask
 from deploy.search.space import SubnetConfig
 from deploy.tasks.base import Split, Task, predictor
 
@@ -46,17 +45,6 @@ def evaluate(supernet: Supernet, task: Task, split: str | Split, config: SubnetC
         return task.evaluate(predictor(supernet, supernet.input_names(), config=config), split)
     finally:
         supernet.train(was_training)
-
-
-def progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=True,
-    )
 
 
 class EvalOracle:
@@ -146,7 +134,7 @@ class EvalOracle:
         return acc
 
     def evaluate_many(
-        self, configs: Iterable[SubnetConfig], progress: bool = True, executor: Executor | None = None
+        self, configs: Iterable[SubnetConfig], progress: Progress | None = None, executor: Executor | None = None
     ) -> list[float]:
         """Accuracies of `configs`, evaluating those not cached (with a Ray executor: as tasks, many configs
         each); results are merged into this cache as they arrive, so an interruption keeps most of them."""
@@ -155,13 +143,12 @@ class EvalOracle:
         if todo:
             log.info("evaluating %d configs on %d %s examples", len(todo), len(self.data_split), self.split)
             results = (executor or LocalExecutor()).evaluate(self.supernet, self.task, self.data_split, todo)
-            with progress_bar(progress) as bar:
-                task = bar.add_task(f"accuracy ({self.split})", total=len(todo))
-                for i, (config, acc) in enumerate(results, 1):
-                    self._store(config, acc)
-                    bar.advance(task)
-                    if i % SAVE_EVERY == 0:
-                        self.save()
+            task = ProgressTask(progress, f"accuracy ({self.split})", len(todo))
+            for i, (config, acc) in enumerate(results, 1):
+                self._store(config, acc)
+                task.advance()
+                if i % SAVE_EVERY == 0:
+                    self.save()
             self.save()
         return [self._acc[c.id] for c in configs]
 

@@ -116,8 +116,8 @@ class FittedAccuracyPredictor:
     Features: the one-hot gene vector; for every pair of genes, whether both sit at their first option
     (the family's most reduced choice, for MatFormer a skipped layer: removals compound, which an
     additive model misses); plus whatever `extra(config)` adds (e.g. parameter fraction). Fitting the
-    logit keeps predictions in (0, 1) and makes the effects of removals closer to additive. On the
-    shipped MNIST checkpoint the pair terms and the logit take held-out Spearman from ~0.75 to ~0.88.
+    logit keeps predictions in (0, 1) and makes the effects of removals closer to additive; both raise
+    the held-out rank correlation on the shipped MNIST checkpoint (docs/families.md#training-notes).
     """
 
     def __init__(

@@ -18,6 +18,7 @@ from deploy.accuracy.oracle import EvalOracle, accuracy_cache_path, user_cache_p
 from deploy.errors import DeployError
 from deploy.executors.base import Executor
 from deploy.families import Supernet
+from deploy.progress import Progress
 from deploy.search.space import SubnetConfig
 
 SPLITS = ("val", "test")
@@ -60,7 +61,7 @@ def sweep(
     split: str = "val",
     executor: Executor | None = None,
     cache_path: Path | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> SweepResult:
     from deploy.models.checkpoint import load as load_checkpoint
     from deploy.models.checkpoint import task_for

@@ -13,7 +13,7 @@ BACKENDS: Registry[type[Backend]] = Registry(
         "tflite": "deploy.backends.tflite:TFLiteBackend",
         "coreml": "deploy.backends.coreml:CoreMLBackend",
         "executorch": "deploy.backends.executorch:ExecuTorchBackend",
-        "executorch_coreml": "deploy.backends.executorch:ExecuTorchCoreMLBackend",
+        "executorch_coreml": "deploy.backends.executorch_coreml:ExecuTorchCoreMLBackend",
         "tensorrt": "deploy.backends.tensorrt:TensorRTBackend",
         "torch_cuda": "deploy.backends.torch_cuda:TorchCudaBackend",
     },

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from deploy.export.hub import HubEntry
+    from deploy.lm.artifact import LMBackend
     from deploy.targets import Target
 
 
@@ -74,7 +75,9 @@ class Backend(Protocol):
       GPU); where its toolchain is missing here a deploy packages the hub's ONNX and says which
       command builds it there. Every other backend compiles here, and a missing toolchain is an error;
     - `times_on_device`: `device_timed_call` returns each run's duration on the device's own clock
-      (CUDA events), which the local runner then uses instead of the host's clock around `timed_call`.
+      (CUDA events), which the local runner then uses instead of the host's clock around `timed_call`;
+    - `language_model()`: its half for language models (an `LMBackend`: KV-cache artifacts, deploy/lm/artifact.py),
+      or None where it has none. The half lives in a sibling module (`<backend>_lm.py`) the method imports.
     """
 
     name: ClassVar[str]
@@ -117,6 +120,10 @@ class Backend(Protocol):
     def device_clock(self) -> str:
         """What times the runs: the device's clock (e.g. "CUDA events on NVIDIA H100") or the host's."""
 
+    @classmethod
+    def language_model(cls) -> type[LMBackend] | None:
+        """This backend's language-model half, or None (it deploys image models only)."""
+
 
 class BackendBase:
     """Defaults for the declarations a backend may leave out: no options, compiled here, host-timed."""
@@ -131,6 +138,10 @@ class BackendBase:
 
     def device_clock(self) -> str:
         return "host wall clock"
+
+    @classmethod
+    def language_model(cls) -> type[LMBackend] | None:
+        return None
 
 
 def backend_options(backend: type[Backend] | Backend, target: Target) -> Any:

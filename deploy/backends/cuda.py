@@ -173,8 +173,8 @@ def time_enqueue(enqueue: Callable[[int], None], stream: CudaStream, n_runs: int
     All runs are enqueued back to back and the stream is synchronised once, as trtexec does: the host
     stays ahead of the GPU, so each interval is the GPU's time for one run rather than host launch
     latency plus a synchronisation. Where the host takes longer to enqueue a run than the GPU to
-    execute it (measured on an H100: a 64 KiB copy, ~2 µs of GPU work, timed at ~12 µs with 23% round
-    CV), the intervals include that host time, as trtexec's do; a 64 MiB copy timed with 0.1% CV.
+    execute it (tiny kernels), the intervals include that host time, as trtexec's do
+    (docs/backends.md#toolchain-notes).
     The first call on a fresh stream pays for lazy module loading; warm up before timing.
     """
     rt = cudart()

@@ -1,12 +1,14 @@
 """ExecuTorch: the hub's torch.export program lowered to a .pte, run here with executorch.runtime.
 
-Two registered backends share this module:
+Two registered backends share this lowering (over ~500 lines: the lowering, the delegation report and the
+version checks are one contract both use):
 - `executorch`: the XNNPACK delegate for CPU targets (host, Android phones). fp32, and int8 through
   the XNNPACK quantizer (torchao pt2e: prepare_pt2e, calibration, convert_pt2e; symmetric, weights
   per channel) calibrated on the same training images as LiteRT's full int8.
-- `executorch_coreml`: the CoreML delegate (fp32 / fp16, compute units and minimum iOS from the
-  target's `backend_options`, as for the coreml backend). coremltools converts on Linux, so the .pte is
-  built and checked structurally here; it runs only where ExecuTorch's CoreML backend is linked (macOS, iOS).
+- `executorch_coreml` (deploy/backends/executorch_coreml.py): the CoreML delegate (fp32 / fp16, compute
+  units and minimum iOS from the target's `backend_options`, as for the coreml backend). coremltools converts
+  on Linux, so the .pte is built and checked structurally here; it runs only where ExecuTorch's CoreML backend
+  is linked (macOS, iOS).
 
 Whatever a partitioner does not take stays in the program as calls to ExecuTorch's own CPU kernels
 (the portable library, or its optimized variants where the runtime links them). On a phone those are
@@ -23,29 +25,31 @@ or major release; there is no forward compatibility). Anything else is refused b
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import io
 import logging
-import os
 import re
-import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.backends.base import Artifact, BackendBase, backend_options, calibration_rows, check_precision
-from deploy.backends.coreml import CoreMLOptions
-from deploy.errors import BackendUnavailableError, DataShapeError, DeployError, ExportError, UnsupportedOpError
+from deploy.backends.base import Artifact, BackendBase, calibration_rows, check_precision
+from deploy.errors import (
+    BackendUnavailableError,
+    DataShapeError,
+    DeployError,
+    ExportError,
+    UnsupportedOpError,
+    first_line,
+)
+from deploy.export.quiet import Captured, quiet_converter
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -77,22 +81,13 @@ _MISSING_OUT = re.compile(r"[Mm]issing out variants?:?\s*\{?\s*'?([\w:.]+)")
 _MISSING_KERNEL = re.compile(r"Missing operator: \[\d+\] ([\w:.]+)")
 _STRUCTURAL = {"getitem"}  # tuple unpacking of multi-output ops and delegate calls: no kernel runs
 
-# Max abs logit diff vs torch, 1 thread. Tiny: matformer_vit_tiny largest subnet, random weights,
-# |logit| <= 0.9, its reference input; int8 calibrated on that one input. MNIST: trained checkpoint,
-# largest subnet, |logit| <= 4.3 on its hub reference input ("ref"), "test" = worst over the 750 test
-# images; int8 calibrated on 256 training images (the pipeline's calibration).
-#   fp32  tiny 3.0e-7  mnist ref 1.2e-6  test 8.6e-6  float reordering only (XNNPACK vs torch)
-#   int8  tiny 4.3e-2  mnist ref 2.5     test 1.1     int8 linear/bmm inputs; LayerNorm stays float;
-#                                                     test accuracy 92.00% vs 91.47% fp32, argmax agrees 98.8%
-#         the hub reference inputs of 8 MNIST subnets (smallest, largest, 6 random): 1.2 - 3.4
-#         (smallest), with |logit| <= 5.3: that input is noise, not a digit, far outside the calibration
-#   fp16  not runnable here (CoreML delegate): the coreml backend's documented 2e-2
-# int8: >= 2.5x the worst reference figure (as tflite's). Its parity only catches a broken conversion;
-# accuracy decides whether int8 is usable.
+# Max abs logit diff vs torch per precision. fp32 only reorders float sums; int8's bound is >= 2.5x the
+# worst reference figure (as tflite's) and only catches a broken conversion: accuracy decides whether
+# int8 is usable. fp16 (CoreML delegate) takes the coreml backend's bound. Figures: docs/backends.md#executorch
 PARITY_ATOL: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 8.5}
 
 
-def _require(module: str, why: str, install: str = INSTALL) -> Any:
+def require_module(module: str, why: str, install: str = INSTALL) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -147,54 +142,14 @@ def version_problem(built_with: str | None, runtime: str) -> str | None:
     )
 
 
-class _Captured:
-    text = ""
-
-
-@contextlib.contextmanager
-def _quiet(captured: _Captured | None = None) -> Iterator[None]:
+def quiet_executorch(captured: Captured | None = None) -> AbstractContextManager[None]:
     """Keep converter chatter (tqdm bars, warnings, torchao's load messages) and the C++ runtime's log
     lines (cpuinfo, operator registry) off the console unless at DEBUG; keep their text for errors."""
-    captured = captured or _Captured()
-    if log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    py = io.StringIO()
-    names = ("torchao", "coremltools", "executorch", "torch._export")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as sink:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no fd 2 (embedded interpreter): Python-level redirect only
-            saved = None
-        try:
-            if saved is not None:
-                os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(py), contextlib.redirect_stderr(py), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            sys.stderr.flush()
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
-            sink.seek(0)
-            captured.text = py.getvalue() + sink.read().decode(errors="replace")
-            for line in captured.text.replace("\r", "\n").splitlines():
-                if line.strip() and "|" not in line:  # progress bars contain '|'
-                    log.debug("executorch: %s", line.strip())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    loud = ("torchao", "coremltools", "executorch", "torch._export")
+    return quiet_converter(
+        "executorch", log, fds=(2,), streams=("stdout", "stderr"), loggers=dict.fromkeys(loud, logging.ERROR),
+        ignore_warnings=True, unless_debug=True, capture=captured,
+    )  # fmt: skip
 
 
 def conversion_error(exc: BaseException, delegate: str) -> DeployError:
@@ -213,7 +168,7 @@ def conversion_error(exc: BaseException, delegate: str) -> DeployError:
     op = find_op(text)
     if op:
         return UnsupportedOpError(f"executorch ({delegate}): the lowering cannot handle op '{op}'; rewrite it")
-    return ExportError(f"executorch ({delegate}) lowering failed ({type(exc).__name__}): {_first_line(exc)}")
+    return ExportError(f"executorch ({delegate}) lowering failed ({type(exc).__name__}): {first_line(exc)}")
 
 
 def _op_name(node: Any) -> str:
@@ -312,8 +267,8 @@ class ExecuTorchBackend(BackendBase):
         return f"executorch {executorch_version() or 'not installed'}"
 
     def _runtime(self) -> Any:
-        with _quiet():  # the first import and call log cpuinfo lines from C++
-            module = _require("executorch.runtime", "the executorch runtime to run .pte files")
+        with quiet_executorch():  # the first import and call log cpuinfo lines from C++
+            module = require_module("executorch.runtime", "the executorch runtime to run .pte files")
             return module.Runtime.get()
 
     def runs_here(self) -> str | None:
@@ -327,7 +282,7 @@ class ExecuTorchBackend(BackendBase):
         return None
 
     def _partitioner(self, target: Target) -> Any:
-        module = _require(
+        module = require_module(
             "executorch.backends.xnnpack.partition.xnnpack_partitioner", "its XNNPACK partitioner to lower models"
         )
         return module.XnnpackPartitioner()
@@ -341,8 +296,8 @@ class ExecuTorchBackend(BackendBase):
         self, entry: HubEntry, target: Target, out_dir: Path, calibration: np.ndarray | None = None
     ) -> Artifact:
         check_precision(self.name, self.precisions, target)
-        with _quiet():  # torchao logs missing CUDA extensions on import
-            exir = _require("executorch.exir", "its exir compiler to lower models")  # before writing anything
+        with quiet_executorch():  # torchao logs missing CUDA extensions on import
+            exir = require_module("executorch.exir", "its exir compiler to lower models")  # before writing anything
         precision = target.precision
         (sample,) = entry.reference_inputs().values()
         rows: list[np.ndarray] = []
@@ -352,9 +307,9 @@ class ExecuTorchBackend(BackendBase):
 
         start = time.perf_counter()
         program = entry.load_program()
-        captured = _Captured()
+        captured = Captured()
         try:
-            with _quiet(captured):
+            with quiet_executorch(captured):
                 partitioner = self._partitioner(target)
                 if precision == "int8":
                     program = _quantize_int8(program, sample, rows)
@@ -448,9 +403,9 @@ class ExecuTorchBackend(BackendBase):
                 "kernel for; compile it again with this runtime's toolchain"
             )
         _use_threads(int(artifact.options.get("threads", 1)))
-        captured = _Captured()
+        captured = Captured()
         try:
-            with _quiet(captured):
+            with quiet_executorch(captured):
                 program = runtime.load_program(str(path))
                 method = program.load_method(METHOD)
         except Exception as exc:
@@ -459,7 +414,7 @@ class ExecuTorchBackend(BackendBase):
                 raise UnsupportedOpError(
                     f"the executorch runtime here has no kernel for op '{missing_op.group(1)}' in {path}"
                 ) from exc
-            raise ExportError(f"executorch could not load {path}: {_first_line(exc)}; compile again") from exc
+            raise ExportError(f"executorch could not load {path}: {first_line(exc)}; compile again") from exc
         with _METHODS_LOCK:
             _METHODS[key] = (program, method)  # the program must outlive its method
             while len(_METHODS) > _MAX_METHODS:
@@ -491,7 +446,7 @@ class ExecuTorchBackend(BackendBase):
         try:
             outputs = method.execute(tensors)
         except Exception as exc:
-            raise DeployError(f"executorch failed to run {artifact.path}: {_first_line(exc)}") from exc
+            raise DeployError(f"executorch failed to run {artifact.path}: {first_line(exc)}") from exc
         # copies: the outputs live in the method's memory-planned buffers, reused by the next run
         return [np.array(o.detach().numpy(), dtype=np.float32, copy=True) for o in outputs]
 
@@ -513,7 +468,7 @@ class ExecuTorchBackend(BackendBase):
         path = Path(artifact.path)
         data = path.read_bytes()
         check_header(path, data)
-        with _quiet():
+        with quiet_executorch():
             kernels, delegates = pte_calls(data)
             meta = self._runtime().load_program(str(path)).metadata(METHOD)  # no method load: works for any delegate
 
@@ -552,7 +507,7 @@ def _use_threads(threads: int) -> None:
         return
     with _METHODS_LOCK:
         _METHODS.clear()
-        with _quiet():  # it logs the reset from C++
+        with quiet_executorch():  # it logs the reset from C++
             portable_lib._unsafe_reset_threadpool(threads)
 
 
@@ -560,10 +515,10 @@ def _quantize_int8(program: Any, sample: np.ndarray, rows: list[np.ndarray]) -> 
     """Static int8 with the XNNPACK quantizer: annotate, calibrate on `rows`, convert, re-export."""
     import torch
 
-    quantizer_module = _require(
+    quantizer_module = require_module(
         "executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "its XNNPACK quantizer for int8"
     )
-    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "torchao (pt2e) for int8")
+    pt2e = require_module("torchao.quantization.pt2e.quantize_pt2e", "torchao (pt2e) for int8")
     quantizer = quantizer_module.XNNPACKQuantizer().set_global(
         quantizer_module.get_symmetric_quantization_config(is_per_channel=True)
     )
@@ -573,45 +528,3 @@ def _quantize_int8(program: Any, sample: np.ndarray, rows: list[np.ndarray]) -> 
             prepared(torch.from_numpy(row))
     converted = pt2e.convert_pt2e(prepared)
     return torch.export.export(converted, (torch.from_numpy(np.ascontiguousarray(sample, np.float32)),))
-
-
-class ExecuTorchCoreMLBackend(ExecuTorchBackend):
-    """The CoreML delegate (Neural Engine / GPU / CPU on Apple devices): builds here, runs on macOS/iOS."""
-
-    name = "executorch_coreml"
-    delegate = "CoreMLBackend"
-    precisions = ("fp32", "fp16")
-    options_model = CoreMLOptions  # compute units and minimum deployment target, as the coreml backend's
-
-    def version(self) -> str:
-        try:
-            coreml = metadata.version("coremltools")
-        except metadata.PackageNotFoundError:
-            coreml = "not installed"
-        return f"{super().version()} / coremltools {coreml}"
-
-    def runs_here(self) -> str | None:
-        if sys.platform != "darwin":
-            return (
-                f"ExecuTorch's CoreML delegate runs only on macOS and iOS (this is {sys.platform}); "
-                "the .pte was checked structurally instead"
-            )
-        return super().runs_here()
-
-    def _partitioner(self, target: Target) -> Any:
-        ct = _require("coremltools", "coremltools for its CoreML delegate", INSTALL_COREML)  # inside _quiet
-        partition = _require("executorch.backends.apple.coreml.partition", "its CoreML partitioner", INSTALL_COREML)
-        compiler = _require("executorch.backends.apple.coreml.compiler", "its CoreML compiler", INSTALL_COREML)
-        specs = compiler.CoreMLBackend.generate_compile_specs(
-            compute_precision=ct.precision.FLOAT16 if target.precision == "fp16" else ct.precision.FLOAT32,
-            minimum_deployment_target=getattr(ct.target, backend_options(self, target).minimum_deployment_target),
-            compute_unit=getattr(ct.ComputeUnit, backend_options(self, target).compute_units),
-        )
-        return partition.CoreMLPartitioner(compile_specs=specs)
-
-    def _options(self, target: Target) -> dict[str, Any]:
-        return {
-            **super()._options(target),
-            "compute_units": backend_options(self, target).compute_units,
-            "minimum_deployment_target": backend_options(self, target).minimum_deployment_target,
-        }

@@ -1,24 +1,21 @@
 """LiteRT (TFLite) on CPU: litert-torch converts the hub's torch program, ai-edge-quantizer quantises it.
 
-litert-torch from the torch subnet is the fastest, most reliable route to .tflite here (TOOLCHAIN.md).
-Quantisation works on the float flatbuffer with ai-edge-quantizer (a litert-torch 0.10 dependency; no
-TensorFlow here). Runtime: ai-edge-litert's Interpreter with its default XNNPACK delegate.
-Conversions stay in-process: 12 block conversions in one process took 1-2 s each with RSS flat (614 ->
-625 MB); importing litert-torch itself costs ~0.6 GB and pulls in jax and torchao.
+litert-torch from the torch subnet is the fastest, most reliable route to .tflite here
+(docs/backends.md#toolchain-notes). Quantisation works on the float flatbuffer with ai-edge-quantizer
+(a litert-torch dependency; no TensorFlow here). Runtime: ai-edge-litert's Interpreter with its default
+XNNPACK delegate. Conversions stay in-process: memory stays flat over many conversions, and importing
+litert-torch is costly (it pulls in jax and torchao), so it is paid once per process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import logging
-import os
 import threading
 import time
-import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,11 +23,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploy.backends.base import Artifact, BackendBase, calibration_rows, check_precision
-from deploy.errors import BackendUnavailableError, DataShapeError, DeployError, ExportError, UnsupportedOpError
+from deploy.errors import (
+    BackendUnavailableError,
+    DataShapeError,
+    DeployError,
+    ExportError,
+    UnsupportedOpError,
+    first_line,
+)
+from deploy.export.quiet import quiet_converter
 from deploy.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from deploy.export.hub import HubEntry
+    from deploy.lm.artifact import LMBackend
     from deploy.targets import Target
 
 log = logging.getLogger(__name__)
@@ -48,20 +54,13 @@ _RECIPES = {  # what each precision runs (ai-edge-quantizer 0.10 recipe names), 
 }
 _UNLOWERABLE = "Lowering not found: "  # litert-torch's message for an aten op it has no lowering for
 
-# Max abs logit diff vs torch, 2 threads. Tiny: random weights, |logit| <= 0.9, its reference input.
-# MNIST: trained checkpoint, largest subnet, |logit| <= 15; "ref" = its hub reference input, "test" =
-# worst over 750 test images; int8 calibrated on 256 training images (tiny: on its one reference input).
-#   fp32          tiny 3.7e-7  mnist ref 4.3e-6  test 7.6e-6  float reordering only (XNNPACK vs torch)
-#   fp16          tiny 2.2e-4  mnist ref 1.1e-3  test 3.2e-3  fp16 weight rounding through 6 blocks
-#   int8_dynamic  tiny 2.2e-2  mnist ref 0.09    test 0.38    int8 weights + per-run int8 activations
-#   int8          tiny 3.3e-2  mnist ref 1.8     test 3.8     int8 LayerNorm/softmax/GELU (median 0.8);
-#                                                             test accuracy unchanged (91.47%), argmax agrees 97.9%
-# Each tolerance is >= 2.5x the worse reference figure and above the worst test image. int8 parity only catches
-# broken conversions (a16w8 gave diffs ~9 and 10% accuracy): accuracy decides whether int8 is usable.
+# Max abs logit diff vs torch per precision: each is >= 2.5x the worse reference figure and above the worst
+# test image. int8 parity only catches broken conversions: accuracy decides whether int8 is usable.
+# Figures: docs/backends.md#tflite
 PARITY_ATOL: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2, "int8_dynamic": 0.5, "int8": 5.0}
 
 
-def _require(module: str, why: str) -> Any:
+def require_module(module: str, why: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -70,40 +69,23 @@ def _require(module: str, why: str) -> Any:
         ) from None
 
 
-def _interpreter_module() -> Any:
-    return _require("ai_edge_litert.interpreter", "ai-edge-litert to run .tflite files")
+def interpreter_module() -> Any:
+    return require_module("ai_edge_litert.interpreter", "ai-edge-litert to run .tflite files")
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_litert() -> AbstractContextManager[None]:
     """Keep converter chatter (progress lines, tqdm bars, warnings) off the console unless at DEBUG.
 
     litert-torch reads its switch from the environment at each call; C++ glog lines bypass this."""
-    if log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    saved = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    captured = io.StringIO()  # discarded: failures surface as exceptions
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return quiet_converter(
+        "litert-torch", log, streams=("stdout", "stderr"), env={"LITERT_TORCH_SHOW_PROGRESS": "n"},
+        ignore_warnings=True, unless_debug=True,
+    )  # fmt: skip
 
 
 def conversion_error(exc: BaseException) -> DeployError:
     """One-line error for a failed conversion: UnsupportedOpError where an op is named, else ExportError."""
-    first = _first_line(exc)
+    first = first_line(exc)
     if first.startswith(_UNLOWERABLE):
         op = first[len(_UNLOWERABLE) :].strip().removesuffix(".default")
         return UnsupportedOpError(
@@ -133,7 +115,7 @@ def _quantize(model: bytes, precision: str, rows: list[np.ndarray]) -> bytes:
         qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
     else:
         qt.load_quantization_recipe(recipe.static_wi8_ai8())
-        interp = _interpreter_module().Interpreter(model_content=model)
+        interp = interpreter_module().Interpreter(model_content=model)
         (signature, spec), *_ = interp.get_signature_list().items()  # litert-torch writes one signature
         (name,) = spec["inputs"]
         calibration = qt.calibrate({signature: [{name: row} for row in rows]}, num_threads=1)
@@ -141,7 +123,7 @@ def _quantize(model: bytes, precision: str, rows: list[np.ndarray]) -> bytes:
     return bytes(result.quantized_model)
 
 
-def _op_counts(model: bytes) -> Counter[str]:
+def op_counts(model: bytes) -> Counter[str]:
     """Builtin op counts read from the flatbuffer itself (the interpreter's view includes delegate nodes)."""
     from ai_edge_litert import schema_py_generated as schema
 
@@ -178,6 +160,12 @@ def _tensor_spec(detail: Mapping[str, Any]) -> dict[str, Any]:
 
 class TFLiteBackend(BackendBase):
     name = "tflite"
+
+    @classmethod
+    def language_model(cls) -> type[LMBackend]:
+        from deploy.backends.tflite_lm import LiteRTLM  # its own module: the image half imports nothing of it
+
+        return LiteRTLM
     precisions = PRECISIONS
     parity_atol = PARITY_ATOL
     needs_program = True  # litert-torch converts the torch.export program
@@ -197,7 +185,7 @@ class TFLiteBackend(BackendBase):
 
     def runs_here(self) -> str | None:
         try:
-            _interpreter_module()
+            interpreter_module()
         except BackendUnavailableError as exc:
             return str(exc)
         return None
@@ -206,7 +194,7 @@ class TFLiteBackend(BackendBase):
         self, entry: HubEntry, target: Target, out_dir: Path, calibration: np.ndarray | None = None
     ) -> Artifact:
         check_precision(self.name, self.precisions, target)
-        litert_torch = _require(
+        litert_torch = require_module(
             "litert_torch", "litert-torch to convert models"
         )  # fail on a missing converter before writing anything
         precision = target.precision
@@ -231,7 +219,7 @@ class TFLiteBackend(BackendBase):
             # refuses .eval()), which only makes litert-torch warn.
             sub.training = False
         try:
-            with _quiet():
+            with quiet_litert():
                 example = tuple(torch.from_numpy(s) for s in samples)
                 model = bytes(litert_torch.convert(module, example).model_content())
                 if precision != "fp32":
@@ -244,7 +232,7 @@ class TFLiteBackend(BackendBase):
 
         path = Path(out_dir) / MODEL_FILE
         atomic_write_bytes(path, model)
-        probe = _interpreter_module().Interpreter(model_content=model)
+        probe = interpreter_module().Interpreter(model_content=model)
         io_dtypes = {np.dtype(d["dtype"]).name for d in probe.get_input_details() + probe.get_output_details()}
         artifact = Artifact(
             path=path,
@@ -278,13 +266,13 @@ class TFLiteBackend(BackendBase):
             if key in self._interpreters:
                 self._interpreters.move_to_end(key)
                 return self._interpreters[key]
-        module = _interpreter_module()
+        module = interpreter_module()
         try:
             # Default op resolver = builtin kernels + the XNNPACK delegate, with num_threads applied to it.
             interp = module.Interpreter(model_path=str(path), num_threads=int(artifact.options.get("threads", 1)))
             interp.allocate_tensors()
         except Exception as exc:
-            raise DeployError(f"ai-edge-litert could not load {path}: {_first_line(exc)}; compile again") from exc
+            raise DeployError(f"ai-edge-litert could not load {path}: {first_line(exc)}; compile again") from exc
         with self._lock:
             self._interpreters[key] = interp
             while len(self._interpreters) > _MAX_INTERPRETERS:
@@ -327,7 +315,7 @@ class TFLiteBackend(BackendBase):
         try:
             interp.invoke()
         except Exception as exc:
-            raise DeployError(f"ai-edge-litert failed to run {artifact.path}: {_first_line(exc)}") from exc
+            raise DeployError(f"ai-edge-litert failed to run {artifact.path}: {first_line(exc)}") from exc
         return self._outputs(artifact, interp)
 
     def timed_call(self, artifact: Artifact, inputs: Mapping[str, np.ndarray]) -> Callable[[], object]:
@@ -341,12 +329,12 @@ class TFLiteBackend(BackendBase):
         path = Path(artifact.path)
         model = path.read_bytes()
         # No delegate: the I/O details are the file's own, not XNNPACK's rewrite.
-        module = _interpreter_module()
+        module = interpreter_module()
         interp = module.Interpreter(
             model_content=model,
             experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
-        ops = _op_counts(model)
+        ops = op_counts(model)
         return {
             "format": "tflite",
             "precision": artifact.precision,

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploy.cli.app import ExecutorOpt, RayAddressOpt, _executor, _say, app, console
+from deploy.cli.progress import evaluation_bars
 from deploy.errors import DeployError
 
 
@@ -25,8 +26,8 @@ def accuracy_cmd(
     """Evaluate many candidate subnets exactly on a split, into the accuracy cache that deploys read."""
     from deploy.accuracy.sweep import sweep
 
-    with _executor(executor, ray_address) as ex:
-        r = sweep(model, samples, seed=seed, split=split, executor=ex)
+    with _executor(executor, ray_address) as ex, evaluation_bars() as progress:
+        r = sweep(model, samples, seed=seed, split=split, executor=ex, progress=progress)
     rate = f" in {r.seconds:.1f} s ({r.per_second:.1f}/s with the {executor} executor)" if r.evaluated else ""
     _say(
         f"[bold green]{r.candidates} candidates[/] of {model} on {r.images} {split} images: {r.evaluated} "
@@ -49,7 +50,8 @@ def train(
     """Train a model here (CPU) with its spec's recipe and write its checkpoint under checkpoints/."""
     from deploy.training.train import train as run_train
 
-    result = run_train(model, seed=seed, depth=depth, threads=threads)
+    with evaluation_bars() as progress:
+        result = run_train(model, seed=seed, depth=depth, threads=threads, progress=progress)
     _say(f"[bold green]trained[/] {result}")
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from deploy.cli.app import ExecutorOpt, ModelOpt, RayAddressOpt, TargetOpt, _executor, _say, app
+from deploy.cli.progress import evaluation_bars
 from deploy.errors import InvalidArgumentError
 
 
@@ -33,10 +34,15 @@ def deploy(
 ) -> None:
     """Pick the best subnet within the target's budget and package its compiled artifact."""
     from deploy.flows.deploy import deploy as run_deploy
+    from deploy.packaging.manifest import LMManifest
 
-    result = run_deploy(target, model, out_dir=out, measure=measure, say=lambda m: _say(escape(m)))
-    if getattr(result.manifest, "kind", None) == "lm":
-        lm = result.manifest.latency
+    with evaluation_bars() as progress:
+        result = run_deploy(
+            target, model, out_dir=out, measure=measure, progress=progress, say=lambda m: _say(escape(m))
+        )
+    manifest = result.manifest
+    if isinstance(manifest, LMManifest):
+        lm = manifest.latency
         measured = (
             f"; measured TTFT {lm.measured.ttft_ms:.3f} ms and {lm.measured.ms_per_token:.3f} ms/token over a "
             f"{lm.measured.generated_tokens}-token generation"
@@ -50,15 +56,15 @@ def deploy(
             f'`elastic-deploy generate --dist {result.out_dir} "def main("`'
         )
         return
-    lat = result.manifest.latency
+    lat = manifest.latency
     _say(
         f"[bold green]done[/]: {result.out_dir}/report.md — predicted {lat.predicted_ms:.3f} ms"
         + (f", measured {lat.measured_ms:.3f} ms" if lat.measured_ms is not None else "")
         + f", budget {lat.budget_ms} ms. Next: "
         + (
             f"on the device, `{build}`"
-            if (build := result.manifest.build_on_device)
-            else f"`elastic-deploy bench --target {target}`, or ship {result.manifest.artifact.path}"
+            if (build := manifest.build_on_device)
+            else f"`elastic-deploy bench --target {target}`, or ship {manifest.artifact.path}"
         )
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -21,6 +21,12 @@ from deploy.cli.app import (
     model_list,
     tables_app,
 )
+from deploy.cli.progress import measurement_bars
+from deploy.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from deploy.families.base import Supernet
+    from deploy.targets import Target
 
 
 @tables_app.command("build")
@@ -44,40 +50,59 @@ def tables_build(
     from deploy.targets import load_target
 
     t = load_target(target)
+    if t.lm is not None:  # flags an LM build cannot honour are refused before anything starts
+        from deploy.lm.latency import check_lm_executor, check_lm_precision
+
+        check_lm_precision(t, precision)
+        check_lm_executor(t, executor)
     workspace.check_writable(t.table_write_path.parent, "latency table folder")  # before any measuring
     workspace.check_writable(workspace.cache_dir(), "cache")
     supernets = [latency_model(m) for m in model_list(t, model)]
     if t.lm is not None:  # a language model: prefill and decode blocks, one fit per regime (deploy/lm/latency.py)
-        from deploy.lm.latency import build_lm_table
-
-        for net in supernets:
-            lm = build_lm_table(t, net)
-            fits = ", ".join(f"{k} {v['residual_pct']:.1f}%" for k, v in lm.fits.items())
-            _say(
-                f"[bold green]wrote[/] {lm.path}: {lm.blocks} prefill/decode blocks measured interleaved, "
-                f"calibrated on {lm.graphs} {lm.calibrated_on}; fits {fits}. "
-                f"Next: `elastic-deploy tables validate --target {target} --samples 10`"
-            )
+        _build_lm(t, supernets, rebuild, recalibrate, executor, ray_address)
         return
     with _executor(executor, ray_address) as ex:
-        results = [
-            (p, build_table(t.at_precision(p), supernets, rebuild=rebuild, recalibrate=recalibrate, executor=ex))
-            for p in ([precision] if precision else t.search_precisions)
-        ]
+        results = []
+        for p in [precision] if precision else t.search_precisions:
+            at = t.at_precision(p)
+            with measurement_bars() as progress:
+                built = build_table(
+                    at, supernets, rebuild=rebuild, recalibrate=recalibrate, progress=progress, executor=ex
+                )
+            results.append((p, built))
     for p, result in results:
         cal = result.calibration
         spread = ", ".join(f"{d}: {n}" for d, n in sorted(result.by_device.items()))
         _say(
-            (
-                f"[bold green]wrote[/] {result.path}: "
-                if result.measured or recalibrate
-                else f"{result.path} is up to date: "
-            )
+            (f"[bold green]wrote[/] {result.path}: " if result.written else f"{result.path} is up to date: ")
             + f"{result.measured} blocks measured{f' ({spread})' if len(result.by_device) > 1 else ''}, "
             f"{result.reused} reused; "
             f"calibration over {cal.n_subnets} subnets fits within {cal.residual_pct:.1f}% (RMS). "
             f"Next: `elastic-deploy tables validate --target {target} --precision {p} --samples 20`"
         )
+
+
+def _build_lm(
+    t: Target,
+    supernets: list[Supernet],
+    rebuild: bool,
+    recalibrate: bool,
+    executor: str,
+    ray_address: str | None,
+) -> None:
+    from deploy.lm.latency import build_lm_table
+
+    with _executor(executor, ray_address) as ex:
+        for net in supernets:
+            with measurement_bars() as progress:
+                lm = build_lm_table(t, net, rebuild=rebuild, recalibrate=recalibrate, progress=progress, executor=ex)
+            fits = ", ".join(f"{k} {v['residual_pct']:.1f}%" for k, v in lm.fits.items())
+            _say(
+                (f"[bold green]wrote[/] {lm.path}: " if lm.written else f"{lm.path} is up to date: ")
+                + f"{lm.blocks} prefill/decode blocks measured interleaved, "
+                f"calibrated on {lm.graphs} {lm.calibrated_on}; fits {fits}. "
+                f"Next: `elastic-deploy tables validate --target {t.name} --samples 10`"
+            )
 
 
 @tables_app.command("estimate")
@@ -134,14 +159,19 @@ def tables_transfer(
     from deploy.targets import load_target
 
     t = load_target(target)
+    if t.lm is not None:
+        raise InvalidArgumentError(
+            f"tables transfer maps an image model's block tables; {target} is a language-model target: measure its "
+            f"table with `elastic-deploy tables build --target {target}` (or estimate it from an estimate: section)"
+        )
     if out is not None:
         check_output_file(out, "--out")  # before measuring: a wrong path fails first, and alone
     t = t.at_precision(precision) if precision else t
     supernets = [latency_model(m) for m in model_list(t, model)]
-    with _executor(executor, ray_address) as ex:
+    with _executor(executor, ray_address) as ex, measurement_bars() as progress:
         result = transfer_table(
             t, sources, supernets, samples=samples, fit=fit, blocks_per_kind=blocks_per_kind, seed=seed,
-            force=force, path=out, executor=ex, say=_say,
+            force=force, path=out, progress=progress, executor=ex, say=_say,
         )  # fmt: skip
     r = result.record
     for c in r.candidates:
@@ -182,6 +212,11 @@ def tables_validate(
     from deploy.targets import load_target
 
     t = load_target(target)
+    if t.lm is not None and executor != "local":
+        raise InvalidArgumentError(
+            f"--executor {executor}: tables validate of {target}, a language-model target, times whole generation "
+            "loops in this process; run it without --executor (nothing was measured)"
+        )
     t = t.at_precision(precision) if precision else t
     if json_out is not None:  # where the results go is checked before measuring
         check_output_file(json_out, "--json")
@@ -198,10 +233,11 @@ def tables_validate(
         if json_out:
             _say(f"wrote {json_out}")
         return
-    with _executor(executor, ray_address) as ex:
+    with _executor(executor, ray_address) as ex, measurement_bars() as progress:
         report = validate_table(
-            t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, executor=ex
-        )
+            t, supernet, samples=samples, seed=seed, json_path=json_out, write_back=write_back, progress=progress,
+            executor=ex,
+        )  # fmt: skip
     table = Table(title=f"{target}: prediction vs measurement ({report.samples} random subnets)")
     for col in ("subnet", "predicted ms", "measured ms", "again ms", "error %", "corrected %", "same-window %"):
         table.add_column(col, justify="right")

@@ -28,7 +28,7 @@ from deploy.executors.shipping import ShippedArtifact, pack, unpack
 from deploy.families.base import BlockKey
 from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats, MeasureProtocol
-from deploy.runners.base import SingleFromMany
+from deploy.runners.base import SingleFromMany, quiet_gate
 from deploy.targets import DeviceSpec, Target
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,13 @@ class DeviceWorker:
     def describe(self) -> str:
         return f"{self.device_id}: {self.session().runner.describe()}"
 
-    def measure(self, shipped: Shipped, protocol: MeasureProtocol) -> list[LatencyStats]:
+    def measure(self, shipped: Shipped, protocol: MeasureProtocol, warn_noisy: bool = True) -> list[LatencyStats]:
         session = self.session()
         inbox = session.cache_dir / "ray-artifacts"
         items = [(unpack(artifact, inbox), inputs) for artifact, inputs in shipped]
+        quiet = quiet_gate(session.runner, warn_noisy)
         with measuring(session.runner, f"a block on {self.device_id}"):
-            return session.runner.benchmark_many(session.backend, items, protocol)
+            return session.runner.benchmark_many(session.backend, items, protocol, **quiet)
 
 
 def _unwrap(exc: RayTaskError) -> BaseException:
@@ -87,7 +88,7 @@ def _start(target: Target, device: DeviceSpec) -> Any:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env.setdefault("ELASTIC_DEPLOY_ROOT", str(workspace.root()))  # the actor's cwd is not the driver's
     options: dict[str, Any] = {
-        "num_cpus": 1 if device.runner.kind == "local" else 0,  # a remote runner's actor only waits on ssh/adb
+        "num_cpus": 1 if device.runner.measures_in_process else 0,  # a remote runner's actor only waits on ssh/adb
         "resources": dict(device.ray_resources),
         "max_restarts": 0,  # a lost device stays lost for this build; its keys go to the others
     }
@@ -154,7 +155,9 @@ class DeviceFarm(SingleFromMany):
             ray.kill(actor, no_restart=True)
         self.lost.update({d: "closed" for d in self.actors})
 
-    def benchmark_many(self, backend: Backend, items: Items, protocol: MeasureProtocol, *_: Any) -> list[LatencyStats]:
+    def benchmark_many(
+        self, backend: Backend, items: Items, protocol: MeasureProtocol, *_: Any, warn_noisy: bool = True
+    ) -> list[LatencyStats]:
         """All items in one time window on one device: the first that answers, the next if it is lost.
         (The device's progress messages stay on its host.)"""
         shipped = [(pack(artifact), inputs) for artifact, inputs in items]
@@ -162,7 +165,7 @@ class DeviceFarm(SingleFromMany):
             self.require_alive()
             device, actor = next(iter(self.alive.items()))
             try:
-                stats = ray.get(actor.measure.remote(shipped, protocol))
+                stats = ray.get(actor.measure.remote(shipped, protocol, warn_noisy))
             except (RayActorError, RayTaskError) as exc:
                 if not is_lost(exc):
                     raise _unwrap(exc) from None

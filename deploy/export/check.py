@@ -232,14 +232,14 @@ def measure_artifact(
     """(stats, None) where the target's runner could measure the artifact, else (None, why not)."""
     if not measure:
         return None, "--no-measure"
-    if not check.ran_here and target.runner.kind == "local":
+    if not check.ran_here and target.runner.measures_in_process:
         return None, f"the artifact cannot run on this machine ({check.not_run_reason})"
     runner = get_runner(target.runner)
     try:
         with measuring(runner, f"deploy {target.name}"):
             stats = runner.benchmark(backend, artifact, entry.reference_inputs(), target.measurement.protocol())
     except RunnerError as exc:
-        if target.runner.kind == "local":
+        if target.runner.measures_in_process:
             raise
         # No device attached is normal for a deploy: the artifact is built and validated here.
         reason = f"not measured on the device ({exc})"

@@ -1,5 +1,8 @@
 """The ONNX hub: one checked, simplified export per (module identity, weights, toolchain), cached by content.
 
+(Over ~500 lines: export, check, slim, cache and reuse of one entry are one contract; split, the cache key
+and the export recipe would live apart.)
+
 An entry lives in `<cache>/hub/<key>/`: model.onnx (single file, no external data), references.npz
 (the example input and the torch module's outputs: every backend's parity is measured against these),
 program.pt2 (torch.export program, for converters that start from torch) and entry.json (written last).
@@ -16,14 +19,13 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +36,8 @@ import torch
 from torch import nn
 
 from deploy import workspace
-from deploy.errors import DeployError, ExportError, UnsupportedOpError
+from deploy.errors import DeployError, ExportError, UnsupportedOpError, first_line
+from deploy.export.quiet import quiet_converter
 from deploy.io import atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,8 @@ ONNX_FILE = "model.onnx"
 PROGRAM_FILE = "program.pt2"
 REFERENCES_FILE = "references.npz"
 ENTRY_FILE = "entry.json"
-# The legacy (TorchScript) exporter at opset 17 gave the fastest ONNX Runtime model and converts in
-# 0.2 s (TOOLCHAIN.md); the dynamo exporter is only the fallback.
+# The legacy (TorchScript) exporter at opset 17 gave the fastest ONNX Runtime model and converts quickly
+# (docs/backends.md#toolchain-notes); the dynamo exporter is only the fallback.
 EXPORT_SETTINGS: Mapping[str, Any] = {
     "exporter": "torchscript",
     "fallback": "dynamo",
@@ -364,7 +367,7 @@ def _save_program(module: nn.Module, examples: tuple[torch.Tensor, ...], path: P
             op = find_op(str(exc))
             if op:
                 raise UnsupportedOpError(f"torch.export cannot trace op '{op}'; rewrite it in the module") from exc
-            raise ExportError(f"torch.export failed: {_first_line(exc)}; export with with_program=False") from exc
+            raise ExportError(f"torch.export failed: {first_line(exc)}; export with with_program=False") from exc
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -381,34 +384,10 @@ def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@contextmanager
-def _quiet_output() -> Iterator[None]:
+def quiet_exporter() -> AbstractContextManager[None]:
     """Hold back what the exporters print at the C level (the TorchScript exporter dumps its whole IR graph
-    to stderr on failure: ~200 lines before our one-line error); it goes to the debug log instead."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace").strip()
-            if text:
-                log.debug("exporter output:\n%s", text)
+    to stderr on failure, pages before our one-line error); it goes to the debug log instead."""
+    return quiet_converter("exporter output", log, fds=(1, 2))
 
 
 def _export_onnx(
@@ -418,14 +397,14 @@ def _export_onnx(
     legacy exporter failed on an operator, that operator (the fallback's graph may still fail the checker)."""
     common: dict[str, Any] = {"input_names": list(names), "output_names": [out_name], "opset_version": OPSET}
     op = None
-    with _quiet_output(), warnings.catch_warnings(record=True) as caught:
+    with quiet_exporter(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             torch.onnx.export(module, examples, str(path), dynamo=False, do_constant_folding=True, **common)
             exporter = "torchscript"
         except Exception as legacy_exc:
             op = find_op(str(legacy_exc))
-            log.info("legacy ONNX exporter failed (%s); retrying with dynamo=True", _first_line(legacy_exc))
+            log.info("legacy ONNX exporter failed (%s); retrying with dynamo=True", first_line(legacy_exc))
             path.unlink(missing_ok=True)
             try:
                 torch.onnx.export(
@@ -440,7 +419,7 @@ def _export_onnx(
                         "replace it with supported ops in the module"
                     ) from dynamo_exc
                 raise ExportError(
-                    f"ONNX export failed: {_first_line(legacy_exc)}; see the log for the dynamo retry"
+                    f"ONNX export failed: {first_line(legacy_exc)}; see the log for the dynamo retry"
                 ) from dynamo_exc
     for message in sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught}):
         log.debug("during ONNX export: %s", message)
@@ -479,9 +458,9 @@ def _build(
         if legacy_op is not None:  # the real cause: the dynamo fallback only produced an invalid graph
             raise UnsupportedOpError(
                 f"torch op '{legacy_op}' has no ONNX conversion at opset {OPSET} (the fallback exporter's graph "
-                f"fails the onnx checker: {_first_line(exc)}); replace it with supported ops in the module"
+                f"fails the onnx checker: {first_line(exc)}); replace it with supported ops in the module"
             ) from exc
-        raise ExportError(f"the ONNX export of hub entry {key} fails the onnx checker: {_first_line(exc)}") from exc
+        raise ExportError(f"the ONNX export of hub entry {key} fails the onnx checker: {first_line(exc)}") from exc
     onnx.save_model(slim, str(onnx_path), save_as_external_data=False)
     raw_path.unlink()
     export_seconds = time.perf_counter() - start

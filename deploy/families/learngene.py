@@ -3,7 +3,7 @@
 A learngene holds two parameter sets of one transformer block, θ_A and θ_B; a descendant of depth L has
 layer l's parameters θ_l = θ_A + (l−1)/(L−1)·θ_B (l = 1..L; a depth-1 descendant is θ_A alone). The
 patch embedding and the head are shared by every descendant, as TLEG inherits them. The learngene is
-trained once through an auxiliary expanded model of fixed depth (deploy/train_learngene.py); any depth
+trained once through an auxiliary expanded model of fixed depth (deploy/training/learngene.py); any depth
 in the space is then a descendant without retraining. SubnetConfig: `depth`.
 
 `LearngeneTuned` is one descendant fine-tuned on its own (`make train MODEL=learngene_mnist DEPTH=L`):

@@ -3,7 +3,7 @@
 The anchors are plain ViTs of the same depth and different widths (a head dim of 16, so heads grow with
 width), each trained on its own. A stitching layer is a Linear map from anchor F's tokens after its
 block p to anchor B's input at block p; it is initialised by least squares on training activations and
-then trained with the anchors frozen (deploy/train_stitch.py). A config is (front anchor, position,
+then trained with the anchors frozen (deploy/training/stitch.py). A config is (front anchor, position,
 back anchor): blocks 0..p-1 of the front anchor, the stitch, blocks p..D-1 and the head of the back
 anchor. As in SN-Net, stitches join neighbouring anchors (by width), in both directions; an anchor alone
 is front == back with position D. SubnetConfig: `front`, `back` (anchor indices) and `position`.

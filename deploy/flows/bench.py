@@ -30,13 +30,13 @@ from deploy.backends import Artifact, Backend, get_backend
 from deploy.errors import BenchGateError, ConfigFileError, DeployError, InvalidArgumentError
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
+from deploy.flows.bench_drift import bench_drift
 from deploy.io import atomic_write_json, atomic_write_text, read_json
-from deploy.latency.drift import bench_drift
 from deploy.latency.lock import measuring
 from deploy.latency.stats import INPUT_SEED, LatencyStats, MeasureProtocol, seeded_inputs
 from deploy.latency.table import now_iso
 from deploy.models.checkpoint import sha256_tree
-from deploy.packaging.manifest import Manifest, inside
+from deploy.packaging.manifest import ImageManifest, inside
 from deploy.runners.local import cpu_model, usable_cores
 from deploy.targets import Target, load_target
 
@@ -96,14 +96,14 @@ def baseline_path(target_name: str) -> Path:
     return bench_dir() / "baselines" / f"{target_name}.json"
 
 
-def _load_manifest(target_name: str, folder: Path) -> Manifest:
+def _load_manifest(target_name: str, folder: Path) -> ImageManifest:
     path = folder / "manifest.json"
     if not path.exists():
         raise DeployError(
             f"no deployed artifact for {target_name}: {path} does not exist; "
             f"run `make deploy TARGET={target_name}` first"
         )
-    manifest = Manifest.load(path)
+    manifest = ImageManifest.load(path)
     if manifest.target != target_name:
         raise ConfigFileError(
             f"{path}: a manifest of target {manifest.target}, not {target_name}; run `make deploy TARGET={target_name}`"
@@ -111,7 +111,7 @@ def _load_manifest(target_name: str, folder: Path) -> Manifest:
     return manifest
 
 
-def load_artifact(manifest: Manifest, folder: Path) -> tuple[Artifact, dict[str, np.ndarray]]:
+def load_artifact(manifest: ImageManifest, folder: Path) -> tuple[Artifact, dict[str, np.ndarray]]:
     """The Artifact beside the manifest (sha256 checked) and a seeded input of its inputs' shapes (random
     floats; zeros for integer inputs such as token ids, always a valid id)."""
     target = manifest.target
@@ -163,7 +163,7 @@ def thermal_readings() -> list[dict[str, Any]] | None:
     return readings or None
 
 
-def environment(backend: Backend, artifact: Artifact, manifest: Manifest) -> dict[str, Any]:
+def environment(backend: Backend, artifact: Artifact, manifest: ImageManifest) -> dict[str, Any]:
     """Where the numbers were taken (this host: the local runner measures here)."""
     return {
         "runtime": {backend.name: backend.version(), "python": platform.python_version(), "numpy": np.__version__},
@@ -213,7 +213,7 @@ def evaluate(
     artifact_sha256: str = "",
     corrected_ms: float | None = None,
 ) -> tuple[Check, ...]:
-    """The three gates. `corrected_ms`: the prediction rescaled by the drift check made just before (drift.py);
+    """The three gates. `corrected_ms`: the prediction rescaled by the drift check made just before (bench_drift.py);
     the prediction gate then compares with it, and says both."""
     name = target.name
     budget = Check(
@@ -318,6 +318,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     atomic_write_text(path, "\n".join([*lines, ""]))
 
 
+# Over ~80 lines: one bench reads top to bottom (load, drift, measure, sustained run, gates, write);
+# its parts are the helpers above.
 def bench(
     target_name: str,
     *,
@@ -343,7 +345,7 @@ def bench(
     backend = get_backend(manifest.backend)
     runner = (executor or LocalExecutor()).runner(target)
     protocol: MeasureProtocol = target.measurement.protocol()
-    # drift (deploy/latency/drift.py): reference blocks first; the prediction gate uses the prediction corrected now
+    # drift (deploy/flows/bench_drift.py): reference blocks first; the prediction gate uses the prediction corrected now
     session_for = (executor or LocalExecutor()).session
     checked = bench_drift(target, manifest, session_for=session_for, say=say) if drift else None
     with measuring(runner, f"bench {target.name}"):  # one device, one measurement at a time
@@ -369,7 +371,7 @@ def bench(
         artifact_sha256=manifest.artifact.sha256,
         corrected_ms=None if checked is None else checked.corrected_ms,
     )
-    if checked is not None:  # an observation, with its provenance, for the deploys' refit (drift.py)
+    if checked is not None:  # an observation, with its provenance, for the deploys' refit (observations.py)
         checked.observe(measured, manifest.artifact.sha256)
     failed = [c for c in checks if c.passed is False]
     report: dict[str, Any] = {

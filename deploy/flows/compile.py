@@ -60,11 +60,11 @@ def _calibration(entry: HubEntry) -> np.ndarray | None:
     """The deployed model's task's training examples (int8) where the manifest beside the ONNX names a task
     this device can load, else None (the packaged reference inputs)."""
     try:
-        from deploy.flows.deploy import CALIBRATION_IMAGES
-        from deploy.packaging.manifest import Manifest
+        from deploy.flows.image import CALIBRATION_IMAGES
+        from deploy.packaging.manifest import ImageManifest
         from deploy.tasks import get_task
 
-        task = Manifest.load(entry.dir / "manifest.json").model_spec["task"]
+        task = ImageManifest.load(entry.dir / "manifest.json").model_spec["task"]
         return get_task(task["name"], task.get("seed", 0), task.get("options")).calibration_array(CALIBRATION_IMAGES)
     except Exception as exc:  # no manifest, or the task's data missing on a device: fine, references calibrate
         log.info("calibrating on the packaged reference inputs (%s)", exc)

@@ -23,7 +23,7 @@ from torch import nn
 
 from deploy import workspace
 from deploy.backends import get_backend
-from deploy.errors import DeployError, UnsupportedOpError
+from deploy.errors import DeployError, UnsupportedOpError, first_line
 from deploy.export import hub
 from deploy.export.check import build_and_check, measure_artifact
 from deploy.latency.table import now_iso
@@ -43,11 +43,6 @@ SHAPE_HINT = "write it as comma-separated integers, e.g. --input-shape 1,3,224,2
 class ConvertResult:
     out_dir: Path
     manifest: ConvertManifest
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -83,7 +78,9 @@ def _import(module_name: str) -> Any:
             f"importing module '{module_name}' failed: it needs '{missing}', which is not installed; install it"
         ) from exc
     except Exception as exc:  # user code: a syntax error or a failing import-time statement
-        raise DeployError(f"importing module '{module_name}' raised {_first_line(exc)}; fix the module") from exc
+        raise DeployError(
+            f"importing module '{module_name}' raised {first_line(exc, with_type=True)}; fix the module"
+        ) from exc
 
 
 def _callables(module: Any) -> str:
@@ -108,7 +105,8 @@ def load_model(spec: str) -> tuple[nn.Module, Callable[[], Any]]:
         model = obj()
     except Exception as exc:
         raise DeployError(
-            f"factory {spec} raised {_first_line(exc)}; it must build the model when called with no arguments"
+            f"factory {spec} raised {first_line(exc, with_type=True)}; "
+            "it must build the model when called with no arguments"
         ) from exc
     if not isinstance(model, nn.Module):
         raise DeployError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module; return the model")
@@ -150,7 +148,8 @@ def _dry_run(model: nn.Module, example: torch.Tensor, spec: str) -> None:
         with torch.inference_mode():
             model(example)
     except Exception as exc:
-        msg = f"{spec} fails on an input of shape {shape} ({_first_line(exc)}); pass its shape with --input-shape"
+        why = first_line(exc, with_type=True)
+        msg = f"{spec} fails on an input of shape {shape} ({why}); pass its shape with --input-shape"
         raise DeployError(msg) from exc
 
 

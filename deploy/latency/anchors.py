@@ -1,6 +1,6 @@
-"""Anchor models: architectures whose latency on real phones is published (see
-../shared/datasets/published_device_latency_anchors.csv), rebuilt here so the same architecture can be
-measured on a machine we have. The ratio of the two is what scales an estimated table.
+"""Anchor models: architectures whose latency on real phones is published (each estimated target's
+`estimate.anchor` gives the figure and where it was published, e.g. targets/pixel7.yaml), rebuilt here so the
+same architecture can be measured on a machine we have. The ratio of the two is what scales an estimated table.
 
 Weights are random: latency does not depend on them. Architectures follow the papers' tables
 (MobileNetV2: Sandler et al. 2018, Table 2; EfficientNet-lite0: EfficientNet-B0 without

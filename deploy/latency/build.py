@@ -13,34 +13,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from torch import nn
 
 from deploy import workspace
 from deploy.errors import BuildInterruptedError, ConfigFileError
-from deploy.executors.base import Executor
+from deploy.executors.base import Executor, MakeItem
 from deploy.executors.local import LocalExecutor
 from deploy.families.base import BlockKey, Supernet
-from deploy.latency.drift import build_drift_guard
+from deploy.latency.build_guard import build_drift_guard
+from deploy.latency.calibration import fit_calibration
 from deploy.latency.lock import measuring
 from deploy.latency.session import Measurable, MeasureSession
+from deploy.latency.stats import LatencyStats
 from deploy.latency.table import (
     BuildState,
     Calibration,
     CalibrationSample,
     Entry,
-    FamilyFit,
     LatencyTable,
     Protocol,
     Provenance,
     now_iso,
 )
+from deploy.progress import Progress, ProgressTask
 from deploy.search.space import SubnetConfig
 from deploy.targets import Target
 
@@ -52,6 +54,23 @@ CALIBRATION_SEED = 0  # tables validate draws with another seed and skips these 
 def partial_table_path(path: Path) -> Path:
     """Where a build measures until its table is complete and calibrated (beside the table in force)."""
     return path.with_name(f"{path.stem}.partial.json")
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    table: Path  # what the build writes once complete and calibrated
+    partial: Path  # where it measures until then
+    in_force: Path  # the table deploys read meanwhile (the workspace's, else the shipped one)
+
+    @classmethod
+    def of(cls, target: Target, path: Path | None = None) -> BuildPaths:
+        path = path or target.table_write_path
+        in_force = path if path.exists() or path != target.table_write_path else target.table_path
+        return cls(path, partial_table_path(path), in_force)
+
+    def unchanged(self, old: LatencyTable | None) -> str:
+        """What an interrupted build left in force, for its message."""
+        return f"the table in force, {self.table}, is unchanged" if old is not None else "no table yet"
 
 
 def _load_partial(path: Path, target: str) -> LatencyTable | None:
@@ -73,6 +92,87 @@ class BuildResult:
     by_device: dict[str, int] = field(default_factory=dict)  # blocks each device measured in this run
     blocks_s: float = 0.0  # wall time of the block phase (compiling and measuring each missing block)
     calibration_s: float = 0.0  # wall time of the calibration window (compiles, then the interleaved measurement)
+    written: bool = True  # False: the table was complete and calibrated, nothing was measured
+
+
+@dataclass(frozen=True)
+class BuildStart:
+    """Where a build starts: the entries it keeps (resumed from the partial file, and those of the table in
+    force still measured with these settings), the table in force, and whether it is a rebuild."""
+
+    table: LatencyTable  # the table being built, holding the kept entries
+    old: LatencyTable | None
+    resumed: bool
+    rebuild: bool  # asked for, or the interrupted build being resumed was one
+
+    def up_to_date(self, todo: Sequence[BlockKey]) -> bool:
+        """Nothing to measure and the table in force holds exactly these entries."""
+        old, rebuilt = self.old, self.resumed or self.rebuild
+        return not todo and not rebuilt and old is not None and len(self.table.entries) == len(old.entries)
+
+
+def start_build(session: MeasureSession, paths: BuildPaths, rebuild: bool) -> BuildStart:
+    """The new table with what a build can keep; an interrupted build is resumed from its partial file."""
+    name = session.target.name
+    fingerprints = set(session.fingerprints().values())  # per device: a table may merge several runner kinds
+    table = new_table(session)
+    old = LatencyTable.load(paths.in_force, name) if paths.in_force.exists() else None
+    pending = _load_partial(paths.partial, name)
+    if pending is not None and pending.build is not None and pending.build.rebuild:
+        rebuild = True  # an interrupted rebuild goes on as one, whatever the rerun's flags
+    if pending is not None:
+        table.entries = [e for e in pending.entries if e.fingerprint in fingerprints]
+        log.info("resuming the interrupted build in %s: %d blocks already measured", paths.partial, len(table.entries))
+    if old is not None and not rebuild:
+        have_now = table.index()
+        kept = [e for e in old.entries if e.fingerprint in fingerprints and e.key not in have_now]
+        stale = len(old.entries) - len(kept) - len(have_now)
+        if stale > 0:
+            log.info("%d entries were measured with other settings and will be measured again", stale)
+        table.entries = sorted([*table.entries, *kept], key=lambda e: e.key)
+    table.build = BuildState(rebuild=rebuild, started=pending.build.started if pending and pending.build else now_iso())
+    return BuildStart(table, old, pending is not None, rebuild)
+
+
+def measure_blocks(
+    executor: Executor,
+    session: MeasureSession,
+    start: BuildStart,
+    paths: BuildPaths,
+    blocks: Sequence[BlockKey],
+    todo: Sequence[BlockKey],
+    compile_block: MakeItem,
+    task: ProgressTask,
+) -> dict[str, int]:
+    """Measure `todo` through the executor into the partial file, one entry at a time; the blocks each device
+    measured. A Ctrl-C saves what was measured and ends in a BuildInterruptedError (the same command resumes)."""
+    table, fingerprints = start.table, session.fingerprints()
+    by_device: dict[str, int] = {}
+    # drift (deploy/latency/build_guard.py): reference blocks re-timed every few blocks; a moved segment is re-measured
+    guard = build_drift_guard(executor.name, session, blocks, todo, compile_block)
+    try:
+        for done in executor.spread(session, todo, compile_block):
+            table.upsert(Entry.from_stats(done.key, done.stats, fingerprints[done.device], done.device))
+            for key, stats in (guard.after(done.key) if guard else {}).items():
+                table.upsert(Entry.from_stats(key, stats, fingerprints[done.device], done.device))
+            table.save(paths.partial)  # after every block: an interrupted build resumes from here
+            by_device[done.device] = by_device.get(done.device, 0) + 1
+            task.advance(description=f"{done.key.kind} {done.stats.median_ms:.3f} ms on {done.device}")
+    except KeyboardInterrupt:
+        table.save(paths.partial)
+        raise BuildInterruptedError(
+            f"{len(table.index().keys() & set(blocks))} of {len(blocks)} blocks are saved in {paths.partial}; "
+            f"{paths.unchanged(start.old)}; run the same command again to resume"
+        ) from None
+    table.save(paths.partial)  # the calibration window takes minutes: a Ctrl-C in it keeps the blocks
+    return by_device
+
+
+def window_interrupted(paths: BuildPaths, old: LatencyTable | None) -> BuildInterruptedError:
+    return BuildInterruptedError(
+        f"stopped in the calibration window; every block is saved in {paths.partial}; {paths.unchanged(old)}; "
+        "run the same command again to calibrate"
+    )
 
 
 def block_identity(key: BlockKey) -> dict[str, str]:
@@ -150,101 +250,6 @@ def calibration_configs(
     return list(chosen.values())
 
 
-MIN_FAMILY_SUBNETS = 4  # fewer cannot separate slope from per-block cost: such a family uses the union fit
-
-
-# Terms of the calibration, each tried in and out; "sum" is always in.
-_TERMS = (("sum",), ("sum", "count"), ("sum", "square"), ("sum", "count", "square"))
-
-
-def _lstsq(design: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Coefficients minimising the relative error (each row divided by its measurement)."""
-    coef, *_ = np.linalg.lstsq(design / measured[:, None], np.ones_like(measured), rcond=None)
-    return coef
-
-
-def _loo_rms(design: np.ndarray, measured: np.ndarray) -> float:
-    """Leave-one-out RMS relative error: how the fit does on a subnet it was not fitted on."""
-    n = len(measured)
-    errors = []
-    for i in range(n):
-        keep = np.arange(n) != i
-        coef = _lstsq(design[keep], measured[keep])
-        errors.append((design[i] @ coef - measured[i]) / measured[i])
-    return float(np.sqrt(np.mean(np.square(errors))))
-
-
-def _fit(samples: Sequence[CalibrationSample], overhead_ms: float = 0.0) -> tuple[float, float, float, float]:
-    """(slope, per_block_ms, quad_per_ms, in-sample RMS relative residual %) of the chosen fit.
-
-    measured ≈ slope · Σ + per_block · n + quad · Σ², fitted on relative error for every subset of the
-    optional terms (4 fits). Fits with a negative coefficient are out (they extrapolate to negative
-    costs); of the rest, the lowest leave-one-out error wins, so a term that only fits the noise of 12
-    subnets is left out (in-sample error always prefers more terms: 4.7% vs 4.7%, but 11.0% vs 5.5%
-    left-one-out for MatFormer on host-cpu-ort).
-    """
-    sums = np.array([s.block_sum_ms - max(s.n_blocks - 1, 0) * overhead_ms for s in samples])
-    columns = {
-        "sum": sums,
-        "count": np.array([s.n_blocks for s in samples], dtype=float),
-        "square": sums**2,
-    }
-    measured = np.array([s.measured_ms for s in samples])
-    best: tuple[float, dict[str, float]] | None = None
-    for terms in _TERMS:
-        if len(samples) < len(terms) + 3:  # leave-one-out needs spare subnets, or it picks a wild fit
-            continue
-        design = np.stack([columns[t] for t in terms], axis=1)
-        coef = _lstsq(design, measured)
-        if (coef < 0).any():
-            continue
-        loo = _loo_rms(design, measured)
-        if best is None or loo < best[0]:
-            best = (loo, dict(zip(terms, map(float, coef), strict=True)))
-    coef = {"sum": float(np.median(measured / sums))} if best is None else best[1]  # else: the median ratio
-    fitted = coef["sum"] * sums + coef.get("count", 0.0) * columns["count"] + coef.get("square", 0.0) * sums**2
-    residual = float(np.sqrt(np.mean(((fitted - measured) / measured) ** 2)) * 100)
-    return coef["sum"], coef.get("count", 0.0), coef.get("square", 0.0), residual
-
-
-def fit_calibration(samples: list[CalibrationSample], call_overhead_ms: float = 0.0) -> Calibration:
-    """The table's calibration: one fit over all samples and, with several families, one per family.
-
-    Relative error, so a 0.1 ms subnet counts as much as a 1.5 ms one; no free intercept, because a
-    negative one predicted negative latencies for the smallest subnets when the machine was noisy.
-    Per family because one line over a MatFormer and a POA ViT fitted 9% RMS here where each family's
-    own fitted closer (see `_fit` for the terms). Sums are net of `call_overhead_ms` per extra block.
-    """
-    slope, per_block, quad, residual = _fit(samples, call_overhead_ms)
-    by_family: dict[str, list[CalibrationSample]] = {}
-    for sample in samples:
-        by_family.setdefault(str(sample.config.get("family", "")), []).append(sample)
-    families = {}
-    if len(by_family) > 1:
-        for family, group in sorted(by_family.items()):
-            if len(group) >= MIN_FAMILY_SUBNETS:
-                f_slope, f_per_block, f_quad, f_residual = _fit(group, call_overhead_ms)
-                families[family] = FamilyFit(
-                    slope=f_slope,
-                    per_block_ms=f_per_block,
-                    quad_per_ms=f_quad,
-                    residual_pct=f_residual,
-                    n_subnets=len(group),
-                )
-    return Calibration(
-        slope=slope,
-        per_block_ms=per_block,
-        quad_per_ms=quad,
-        intercept_ms=0.0,
-        residual_pct=residual,
-        n_subnets=len(samples),
-        fitted_at=now_iso(),
-        samples=samples,
-        families=families,
-        call_overhead_ms=call_overhead_ms,
-    )
-
-
 def build_table(
     target: Target,
     supernets: Sequence[Supernet],
@@ -253,7 +258,7 @@ def build_table(
     rebuild: bool = False,
     recalibrate: bool = False,
     cache_dir: Path | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     executor: Executor | None = None,
 ) -> BuildResult:
     """Measure the blocks `supernets` can produce that the table lacks, then calibrate on whole subnets.
@@ -263,46 +268,22 @@ def build_table(
     over the target's devices (deploy/executors; default: one at a time, here); the calibration
     window runs on one device.
     """
-    path = path or target.table_write_path
-    workspace.check_writable(path.parent, "latency table folder")  # before any measuring
+    paths = BuildPaths.of(target, path)
+    workspace.check_writable(paths.table.parent, "latency table folder")  # before any measuring
     workspace.check_writable(cache_dir or workspace.cache_dir(), "cache")
-    partial_path = partial_table_path(path)
-    in_force = path if path.exists() or path != target.table_write_path else target.table_path  # else: shipped
     executor = executor or LocalExecutor()
     session = executor.session(target, cache_dir)
-    fingerprints = session.fingerprints()  # per device: a table may merge devices of several runner kinds
-    table = new_table(session)
-    old = LatencyTable.load(in_force, target.name) if in_force.exists() else None
-    pending = _load_partial(partial_path, target.name)
-    if pending is not None and pending.build is not None and pending.build.rebuild:
-        rebuild = True  # an interrupted rebuild goes on as one, whatever the rerun's flags
-    if pending is not None:
-        table.entries = [e for e in pending.entries if e.fingerprint in fingerprints.values()]
-        log.info("resuming the interrupted build in %s: %d blocks already measured", partial_path, len(table.entries))
-    if old is not None and not rebuild:
-        have_now = table.index()
-        kept = [e for e in old.entries if e.fingerprint in fingerprints.values() and e.key not in have_now]
-        stale = len(old.entries) - len(kept) - len(have_now)
-        if stale > 0:
-            log.info("%d entries were measured with other settings and will be measured again", stale)
-        table.entries = sorted([*table.entries, *kept], key=lambda e: e.key)
-    table.build = BuildState(rebuild=rebuild, started=pending.build.started if pending and pending.build else now_iso())
+    start = start_build(session, paths, rebuild)
+    table, old = start.table, start.old
     owner = {b: net for net in supernets for b in net.all_blocks()}
     blocks = sorted(owner)
     have = table.index()
     todo = [b for b in blocks if b not in have]
     log.info("%d blocks in the space, %d already measured, %d to measure", len(blocks), len(have), len(todo))
-    complete = not todo and pending is None and old is not None and not rebuild
-    complete = complete and old is not None and len(table.entries) == len(old.entries)
-    if complete and old is not None and old.calibration is not None and not recalibrate:
-        log.info("%s is complete and calibrated; nothing to measure (--rebuild measures it all again)", path)
-        return BuildResult(path, measured=0, reused=len(blocks), calibration=old.calibration)
+    if start.up_to_date(todo) and old is not None and old.calibration is not None and not recalibrate:
+        log.info("%s is complete and calibrated; nothing to measure (--rebuild measures it all again)", paths.table)
+        return BuildResult(paths.table, measured=0, reused=len(blocks), calibration=old.calibration, written=False)
     configs = calibration_configs(supernets, target.measurement.calibration_subnets)
-    # Every block, not only the calibration subnets' ones: blocks measured one after another above each
-    # saw the machine at a different moment (elastic_vit's 147 new ones spread over minutes gave single
-    # blocks +20% off); measured again interleaved, the whole table shares the subnets' time window.
-    window_blocks = blocks
-    by_device: dict[str, int] = {}
 
     def compile_block(key: BlockKey) -> Measurable:
         module, example = owner[key].measurable_block(key)
@@ -311,91 +292,107 @@ def build_table(
     # The device is held for the whole build: a deploy measuring between two blocks would see this
     # process compiling the next one (and the blocks would see the deploy).
     started = time.perf_counter()
-    with (
-        measuring(session.runner, f"tables build {target.name}"),
-        Progress(disable=not progress, transient=False) as bar,
-    ):
-        task = bar.add_task(f"[cyan]blocks on {target.name}", total=len(blocks), completed=len(blocks) - len(todo))
-        # drift (deploy/latency/drift.py): reference blocks re-timed every few blocks; a moved segment is re-measured
-        guard = build_drift_guard(executor.name, session, blocks, todo, compile_block)
-        try:
-            for done in executor.spread(session, todo, compile_block):
-                table.upsert(Entry.from_stats(done.key, done.stats, fingerprints[done.device], done.device))
-                for key, stats in (guard.after(done.key) if guard else {}).items():
-                    table.upsert(Entry.from_stats(key, stats, fingerprints[done.device], done.device))
-                table.save(partial_path)  # after every block: an interrupted build resumes from here
-                by_device[done.device] = by_device.get(done.device, 0) + 1
-                label = f"[cyan]{done.key.kind} {done.stats.median_ms:.3f} ms on {done.device}"
-                bar.update(task, advance=1, description=label)
-        except KeyboardInterrupt:
-            table.save(partial_path)
-            raise BuildInterruptedError(
-                f"{len(table.index().keys() & set(blocks))} of {len(blocks)} blocks are saved in "
-                f"{partial_path}; {'the table in force, ' + str(path) + ', is unchanged' if old else 'no table yet'}"
-                f"; run the same command again to resume"
-            ) from None
-        table.save(partial_path)  # the calibration window takes minutes: a Ctrl-C in it keeps the blocks
+    with measuring(session.runner, f"tables build {target.name}"):
+        task = ProgressTask(
+            progress, "blocks", len(blocks), completed=len(blocks) - len(todo), description=f"blocks on {target.name}"
+        )
+        by_device = measure_blocks(executor, session, start, paths, blocks, todo, compile_block, task)
 
         # Calibration: blocks and whole subnets interleaved in one time window, so the fit sees the
         # ratio between them rather than the machine's drift between two separate sweeps.
         blocks_s = time.perf_counter() - started
-        cal = bar.add_task("[magenta]calibration subnets", total=len(configs) + len(window_blocks))
-        block_items = []
-        for key in window_blocks:
-            module, example = owner[key].measurable_block(key)
-            block_items.append(session.compile(module, example, block_identity(key)))
-            bar.update(cal, advance=1)
-        subnet_items = []
-        for net, config in configs:
-            subnet_items.append(
-                session.compile(
-                    net.extract(config), net.example_inputs(), subnet_identity(net, config), net.input_names()
-                )
-            )
-            bar.update(cal, advance=1)
-        bar.update(cal, description="[magenta]measuring blocks and subnets interleaved")
-        try:
-            *stats, null = session.measure(block_items + subnet_items + [null_measurable(session)])
-        except KeyboardInterrupt:
-            raise BuildInterruptedError(
-                f"stopped in the calibration window; every block is saved in {partial_path}; "
-                f"{'the table in force, ' + str(path) + ', is unchanged' if old else 'no table yet'}; "
-                "run the same command again to calibrate"
-            ) from None
-
-    window = dict(zip(window_blocks, stats[: len(window_blocks)], strict=True))
-    device = session.device_id()  # the one device the window ran on
-    for key, s in window.items():  # the table holds the same-window block figures the fit used
-        table.upsert(Entry.from_stats(key, s, fingerprints[device], device))
-    samples = []
-    for (net, config), s in zip(configs, stats[len(window_blocks) :], strict=True):
-        keys = net.blocks(config)
-        samples.append(
-            CalibrationSample(
-                subnet_id=config.id,
-                config=config.to_json(),
-                block_sum_ms=sum(window[k].median_ms for k in keys),
-                n_blocks=len(keys),
-                measured_ms=s.median_ms,
-                cv=s.cv,
-            )
+        cal = ProgressTask(progress, "calibration", len(configs) + len(blocks), description="calibration subnets")
+        # Every block, not only the calibration subnets' ones: blocks measured one after another above each
+        # saw the machine at a different moment (docs/targets-and-tables.md, "How a table is measured");
+        # measured again interleaved, the whole table shares the subnets' time window.
+        subnets = [partial(compile_subnet, session, net, config) for net, config in configs]
+        window, subnet_stats, null = measure_window(
+            session, paths, old, blocks, compile_block, subnets, cal, "measuring blocks and subnets interleaved"
         )
-    table.calibration = fit_calibration(samples, call_overhead_ms=null.median_ms)
+
+    samples = [
+        CalibrationSample(
+            subnet_id=config.id,
+            config=config.to_json(),
+            block_sum_ms=sum(window[k].median_ms for k in net.blocks(config)),
+            n_blocks=len(net.blocks(config)),
+            measured_ms=s.median_ms,
+            cv=s.cv,
+        )
+        for (net, config), s in zip(configs, subnet_stats, strict=True)
+    ]
+    calibration = complete_table(session, table, paths, window, fit_calibration(samples, null.median_ms))
+    return BuildResult(
+        paths.table,
+        measured=len(todo),
+        reused=len(blocks) - len(todo),
+        calibration=calibration,
+        by_device=by_device,
+        blocks_s=blocks_s,
+        calibration_s=time.perf_counter() - started - blocks_s,
+    )
+
+
+def compile_subnet(session: MeasureSession, net: Supernet, config: SubnetConfig) -> Measurable:
+    return session.compile(net.extract(config), net.example_inputs(), subnet_identity(net, config), net.input_names())
+
+
+def measure_window(
+    session: MeasureSession,
+    paths: BuildPaths,
+    old: LatencyTable | None,
+    blocks: Sequence[BlockKey],
+    compile_block: MakeItem,
+    others: Sequence[Callable[[], Measurable]],
+    task: ProgressTask,
+    description: str,
+) -> tuple[dict[BlockKey, LatencyStats], list[LatencyStats], LatencyStats]:
+    """The calibration window: compile every block and the `others`, then measure them with the null model
+    interleaved, in one time window; (block figures, the others' figures, the null model's)."""
+    items = []
+    for key in blocks:
+        items.append(compile_block(key))
+        task.advance()
+    for make in others:
+        items.append(make())
+        task.advance()
+    task.describe(description)
+    try:
+        *stats, null = session.measure([*items, null_measurable(session)])
+    except KeyboardInterrupt:
+        raise window_interrupted(paths, old) from None
+    return dict(zip(blocks, stats[: len(blocks)], strict=True)), stats[len(blocks) :], null
+
+
+def complete_table(
+    session: MeasureSession,
+    table: LatencyTable,
+    paths: BuildPaths,
+    window: Mapping[BlockKey, LatencyStats],
+    calibration: Calibration,
+) -> Calibration:
+    """Store the window's block figures (the ones the fit used) and the calibration, then replace the table
+    in force in one step and drop the partial file."""
+    device = session.device_id()  # the one device the window ran on
+    fingerprint = session.fingerprints()[device]
+    for key, s in window.items():
+        table.upsert(Entry.from_stats(key, s, fingerprint, device))
+    table.calibration = calibration
     table.validation = None  # a new calibration invalidates the old out-of-sample figures
     table.validations = {}
     table.provenance = table.provenance.model_copy(update={"date": now_iso()})
     table.build = None
-    table.save(path)  # complete and calibrated: it replaces the table in force in one step
-    partial_path.unlink(missing_ok=True)
+    table.save(paths.table)  # complete and calibrated: it replaces the table in force in one step
+    paths.partial.unlink(missing_ok=True)
     log.info(
         "calibration: call overhead %.4f ms, slope %.3f, per block %.4f ms, Σ² %.3f /ms, fit residual %.1f%%",
-        table.calibration.call_overhead_ms,
-        table.calibration.slope,
-        table.calibration.per_block_ms,
-        table.calibration.quad_per_ms,
-        table.calibration.residual_pct,
+        calibration.call_overhead_ms,
+        calibration.slope,
+        calibration.per_block_ms,
+        calibration.quad_per_ms,
+        calibration.residual_pct,
     )
-    for family, fit in table.calibration.families.items():
+    for family, fit in calibration.families.items():
         log.info(
             "  %s alone (%d subnets): slope %.3f, per block %.4f ms, Σ² %.3f /ms, fit residual %.1f%%",
             family,
@@ -405,12 +402,4 @@ def build_table(
             fit.quad_per_ms,
             fit.residual_pct,
         )
-    return BuildResult(
-        path,
-        measured=len(todo),
-        reused=len(blocks) - len(todo),
-        calibration=table.calibration,
-        by_device=by_device,
-        blocks_s=blocks_s,
-        calibration_s=time.perf_counter() - started - blocks_s,
-    )
+    return calibration

@@ -1,14 +1,13 @@
 """ESTIMATED latency tables, for devices nobody has attached yet: a measured table scaled by one factor.
 
 The factor comes from an anchor model whose latency on the device is published: the same architecture
-(deploy/anchors.py) is measured here through the source target's backend and runner, and
+(deploy/latency/anchors.py) is measured here through the source target's backend and runner, and
 factor = published device ms / source ms × correction (a newer chip than the anchor's device). Where
 no figure was published for the device, the target gives the factor and its derivation in words.
 
-How good can one factor be? benchmarks/estimate_transfer.py measures it on NAS-Bench-201's 15,625
-cells timed on many devices (../shared/datasets): with a factor from one anchor cell, GPU→GPU
-transfers are off by a median 2.6-3.5%, desktop CPU→phone CPU by 13-36%; a factor from GPU clock
-ratios was itself off by 28-35%. Each target states the total error it expects; the table carries it.
+How good can one factor be? benchmarks/estimate_transfer.py measures it on NAS-Bench-201 cells timed on
+many devices (its figures: benchmarks/results/estimate_transfer.md, docs/targets-and-tables.md#estimated-tables).
+Each target states the total error it expects; the table carries it.
 """
 
 from __future__ import annotations
@@ -73,6 +72,7 @@ def estimate_tables(target: Target, *, cache_dir: Path | None = None) -> list[Es
     return results
 
 
+# Over ~80 lines: one table's provenance record is assembled field by field from the anchor and its source.
 def estimate_table(
     target: Target,
     *,

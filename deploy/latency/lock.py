@@ -1,12 +1,12 @@
 """One measurement per device at a time, across every elastic-deploy process on this machine.
 
-Two deploys measuring at once on a 2-core VM each saw the other's load (~0.70 ms against 0.6 ms
-budgets) and both shipped saying nothing. Every measurement therefore holds an advisory lock
-(`flock`) named after the physical device it runs on: this host for the local runner, the ssh host,
-the phone's serial. A process that finds the device busy says who holds it and waits (up to
+Two deploys measuring at once on one machine each saw the other's load, went over their budgets and both
+shipped saying nothing (docs/getting-started.md#your-files-are-safe). Every measurement therefore holds an
+advisory lock (`flock`) named after the physical device it runs on: this host for the local runner, the ssh
+host, the phone's serial. A process that finds the device busy says who holds it and waits (up to
 `ELASTIC_DEPLOY_LOCK_TIMEOUT_S`, default one hour), then gives up with a DeviceBusyError. The lock is
-reentrant within a process, so a table build can hold it for its whole run while each benchmark call
-inside takes it again. Locks live in a folder of the user's own (`ELASTIC_DEPLOY_LOCK_DIR`, default
+reentrant within a process, so a table build can hold it for its whole run while each benchmark call inside
+takes it again. Locks live in a folder of the user's own (`ELASTIC_DEPLOY_LOCK_DIR`, default
 `$XDG_RUNTIME_DIR/elastic-deploy-locks`, else `<tmp>/elastic-deploy-locks-<uid>`, mode 0700); the kernel
 releases them when a process dies.
 

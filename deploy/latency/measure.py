@@ -1,7 +1,7 @@
-"""Taking a latency: warm-up, several timed rounds, statistics over runs and spread across rounds.
+"""Taking a latency in this process: warm-up, several timed rounds, then the statistics of deploy/latency/stats.py.
 
-These machines are shared and noisy (TOOLCHAIN.md: the same model measured back to back gave medians
-of 1.02, 1.89 and 1.04 ms), so a measurement is several rounds whose medians must agree (CV gate, with
+A shared machine's speed swings between back-to-back measurements of the same model (docs/targets-and-tables.md,
+"What limits the predictions"), so a measurement is several rounds whose medians must agree (CV gate, with
 retries), and things that are compared are measured interleaved: round r runs every item's batch in
 turn, so a burst of load hits all of them rather than one.
 """
@@ -10,66 +10,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-
-import numpy as np
+from collections.abc import Callable, Mapping
 
 from deploy.errors import MeasurementError
-from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.latency.stats import LatencyStats, MeasureProtocol, relative_standard_error, stats_from_rounds
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 MAX_RUNS_PER_ROUND = 1_000_000
-OUTLIER_IQR_FACTOR = 3.0  # runs above Q3 + this x IQR of all runs are dropped (see outlier_fence)
-MIN_RUNS_TO_TRIM = 8
-
-
-def outlier_fence(runs_ms: np.ndarray) -> float:
-    """Upper fence for per-run timings: Q3 + OUTLIER_IQR_FACTOR·IQR, or +inf when it cannot be told.
-
-    A preempted run on a shared VM can take 100x the median; one such run moves the mean, std and p90
-    of a few hundred runs. With fewer than MIN_RUNS_TO_TRIM runs the quartiles mean little, and with
-    IQR 0 (identical or clock-quantised timings) there is no scale to call anything an outlier.
-    """
-    if len(runs_ms) < MIN_RUNS_TO_TRIM:
-        return math.inf
-    q1, q3 = np.percentile(runs_ms, [25, 75])
-    iqr = float(q3 - q1)
-    return float(q3) + OUTLIER_IQR_FACTOR * iqr if iqr > 0 else math.inf
-
-
-def stats_from_rounds(rounds_ms: Sequence[Sequence[float]], where: str = "") -> LatencyStats:
-    """Statistics of per-run timings grouped by round (also for timings a remote benchmark reported).
-
-    Runs above the outlier fence of all runs (Q3 + 3·IQR) are dropped before the median, p90, mean,
-    std and the round medians are computed; `trimmed` says how many. A round that loses all its runs
-    has no median and is left out of round_medians_ms (and so of the CV). n_runs counts every timed
-    run, trimmed ones included.
-    """
-    rounds = [np.asarray(r, dtype=np.float64) for r in rounds_ms if len(r)]
-    if not rounds:
-        raise MeasurementError(f"no timed runs to summarise{f' from {where}' if where else ''}")
-    all_runs = np.concatenate(rounds)
-    fence = outlier_fence(all_runs)
-    kept_rounds = [kept for kept in (r[r <= fence] for r in rounds) if len(kept)]
-    runs = np.concatenate(kept_rounds)  # never empty: the fence is >= Q3, so at least one run is kept
-    medians = np.array([np.median(r) for r in kept_rounds])
-    cv = float(np.std(medians, ddof=1) / np.mean(medians)) if len(medians) > 1 and np.mean(medians) else 0.0
-    return LatencyStats(
-        median_ms=round(float(np.median(runs)), 6),
-        p90_ms=round(float(np.percentile(runs, 90)), 6),
-        mean_ms=round(float(np.mean(runs)), 6),
-        std_ms=round(float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0, 6),
-        n_runs=len(all_runs),
-        round_medians_ms=tuple(round(float(m), 6) for m in medians),
-        cv=round(cv, 6),
-        where=where,
-        trimmed=len(all_runs) - len(runs),
-    )
 
 
 def _call_checked(name: str, call: Callable[[], object]) -> object:
@@ -113,11 +64,6 @@ def _check(protocol: MeasureProtocol) -> None:
         )
 
 
-def relative_standard_error(stats: LatencyStats) -> float:
-    """How precisely the median is known: the round medians' CV over √rounds."""
-    return stats.cv / math.sqrt(max(len(stats.round_medians_ms), 1))
-
-
 def measure_interleaved(
     calls: Mapping[str, Callable[[], object]],
     protocol: MeasureProtocol,
@@ -125,6 +71,7 @@ def measure_interleaved(
     seed: int = 0,
     where: str = "",
     self_timed: bool = False,
+    warn_noisy: bool = True,
 ) -> dict[str, LatencyStats]:
     """Measure every call in the same time window: each round runs every call's batch, in shuffled order.
 
@@ -133,7 +80,8 @@ def measure_interleaved(
     precise enough (round CV / √rounds > protocol.cv_max), ALL items get another `rounds` rounds,
     pooled with the earlier ones (re-measuring only the noisy ones would put them in another window),
     up to protocol.max_retries times. With `self_timed`, each call returns its own duration in ms
-    (a device clock), as a backend's `device_timed_call` does.
+    (a device clock), as a backend's `device_timed_call` does. Items still above the gate then are kept and
+    warned about, unless `warn_noisy` is False: a caller that states the spread itself (the drift check).
     """
     _check(protocol)
     names = list(calls)
@@ -171,7 +119,7 @@ def measure_interleaved(
             name, protocol.max_retries, 100 * relative_standard_error(stats[name]), 100 * stats[name].cv,
             100 * protocol.cv_max,
         )  # fmt: skip
-    if noisy:
+    if noisy and warn_noisy:
         worst = max(noisy, key=lambda n: relative_standard_error(stats[n]))
         log.warning(
             "%d of %d measured items stayed above the ±%.1f%% precision gate after %d retries (worst '%s', ±%.1f%%); "
@@ -188,6 +136,9 @@ def measure(
     protocol: MeasureProtocol,
     on_progress: Progress | None = None,
     where: str = "",
+    warn_noisy: bool = True,
 ) -> LatencyStats:
     """Latency of one zero-argument call under the protocol (see measure_interleaved)."""
-    return measure_interleaved({"call": call}, protocol, on_progress=on_progress, where=where)["call"]
+    return measure_interleaved(
+        {"call": call}, protocol, on_progress=on_progress, where=where, warn_noisy=warn_noisy
+    )["call"]

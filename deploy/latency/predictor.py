@@ -22,7 +22,7 @@ class Prediction:
 
 class LatencyPredictor:
     def __init__(self, table: LatencyTable, correction: float = 1.0) -> None:
-        """`correction` rescales every prediction (the device's speed moved since the table; see drift.py).
+        """`correction` rescales every prediction (the device's speed moved since the table; deploy/latency/drift.py).
         It is carried on each Prediction, never written into the table."""
         self.table = table
         self._index = table.index()
@@ -39,7 +39,7 @@ class LatencyPredictor:
             return validation.median_abs_pct_error / 100
         if self.table.calibration is not None:
             return self.table.calibration.residual_for(family) / 100
-        return 0.25  # uncalibrated block sums were 15–50% off here (TOOLCHAIN.md)
+        return 0.25  # an uncalibrated block sum is far off (docs/targets-and-tables.md, "What limits the predictions")
 
     def missing(self, blocks: Sequence[BlockKey]) -> list[BlockKey]:
         return sorted({b for b in blocks if b not in self._index})
@@ -86,3 +86,16 @@ class LatencyPredictor:
             table_ms=table_ms,
             correction=self.correction,
         )
+
+
+def table_error_pct(table: LatencyTable, family: str | None = None) -> float:
+    """The error of the table's shape at the device's current speed, in %: the same-window error of its
+    validation (blocks re-timed beside the subnets), else the error a prediction is expected to have.
+
+    Not the validation's overall median: one taken while the device ran at another speed holds that drift, and
+    as the threshold of the drift check it would hide the very drift the check is for (docs/targets-and-tables.md,
+    "What limits the predictions")."""
+    validation = table.validation_for(family)
+    if validation is not None and validation.same_window_median_abs_pct_error > 0:
+        return validation.same_window_median_abs_pct_error
+    return LatencyPredictor(table).relative_error(family) * 100

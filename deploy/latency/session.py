@@ -21,7 +21,7 @@ from deploy.export import hub
 from deploy.latency.lock import measuring
 from deploy.latency.stats import LatencyStats
 from deploy.runners import get_runner
-from deploy.runners.base import Runner
+from deploy.runners.base import Runner, quiet_gate
 from deploy.targets import Target
 
 Measurable = tuple[Artifact, Mapping[str, np.ndarray]]
@@ -38,7 +38,7 @@ class MeasureSession:
     def open(cls, target: Target, cache_dir: Path | None = None) -> MeasureSession:
         backend = get_backend(target.backend)
         reason = backend.runs_here()
-        if reason and target.runner.kind == "local":
+        if reason and target.runner.measures_in_process:
             from deploy.errors import BackendUnavailableError
 
             estimate = f", or write an estimated one: `elastic-deploy tables estimate --target {target.name}`"
@@ -85,10 +85,12 @@ class MeasureSession:
         artifact = self.backend.compile(entry, self.target, out_dir)
         return artifact, entry.reference_inputs()
 
-    def measure(self, items: Sequence[Measurable]) -> list[LatencyStats]:
-        """Measure artifacts interleaved, round by round, so they share one time window."""
+    def measure(self, items: Sequence[Measurable], *, warn_noisy: bool = True) -> list[LatencyStats]:
+        """Measure artifacts interleaved, round by round, so they share one time window. `warn_noisy` False:
+        the caller states the spread itself, so no warning for items above the precision gate."""
+        protocol, quiet = self.target.measurement.protocol(), quiet_gate(self.runner, warn_noisy)
         with measuring(self.runner, f"measuring for {self.target.name}"):
-            return self.runner.benchmark_many(self.backend, list(items), self.target.measurement.protocol())
+            return self.runner.benchmark_many(self.backend, list(items), protocol, **quiet)
 
     def versions(self) -> dict[str, str]:
         import onnx

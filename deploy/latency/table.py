@@ -124,12 +124,13 @@ class Calibration(_Strict):
     Net of the runtime's per-call cost: each block timed alone paid one call (session.run, input and
     output copies: `call_overhead_ms`, a null model measured in the calibration window), the whole
     subnet pays one, so Σ = Σ blocks − (n − 1) · overhead. That cost is the machine's, not the model's:
-    on a slower CI host a 4-block POA subnet ran 27% below its blocks' sum where it ran 4% below here.
+    it differs between hosts far more than the blocks do (docs/targets-and-tables.md, "How a table is
+    calibrated").
 
     Fitted on relative error. The Σ² term is how much slower a whole subnet runs than its blocks did
-    alone as it grows (its working set outgrows the caches each block had to itself): here the ratio
-    whole / Σ rose from ~0.95 for the smallest subnets to ~1.4 for the largest. A table serving several
-    families also holds one fit per family (`families`); the union fit above is for the others.
+    alone as it grows (its working set outgrows the caches each block had to itself; the ratio whole / Σ
+    rises with the subnet's size, same section). A table serving several families also holds one fit
+    per family (`families`); the union fit above is for the others.
     """
 
     model: Literal["affine", "quadratic"] = "quadratic"

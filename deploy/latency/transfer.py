@@ -1,11 +1,11 @@
 """Latency that transfers to a new device from a few measurements there.
 
-An ESTIMATED table (deploy/latency/estimate.py) is one measured table times one factor; on
-NAS-Bench-201 that is 2-4% off between GPUs but 11-36% between a desktop CPU and a phone
-(benchmarks/results/estimate_transfer.md). Here N subnets measured on the destination decide how the
-source information maps to it. Every subnet is a row of features taken from the source(s): per block
-kind, the sum of the source table's medians over the subnet's blocks of that kind (one column per
-source × kind; a source may also give one "total" column). Candidate models, simplest first:
+An ESTIMATED table (deploy/latency/estimate.py) is one measured table times one factor, which transfers well
+between GPUs and poorly between a desktop CPU and a phone (benchmarks/results/estimate_transfer.md). Here N
+subnets measured on the destination decide how the source information maps to it. Every subnet is a row of
+features taken from the source(s): per block kind, the sum of the source table's medians over the subnet's
+blocks of that kind (one column per source × kind; a source may also give one "total" column). Candidate
+models, simplest first:
 
 - factor: y = c · t, t the first source's total (row sum of its columns), c the median ratio;
 - affine: y = a · t + b;

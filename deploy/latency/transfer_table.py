@@ -3,24 +3,14 @@
 N whole subnets are measured on the new device (each twice, interleaved, for the repeatability), chosen
 to cover the space (per model: the smallest, the largest, the rest spread over the first source's
 predicted latency: deploy.latency.transfer.choose_samples), beside a few blocks per kind (the smallest
-and largest of each) and the one-op null model. Every candidate below maps the source table(s) to the
-new device and can be written *as a table* (entries + calibration) that reproduces it exactly:
+and largest of each) and the one-op null model. Candidate models map the source table(s) to the new
+device, each writable as a table that reproduces it exactly (deploy/latency/transfer_models.py); the
+one chosen by cross-validated error on the N subnets is fitted on all of them. Its held-out figures
+become the table's validation (`source: transfer cross-validation`), which is where the predictor reads
+its expected error and the deploy its margin, until `tables validate` measures unseen subnets.
 
-- calibrated_factor (1 parameter): the first source's calibrated prediction × c, c the median ratio; as a
-  table, the source's entries × c and its calibration rescaled (what an estimated table does with an
-  anchor, here with c measured on N subnets);
-- kind_blocks (the calibration's 1-3 terms): entries = source entries × each kind's ratio measured on the
-  blocks timed on the device; the table's calibration refitted on the N subnets (the build's own fit,
-  per family where a family has 4 or more of them);
-- factor, affine, kind_scales, kind_scales_offset (deploy.latency.transfer, LINEAR_MODELS): regressions on
-  the sources' per-kind block sums; as a table, entries × the kind's scale, calibration slope 1 plus
-  the offset.
-
-The choice is by cross-validated error on the N subnets (leave-one-out up to 10 folds): the one with
-the fewest parameters whose mean held-out error is within one standard error of the best's. Its
-held-out figures become the table's validation (`source: transfer cross-validation`), which is where
-the predictor reads its expected error and the deploy its margin, until `tables validate` measures
-unseen subnets. Nothing is written before everything is measured and fitted; the table in one step.
+Phases, each with a typed result: plan (TransferPlan: every check that needs no device), measure, choose,
+fit, write. Nothing is written before everything is measured and fitted; the table in one step.
 """
 
 from __future__ import annotations
@@ -28,11 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from deploy.errors import (
     BackendUnavailableError,
@@ -45,37 +34,15 @@ from deploy.errors import (
 from deploy.executors.base import Executor
 from deploy.executors.local import LocalExecutor
 from deploy.families.base import BlockKey, Supernet
-from deploy.latency.build import block_identity, fit_calibration, null_measurable, subnet_identity
+from deploy.latency.build import block_identity, compile_subnet, null_measurable
 from deploy.latency.predictor import LatencyPredictor
-from deploy.latency.table import (
-    Calibration,
-    CalibrationSample,
-    Entry,
-    LatencyTable,
-    Protocol,
-    Provenance,
-    Validation,
-    now_iso,
-)
-from deploy.latency.transfer import (
-    LINEAR_MODELS,
-    MIN_SAMPLES,
-    MODELS,
-    Column,
-    HeldOut,
-    TransferFit,
-    choose_samples,
-    kind_features,
-    kind_multipliers,
-)
-from deploy.latency.transfer_record import (
-    TransferBlock,
-    TransferCandidate,
-    TransferHeldOut,
-    TransferRecord,
-    TransferSource,
-    TransferSubnet,
-)
+from deploy.latency.session import Measurable, MeasureSession
+from deploy.latency.stats import LatencyStats
+from deploy.latency.table import LatencyTable, Protocol, Provenance, Validation, now_iso
+from deploy.latency.transfer import MIN_SAMPLES, MODELS, Column, choose_samples, kind_features
+from deploy.latency.transfer_models import FIT_CHOICES, Data, FittedTransfer, Source, choose, fit_transfer
+from deploy.latency.transfer_record import TransferBlock, TransferRecord, TransferSource, TransferSubnet
+from deploy.progress import Progress, ProgressTask
 from deploy.search.space import SubnetConfig
 from deploy.targets import Target, load_target
 
@@ -84,20 +51,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SAMPLES = 30
 BLOCKS_PER_KIND = 2
 POOL_PER_MODEL = 400  # random candidates per model that choose_samples picks from
-FOLDS = 10
-PARSIMONY = 1.0  # standard errors a simpler model may be behind the best
 TRANSFER_SEED = 0
-FIT_CHOICES = ("auto", "calibrated_factor", "kind_blocks", *LINEAR_MODELS)
-
 
 # --- sources ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    label: str  # "host-cpu-ort-1t" or "host-cpu-litert:fp32"
-    target: Target
-    table: LatencyTable
 
 
 def parse_source(text: str, dest: Target) -> Target:
@@ -207,301 +163,178 @@ def plan_blocks(supernets: Sequence[Supernet], table: LatencyTable, per_kind: in
     return out
 
 
-# --- the data and the candidates --------------------------------------------------------------------
+# --- plan ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Data:
-    """The N measured subnets and what the sources say about them."""
+@dataclass(frozen=True)
+class TransferPlan:
+    """What a transfer measures and where it writes: every check that needs no device is behind it."""
 
-    nets: list[Supernet]
-    configs: list[SubnetConfig]
-    blocks: list[list[BlockKey]]
-    y: np.ndarray  # measured ms on the new device
-    x: np.ndarray  # (N, columns): per source and kind, the source's block sum
-    cols: tuple[Column, ...]
-    src_pred: np.ndarray  # the first source's calibrated prediction
-    sources: list[Source]
-    kind_ratio: dict[str, float]  # new / first source, per kind, from the blocks measured alone
-    overhead_ms: float  # the null model on the new device
-    models: list[Supernet]  # every model the table serves (some may have no measured subnet)
+    dest: Target
+    out: Path
+    sources: tuple[Source, ...]
+    supernets: tuple[Supernet, ...]
+    subnets: tuple[tuple[Supernet, SubnetConfig], ...]
+    blocks: tuple[BlockKey, ...]  # measured alone too (kind_blocks' per-kind ratios)
+    fit: str
+    seed: int
+
+
+def _check_replace(out: Path, dest: Target, force: bool) -> None:
+    if out.exists() and not force and LatencyTable.load(out, dest.name).provenance.method == "measured":
+        raise TransferError(
+            f"{out} is a MEASURED table; a transfer would replace it: pass --force, or --out PATH to write "
+            "the transferred table elsewhere"
+        )
+
+
+def _check_fit(fit: str, samples: int, plan: TransferPlan) -> None:
+    """The asked model can be fitted on what the plan measures."""
+    kinds = sorted({b.kind for net, c in plan.subnets for b in net.blocks(c)})
+    cols = tuple(Column(s.label, k) for s in plan.sources for k in kinds)
+    if fit == "kind_blocks" and not plan.blocks:
+        raise TransferError(
+            "transfer model kind_blocks scales each kind by blocks measured on the device: --blocks-per-kind ≥ 1"
+        )
+    if fit in MODELS and not MODELS[fit].available(cols):
+        raise TransferError(f"transfer model {fit} needs several feature columns; these sources give {len(cols)}")
+    need = MODELS[fit].min_samples(cols) if fit in MODELS else MIN_SAMPLES
+    offered = len(plan.subnets)
+    if samples < need or offered < need:
+        what = "the simplest transfer model (one factor)" if fit == "auto" else f"transfer model {fit}"
+        raise TransferError(
+            f"--samples {samples} is below what {what} needs: {need} measured subnets (its parameters, and "
+            f"held-out ones to check them){'' if offered >= need else f'; the models offer only {offered}'}"
+        )
+
+
+def plan_transfer(
+    dest: Target,
+    source_names: Sequence[str],
+    supernets: Sequence[Supernet],
+    *,
+    samples: int,
+    fit: str,
+    blocks_per_kind: int,
+    seed: int,
+    force: bool,
+    path: Path | None,
+    say: Callable[[str], None],
+) -> TransferPlan:
+    """The sources, the subnets and blocks to measure, and the checks of the request; nothing measured yet."""
+    if fit not in FIT_CHOICES:
+        raise TransferError(f"unknown transfer model {fit!r}; choose one of {', '.join(FIT_CHOICES)}")
+    out = path or dest.table_write_path
+    sources = load_sources(dest, source_names)
+    check_coverage(sources, supernets)
+    _check_replace(out, dest, force)
+    subnets = plan_subnets(supernets, sources[0].table, samples, seed)
+    if len(subnets) < samples:
+        say(
+            f"--samples {samples}: the models offer {len(subnets)} distinct subnets to measure (at most "
+            f"{POOL_PER_MODEL} candidates per model); measuring those {len(subnets)}"
+        )
+    blocks = plan_blocks(supernets, sources[0].table, blocks_per_kind)
+    plan = TransferPlan(dest, out, tuple(sources), tuple(supernets), tuple(subnets), tuple(blocks), fit, seed)
+    _check_fit(fit, samples, plan)
+    return plan
+
+
+# --- measure ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferMeasurements:
+    """The plan measured on the device in one interleaved window: each subnet twice, the blocks, the null model."""
+
+    session: MeasureSession
+    where: str  # the runner's description of the device
+    first: tuple[LatencyStats, ...]
+    second: tuple[LatencyStats, ...]
+    blocks: tuple[LatencyStats, ...]
+    null: LatencyStats
 
     @property
-    def primary(self) -> LatencyTable:
-        return self.sources[0].table
+    def y(self) -> np.ndarray:
+        """Each subnet's measured ms: the mean of its two measurements."""
+        return np.array([(a.median_ms + b.median_ms) / 2 for a, b in zip(self.first, self.second, strict=True)])
 
-    def families(self, idx: np.ndarray) -> list[str]:
-        return [self.nets[i].family for i in idx]
-
-
-@dataclass(frozen=True)
-class TableParts:
-    entries: list[Entry]
-    calibration: Calibration
-    scales: dict[str, float]
-    offset_ms: float = 0.0
-    unsupported: tuple[str, ...] = ()
+    @property
+    def repeatability_pct(self) -> float:
+        diff = np.array([a.median_ms - b.median_ms for a, b in zip(self.first, self.second, strict=True)])
+        return float(np.median(np.abs(diff) / self.y * 100))
 
 
-class Candidate:
-    name = ""
-
-    def available(self, d: Data) -> bool:
-        return True
-
-    def min_samples(self, d: Data) -> int:
-        return MIN_SAMPLES
-
-    def n_params(self, d: Data) -> int:
-        return 1
-
-    def fit(self, d: Data, idx: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def predict(self, state: Any, d: Data, idx: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def table(self, state: Any, d: Data, samples: list[CalibrationSample]) -> TableParts:
-        raise NotImplementedError
-
-
-def _scaled_entry(e: Entry, factor: float, tag: str) -> Entry:
-    return e.model_copy(
-        update={
-            **{k: getattr(e, k) * factor for k in ("median_ms", "p90_ms", "mean_ms", "std_ms")},
-            "round_medians_ms": [m * factor for m in e.round_medians_ms],
-            "fingerprint": tag,
-            "device": None,
-        }
+def _device_error(dest: Target, exc: Exception) -> TransferDeviceError:
+    return TransferDeviceError(
+        f"cannot transfer to {dest.name}: its runner cannot measure here ({str(exc).rstrip('.')}); nothing was written"
     )
 
 
-def _needed(d: Data) -> list[BlockKey]:
-    return sorted({b for net in d.models for b in net.all_blocks()})
+def measure_transfer(
+    plan: TransferPlan, *, cache_dir: Path | None, progress: Progress | None, executor: Executor | None
+) -> TransferMeasurements:
+    dest = plan.dest
+    try:
+        session = (executor or LocalExecutor()).session(dest, cache_dir)
+        where = session.runner.describe()  # ssh and adb reach the device here
+    except (BackendUnavailableError, RunnerError) as exc:
+        raise _device_error(dest, exc) from None
+    n, n_blocks = len(plan.subnets), len(plan.blocks)
+    task = ProgressTask(progress, "transfer", n + n_blocks, description=f"exporting {n} subnets and {n_blocks} blocks")
+    owner = {b: net for net in plan.supernets for b in net.all_blocks()}
+    makers = [partial(compile_subnet, session, net, config) for net, config in plan.subnets]
+    makers += [partial(_compile_block, session, owner[key], key) for key in plan.blocks]
+    items = []
+    for make in makers:
+        items.append(make())
+        task.advance()
+    task.describe(f"measuring on {dest.name}: subnets (twice each), blocks, null model")
+    subnet_items, block_items = items[:n], items[n:]
+    try:
+        *stats, null = session.measure(subnet_items + subnet_items + block_items + [null_measurable(session)])
+    except RunnerError as exc:
+        raise _device_error(dest, exc) from None
+    return TransferMeasurements(session, where, tuple(stats[:n]), tuple(stats[n : 2 * n]), tuple(stats[2 * n :]), null)
 
 
-class CalibratedFactor(Candidate):
-    name = "calibrated_factor"
-
-    def fit(self, d, idx):
-        return float(np.median(d.y[idx] / d.src_pred[idx]))
-
-    def predict(self, c, d, idx):
-        return c * d.src_pred[idx]
-
-    def table(self, c, d, samples):
-        index = d.primary.index()
-        tag = f"transferred:{d.sources[0].label}:{self.name}:{c:.6g}"
-        entries = [_scaled_entry(index[k], c, tag) for k in _needed(d)]
-        src = d.primary.calibration
-        assert src is not None
-        cal = src.model_copy(
-            update={
-                "per_block_ms": src.per_block_ms * c,
-                "quad_per_ms": src.quad_per_ms / c,  # quad · Σ² scales by c when Σ does
-                "intercept_ms": src.intercept_ms * c,
-                "call_overhead_ms": src.call_overhead_ms * c,
-                "families": {
-                    name: f.model_copy(update={"per_block_ms": f.per_block_ms * c, "quad_per_ms": f.quad_per_ms / c})
-                    for name, f in src.families.items()
-                },
-            }
-        )
-        return TableParts(entries, cal, {f"{d.sources[0].label}/*": c})
+def _compile_block(session: MeasureSession, net: Supernet, key: BlockKey) -> Measurable:
+    module, example = net.measurable_block(key)
+    return session.compile(module, example, block_identity(key))
 
 
-class KindBlocks(Candidate):
-    name = "kind_blocks"
-
-    def available(self, d):
-        return bool(d.kind_ratio)
-
-    def n_params(self, d):
-        cal = fit_calibration(self.samples(d, np.arange(len(d.y))), d.overhead_ms)
-        return 1 + (cal.per_block_ms > 0) + (cal.quad_per_ms > 0)
-
-    def scale(self, d: Data, kind: str) -> float:
-        return d.kind_ratio.get(kind, float(np.median(list(d.kind_ratio.values()))))
-
-    def samples(self, d: Data, idx: np.ndarray) -> list[CalibrationSample]:
-        index = d.primary.index()
-        return [
-            CalibrationSample(
-                subnet_id=d.configs[i].id,
-                config=d.configs[i].to_json(),
-                block_sum_ms=sum(index[b].median_ms * self.scale(d, b.kind) for b in d.blocks[i]),
-                n_blocks=len(d.blocks[i]),
-                measured_ms=float(d.y[i]),
-            )
-            for i in idx
-        ]
-
-    def fit(self, d, idx):
-        return fit_calibration(self.samples(d, idx), d.overhead_ms)
-
-    def predict(self, cal, d, idx):
-        return np.array(
-            [
-                cal.apply(s.block_sum_ms, s.n_blocks, d.nets[i].family)
-                for s, i in zip(self.samples(d, idx), idx, strict=True)
-            ]
-        )
-
-    def table(self, cal, d, samples):
-        index = d.primary.index()
-        label = d.sources[0].label
-        entries = [
-            _scaled_entry(index[k], self.scale(d, k.kind), f"transferred:{label}:{self.name}") for k in _needed(d)
-        ]
-        kinds = sorted({k.kind for k in _needed(d)})
-        unsupported = tuple(f"{label}/{k}" for k in kinds if k not in d.kind_ratio)
-        return TableParts(entries, cal, {f"{label}/{k}": self.scale(d, k) for k in kinds}, 0.0, unsupported)
+# --- fit ----------------------------------------------------------------------------------------------
 
 
-class Linear(Candidate):
-    """One of deploy.latency.transfer's linear models on the sources' per-kind block sums."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.model = MODELS[name]
-
-    def available(self, d):
-        return self.model.available(d.cols)
-
-    def min_samples(self, d):
-        return self.model.min_samples(d.cols)
-
-    def n_params(self, d):
-        return self.model.n_params(d.cols)
-
-    def fit(self, d, idx):
-        with np.errstate(all="ignore"):
-            return self.model.fit(d.x[idx], d.y[idx], d.cols)
-
-    def predict(self, coef, d, idx):
-        with np.errstate(all="ignore"):
-            return self.model.predict(coef, d.x[idx], d.cols)
-
-    def table(self, coef, d, samples):
-        n = len(d.y)
-        dummy = HeldOut(0.0, 0.0, 0.0, 0.0, 0)
-        fit = TransferFit(
-            self.name, d.cols, self.model.terms(d.cols), tuple(map(float, coef)), n, self.n_params(d), dummy, (),
-            tuple(int(v) for v in (d.x > 0).sum(axis=0)),
-        )  # fmt: skip
-        mult = kind_multipliers(fit)
-        indexes = {s.label: s.table.index() for s in d.sources}
-        scales = dict(mult.scales)
-        unsupported = [str(c) for c in mult.unsupported]
-        for k in sorted({k.kind for k in _needed(d)}):  # kinds of models no measured subnet belongs to
-            for s in d.sources:
-                if Column(s.label, k) not in scales:
-                    mine = [v for c, v in mult.scales.items() if c.source == s.label]
-                    scales[Column(s.label, k)] = float(np.median(mine)) if mine else 0.0
-                    unsupported.append(str(Column(s.label, k)))
-        entries = []
-        for k in _needed(d):
-            base = indexes[d.sources[0].label][k]
-            ms = {
-                f: sum(scales[Column(s.label, k.kind)] * getattr(indexes[s.label][k], f) for s in d.sources)
-                for f in ("median_ms", "p90_ms", "mean_ms", "std_ms")
-            }
-            ratio = ms["median_ms"] / base.median_ms if base.median_ms > 0 else 0.0
-            entries.append(
-                base.model_copy(
-                    update={
-                        **ms,
-                        "round_medians_ms": [m * ratio for m in base.round_medians_ms],
-                        "fingerprint": f"transferred:{'+'.join(s.label for s in d.sources)}:{self.name}",
-                        "device": None,
-                    }
-                )
-            )
-        cal = Calibration(
-            model="affine",
-            slope=1.0,
-            per_block_ms=0.0,
-            intercept_ms=mult.offset_ms,
-            residual_pct=0.0,
-            n_subnets=n,
-            fitted_at=now_iso(),
-        )
-        named = {str(c): float(v) for c, v in scales.items()}
-        return TableParts(entries, cal, named, mult.offset_ms, tuple(unsupported))
-
-
-def candidates() -> list[Candidate]:
-    return [CalibratedFactor(), KindBlocks(), *(Linear(name) for name in LINEAR_MODELS)]
-
-
-def _cross_validate(c: Candidate, d: Data, folds: int) -> np.ndarray:
-    n = len(d.y)
-    k = min(folds, n)
-    fold = np.arange(n) % k
-    out = np.empty(n)
-    for f in range(k):
-        test = np.flatnonzero(fold == f)
-        train = np.flatnonzero(fold != f)
-        out[test] = c.predict(c.fit(d, train), d, test)
-    return out
-
-
-def _heldout(pred: np.ndarray, y: np.ndarray, folds: int) -> TransferHeldOut:
-    err = np.abs(pred - y) / y * 100
-    return TransferHeldOut(
-        median_abs_pct=float(np.median(err)),
-        mean_abs_pct=float(np.mean(err)),
-        p90_abs_pct=float(np.percentile(err, 90)),
-        worst_pct=float(err.max()),
-        within_5pct=float(np.mean(err <= 5.0)),
-        within_10pct=float(np.mean(err <= 10.0)),
-        folds=folds,
+def transfer_data(plan: TransferPlan, measured: TransferMeasurements) -> Data:
+    """What the candidates fit on: the measured subnets, the sources' per-kind features, the block ratios."""
+    subnet_blocks = [net.blocks(c) for net, c in plan.subnets]
+    try:
+        x, cols = kind_features(subnet_blocks, {s.label: s.table for s in plan.sources})
+    except TableIncompleteError as exc:  # checked in the plan; kept as a named error should a source change meanwhile
+        raise TransferSourceError(str(exc)) from None
+    primary = LatencyPredictor(plan.sources[0].table)
+    index = plan.sources[0].table.index()
+    ratios: dict[str, list[float]] = {}
+    for key, s in zip(plan.blocks, measured.blocks, strict=True):
+        ratios.setdefault(key.kind, []).append(s.median_ms / index[key].median_ms)
+    nets = [net for net, _ in plan.subnets]
+    return Data(
+        nets=nets,
+        configs=[c for _, c in plan.subnets],
+        blocks=subnet_blocks,
+        y=measured.y,
+        x=x,
+        cols=cols,
+        src_pred=np.array([primary.predict(b, net.family).ms for net, b in zip(nets, subnet_blocks, strict=True)]),
+        sources=list(plan.sources),
+        kind_ratio={k: float(np.median(v)) for k, v in ratios.items()},
+        overhead_ms=measured.null.median_ms,
+        models=list(plan.supernets),
     )
 
 
-@dataclass(frozen=True)
-class Choice:
-    candidate: Candidate
-    n_params: int
-    heldout_pred: np.ndarray
-    heldout: TransferHeldOut
-    report: list[TransferCandidate]
-
-
-def choose(d: Data, fit: str = "auto", folds: int = FOLDS, parsimony: float = PARSIMONY) -> Choice:
-    """Every available candidate scored by cross-validation; the simplest within `parsimony` SE of the best."""
-    n = len(d.y)
-    pool = [c for c in candidates() if (fit == "auto" or c.name == fit) and c.available(d)]
-    if not pool:
-        raise TransferError(f"transfer model {fit} is not available here (kind_blocks needs --blocks-per-kind ≥ 1)")
-    report, scored = [], []
-    for c in pool:
-        n_params = c.n_params(d)
-        if n < c.min_samples(d):
-            why = f"needs {c.min_samples(d)} measurements ({n_params} parameters), got {n}"
-            report.append(TransferCandidate(model=c.name, n_params=n_params, skipped=why))
-            continue
-        pred = _cross_validate(c, d, folds)
-        if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
-            report.append(TransferCandidate(model=c.name, n_params=n_params, skipped="held-out predictions not > 0"))
-            continue
-        held = _heldout(pred, d.y, min(folds, n))
-        report.append(TransferCandidate(model=c.name, n_params=n_params, heldout=held))
-        scored.append((c, n_params, pred, held))
-    if not scored:
-        raise TransferError(f"no transfer model can be fitted on {n} measurements: {report[0].skipped}")
-    errors = {c.name: np.abs(p - d.y) / d.y for c, _, p, _ in scored}
-    best = min(scored, key=lambda s: float(errors[s[0].name].mean()))
-    for c, n_params, pred, held in sorted(scored, key=lambda s: (s[1], float(errors[s[0].name].mean()))):
-        diff = errors[c.name] - errors[best[0].name]
-        se = float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-        if float(diff.mean()) <= parsimony * se + 1e-12:
-            return Choice(c, n_params, pred, held, report)
-    c, n_params, pred, held = best
-    return Choice(c, n_params, pred, held, report)
-
-
-# --- the command ------------------------------------------------------------------------------------
+# --- write --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -511,10 +344,114 @@ class TransferResult:
     record: TransferRecord
 
 
-def _device_error(dest: Target, exc: Exception) -> TransferDeviceError:
-    return TransferDeviceError(
-        f"cannot transfer to {dest.name}: its runner cannot measure here ({str(exc).rstrip('.')}); nothing was written"
+def _table(plan: TransferPlan, measured: TransferMeasurements, fit: FittedTransfer, date: str) -> LatencyTable:
+    dest, session = plan.dest, measured.session
+    return LatencyTable(
+        provenance=Provenance(
+            target=dest.name,
+            device=dest.device.name,
+            host=measured.where,
+            backend=session.backend.name,
+            backend_version=session.backend.version(),
+            precision=dest.precision,
+            threads=dest.threads,
+            runner=session.runner.name,
+            date=date,
+            protocol=Protocol(**{k: v for k, v in dest.measurement.protocol().to_json().items()}),
+            method="transferred",
+            versions=session.versions(),
+        ),
+        entries=sorted(fit.parts.entries, key=lambda e: e.key),
+        calibration=fit.calibration,
     )
+
+
+def _record(
+    plan: TransferPlan, measured: TransferMeasurements, fit: FittedTransfer, table_pred: np.ndarray, date: str
+) -> TransferRecord:
+    """Everything needed to see how the table was made and to redo the fit (deploy/latency/transfer_record.py)."""
+    choice, parts, index = fit.choice, fit.parts, plan.sources[0].table.index()
+    recorded = ("method", "backend", "precision", "threads", "host", "date")  # of each source's provenance
+    sources = [
+        TransferSource(
+            target=s.target.name,
+            table=s.target.table_path.name,
+            **{k: getattr(s.table.provenance, k) for k in recorded},
+        )
+        for s in plan.sources
+    ]
+    subnets = [
+        TransferSubnet(
+            subnet_id=c.id,
+            model=net.variant,
+            config=c.to_json(),
+            measured_ms=float(measured.y[i]),
+            measured_again_ms=measured.second[i].median_ms,
+            cv=measured.first[i].cv,
+            predicted_ms=float(fit.fitted[i]),
+            heldout_predicted_ms=float(choice.heldout_pred[i]),
+            table_predicted_ms=float(table_pred[i]),
+        )
+        for i, (net, c) in enumerate(plan.subnets)
+    ]
+    return TransferRecord(
+        sources=sources,
+        n_subnets=len(plan.subnets),
+        seed=plan.seed,
+        model=choice.candidate.name,
+        n_params=choice.n_params,
+        heldout=choice.heldout,
+        candidates=choice.report,
+        scales=parts.scales,
+        offset_ms=parts.offset_ms,
+        unsupported_kinds=list(parts.unsupported),
+        repeatability_pct=measured.repeatability_pct,
+        call_overhead_ms=measured.null.median_ms,
+        subnets=subnets,
+        blocks=[
+            TransferBlock(block=str(k), kind=k.kind, source_ms=index[k].median_ms, measured_ms=s.median_ms)
+            for k, s in zip(plan.blocks, measured.blocks, strict=True)
+        ],
+        table_reproduces_fit_max_pct=float(np.max(np.abs(table_pred - fit.fitted) / fit.fitted) * 100),
+        where=measured.where,
+        date=date,
+    )
+
+
+def write_transfer(plan: TransferPlan, measured: TransferMeasurements, fit: FittedTransfer) -> TransferResult:
+    """The TRANSFERRED table with its record and held-out figures as its validation, written in one step."""
+    date = now_iso()
+    table = _table(plan, measured, fit, date)
+    predictor = LatencyPredictor(table)
+    table_pred = np.array([predictor.predict(net.blocks(c), net.family).ms for net, c in plan.subnets])
+    record = _record(plan, measured, fit, table_pred, date)
+    table.provenance = table.provenance.model_copy(update={"transfer": record})
+    held = record.heldout
+    table.validation = Validation(
+        date=date,
+        n_samples=record.n_subnets,
+        seed=plan.seed,
+        median_abs_pct_error=held.median_abs_pct,
+        within_5pct=held.within_5pct,
+        within_10pct=held.within_10pct,
+        p90_abs_pct_error=held.p90_abs_pct,
+        worst_pct_error=held.worst_pct,
+        same_window_median_abs_pct_error=held.median_abs_pct,
+        repeatability_pct=record.repeatability_pct,
+        host=measured.where,
+        source="transfer cross-validation",
+    )
+    if record.table_reproduces_fit_max_pct > 1e-6:
+        log.warning(
+            "the table reproduces the %s fit only within %.2g%% on the measured subnets",
+            record.model,
+            record.table_reproduces_fit_max_pct,
+        )
+    table.save(plan.out)  # atomic, and the only write
+    return TransferResult(plan.out, table, record)
+
+
+# --- the command --------------------------------------------------------------------------------------
 
 
 def transfer_table(
@@ -529,218 +466,19 @@ def transfer_table(
     force: bool = False,
     path: Path | None = None,
     cache_dir: Path | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     executor: Executor | None = None,
     say: Callable[[str], None] = log.info,
 ) -> TransferResult:
     """Measure `samples` subnets (and a few blocks) on `dest`'s device, fit, write its TRANSFERRED table."""
-    if fit not in FIT_CHOICES:
-        raise TransferError(f"unknown transfer model {fit!r}; choose one of {', '.join(FIT_CHOICES)}")
-    out = path or dest.table_write_path
-    sources = load_sources(dest, source_names)
-    check_coverage(sources, supernets)
-    if out.exists() and not force:
-        current = LatencyTable.load(out, dest.name).provenance.method
-        if current == "measured":
-            raise TransferError(
-                f"{out} is a MEASURED table; a transfer would replace it: pass --force, or --out PATH to write "
-                "the transferred table elsewhere"
-            )
-    plan = plan_subnets(supernets, sources[0].table, samples, seed)
-    if len(plan) < samples:
-        say(
-            f"--samples {samples}: the models offer {len(plan)} distinct subnets to measure (at most "
-            f"{POOL_PER_MODEL} candidates per model); measuring those {len(plan)}"
-        )
-    blocks = plan_blocks(supernets, sources[0].table, blocks_per_kind)
-    kinds = sorted({b.kind for net, c in plan for b in net.blocks(c)})
-    cols = tuple(Column(s.label, k) for s in sources for k in kinds)
-    if fit == "kind_blocks" and not blocks:
-        raise TransferError(
-            "transfer model kind_blocks scales each kind by blocks measured on the device: --blocks-per-kind ≥ 1"
-        )
-    if fit in MODELS and not MODELS[fit].available(cols):
-        raise TransferError(f"transfer model {fit} needs several feature columns; these sources give {len(cols)}")
-    need = MODELS[fit].min_samples(cols) if fit in MODELS else MIN_SAMPLES
-    if samples < need or len(plan) < need:
-        what = "the simplest transfer model (one factor)" if fit == "auto" else f"transfer model {fit}"
-        raise TransferError(
-            f"--samples {samples} is below what {what} needs: {need} measured subnets (its parameters, and "
-            f"held-out ones to check them){'' if len(plan) >= need else f'; the models offer only {len(plan)}'}"
-        )
-
-    try:
-        session = (executor or LocalExecutor()).session(dest, cache_dir)
-        where = session.runner.describe()  # ssh and adb reach the device here
-    except (BackendUnavailableError, RunnerError) as exc:
-        raise _device_error(dest, exc) from None
-
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task(
-            f"[cyan]exporting {len(plan)} subnets and {len(blocks)} blocks", total=len(plan) + len(blocks)
-        )
-        subnet_items = []
-        for net, config in plan:
-            subnet_items.append(
-                session.compile(
-                    net.extract(config), net.example_inputs(), subnet_identity(net, config), net.input_names()
-                )
-            )
-            bar.update(task, advance=1)
-        block_items = []
-        owner = {b: net for net in supernets for b in net.all_blocks()}
-        for key in blocks:
-            module, example = owner[key].measurable_block(key)
-            block_items.append(session.compile(module, example, block_identity(key)))
-            bar.update(task, advance=1)
-        bar.update(task, description=f"[cyan]measuring on {dest.name}: subnets (twice each), blocks, null model")
-        try:
-            *stats, null = session.measure(subnet_items + subnet_items + block_items + [null_measurable(session)])
-        except RunnerError as exc:
-            raise _device_error(dest, exc) from None
-
-    n = len(plan)
-    first, second, block_stats = stats[:n], stats[n : 2 * n], stats[2 * n :]
-    y = np.array([(a.median_ms + b.median_ms) / 2 for a, b in zip(first, second, strict=True)])
-    subnet_blocks = [net.blocks(c) for net, c in plan]
-    try:
-        x, cols = kind_features(subnet_blocks, {s.label: s.table for s in sources})
-    except TableIncompleteError as exc:  # checked above; kept as a named error should a source change meanwhile
-        raise TransferSourceError(str(exc)) from None
-    primary = LatencyPredictor(sources[0].table)
-    index = sources[0].table.index()
-    ratios: dict[str, list[float]] = {}
-    for key, s in zip(blocks, block_stats, strict=True):
-        ratios.setdefault(key.kind, []).append(s.median_ms / index[key].median_ms)
-    data = Data(
-        nets=[net for net, _ in plan],
-        configs=[c for _, c in plan],
-        blocks=subnet_blocks,
-        y=y,
-        x=x,
-        cols=cols,
-        src_pred=np.array([primary.predict(b, net.family).ms for (net, _), b in zip(plan, subnet_blocks, strict=True)]),
-        sources=sources,
-        kind_ratio={k: float(np.median(v)) for k, v in ratios.items()},
-        overhead_ms=null.median_ms,
-        models=list(supernets),
-    )
+    plan = plan_transfer(
+        dest, source_names, supernets, samples=samples, fit=fit, blocks_per_kind=blocks_per_kind, seed=seed,
+        force=force, path=path, say=say,
+    )  # fmt: skip
+    measured = measure_transfer(plan, cache_dir=cache_dir, progress=progress, executor=executor)
+    data = transfer_data(plan, measured)
     choice = choose(data, fit)
-    cand = choice.candidate
-    everything = np.arange(n)
-    state = cand.fit(data, everything)
-    fitted = cand.predict(state, data, everything)
-    parts = cand.table(state, data, [])
-    new_index = {e.key: e for e in parts.entries}
-    samples_out = [
-        CalibrationSample(
-            subnet_id=c.id,
-            config=c.to_json(),
-            block_sum_ms=sum(new_index[b].median_ms for b in bl),
-            n_blocks=len(bl),
-            measured_ms=float(m),
-            cv=a.cv,
-        )
-        for c, bl, m, a in zip(data.configs, subnet_blocks, y, first, strict=True)
-    ]
-    residual = float(np.sqrt(np.mean(((fitted - y) / y) ** 2)) * 100)
-    calibration = parts.calibration.model_copy(
-        update={"samples": samples_out, "n_subnets": n, "residual_pct": residual, "fitted_at": now_iso()}
-    )
-    repeat = np.abs(np.array([a.median_ms - b.median_ms for a, b in zip(first, second, strict=True)])) / y * 100
-    date = now_iso()
-    prov_src = [
-        TransferSource(
-            target=s.target.name,
-            table=s.target.table_path.name,
-            method=s.table.provenance.method,
-            backend=s.table.provenance.backend,
-            precision=s.table.provenance.precision,
-            threads=s.table.provenance.threads,
-            host=s.table.provenance.host,
-            date=s.table.provenance.date,
-        )
-        for s in sources
-    ]
-    table = LatencyTable(
-        provenance=Provenance(
-            target=dest.name,
-            device=dest.device.name,
-            host=where,
-            backend=session.backend.name,
-            backend_version=session.backend.version(),
-            precision=dest.precision,
-            threads=dest.threads,
-            runner=session.runner.name,
-            date=date,
-            protocol=Protocol(**{k: v for k, v in dest.measurement.protocol().to_json().items()}),
-            method="transferred",
-            versions=session.versions(),
-        ),
-        entries=sorted(parts.entries, key=lambda e: e.key),
-        calibration=calibration,
-    )
-    table_pred = np.array(
-        [LatencyPredictor(table).predict(b, net.family).ms for (net, _), b in zip(plan, subnet_blocks, strict=True)]
-    )
-    reproduce = float(np.max(np.abs(table_pred - fitted) / fitted) * 100)
-    record = TransferRecord(
-        sources=prov_src,
-        n_subnets=n,
-        seed=seed,
-        model=cand.name,
-        n_params=choice.n_params,
-        heldout=choice.heldout,
-        candidates=choice.report,
-        scales=parts.scales,
-        offset_ms=parts.offset_ms,
-        unsupported_kinds=list(parts.unsupported),
-        repeatability_pct=float(np.median(repeat)),
-        call_overhead_ms=null.median_ms,
-        subnets=[
-            TransferSubnet(
-                subnet_id=c.id,
-                model=net.variant,
-                config=c.to_json(),
-                measured_ms=float(m),
-                measured_again_ms=b.median_ms,
-                cv=a.cv,
-                predicted_ms=float(f),
-                heldout_predicted_ms=float(h),
-                table_predicted_ms=float(t),
-            )
-            for (net, c), m, a, b, f, h, t in zip(
-                plan, y, first, second, fitted, choice.heldout_pred, table_pred, strict=True
-            )
-        ],
-        blocks=[
-            TransferBlock(block=str(k), kind=k.kind, source_ms=index[k].median_ms, measured_ms=s.median_ms)
-            for k, s in zip(blocks, block_stats, strict=True)
-        ],
-        table_reproduces_fit_max_pct=reproduce,
-        where=where,
-        date=date,
-    )
-    table.provenance = table.provenance.model_copy(update={"transfer": record})
-    held = choice.heldout
-    table.validation = Validation(
-        date=date,
-        n_samples=n,
-        seed=seed,
-        median_abs_pct_error=held.median_abs_pct,
-        within_5pct=held.within_5pct,
-        within_10pct=held.within_10pct,
-        p90_abs_pct_error=held.p90_abs_pct,
-        worst_pct_error=held.worst_pct,
-        same_window_median_abs_pct_error=held.median_abs_pct,
-        repeatability_pct=record.repeatability_pct,
-        host=where,
-        source="transfer cross-validation",
-    )
-    if reproduce > 1e-6:
-        log.warning("the table reproduces the %s fit only within %.2g%% on the measured subnets", cand.name, reproduce)
-    table.save(out)  # atomic, and the only write
-    return TransferResult(out, table, record)
+    return write_transfer(plan, measured, fit_transfer(data, choice, [s.cv for s in measured.first]))
 
 
 def describe_transferred(table: LatencyTable) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from deploy.errors import NothingToValidateError
 from deploy.executors.base import Executor
@@ -24,6 +23,7 @@ from deploy.latency.build import block_identity, null_measurable, subnet_identit
 from deploy.latency.drift import current_correction
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import LatencyTable, Validation, now_iso
+from deploy.progress import Progress, ProgressTask
 from deploy.search.space import SubnetConfig
 from deploy.targets import Target
 
@@ -123,6 +123,8 @@ def summarize(errors: Sequence[float]) -> dict[str, float]:
     }
 
 
+# Over ~80 lines: the measuring loop and the report's figures share one window's state (split, they
+# would pass it around).
 def validate_table(
     target: Target,
     supernet: Supernet,
@@ -132,7 +134,7 @@ def validate_table(
     cache_dir: Path | None = None,
     json_path: Path | None = None,
     write_back: bool = True,
-    progress: bool = True,
+    progress: Progress | None = None,
     executor: Executor | None = None,
 ) -> ValidationReport:
     """Measure `samples` unseen subnets and their blocks in one window, on one device of the target (with
@@ -153,27 +155,26 @@ def validate_table(
         )
     keys = sorted({k for c in configs for k in supernet.blocks(c)})
 
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("[cyan]exporting subnets and blocks", total=len(configs) + len(keys))
-        subnet_items = []
-        for config in configs:
-            subnet_items.append(
-                session.compile(
-                    supernet.extract(config),
-                    supernet.example_inputs(),
-                    subnet_identity(supernet, config),
-                    supernet.input_names(),
-                )
+    task = ProgressTask(progress, "validation", len(configs) + len(keys), description="exporting subnets and blocks")
+    subnet_items = []
+    for config in configs:
+        subnet_items.append(
+            session.compile(
+                supernet.extract(config),
+                supernet.example_inputs(),
+                subnet_identity(supernet, config),
+                supernet.input_names(),
             )
-            bar.update(task, advance=1)
-        block_items = []
-        for key in keys:
-            module, example = supernet.measurable_block(key)
-            block_items.append(session.compile(module, example, block_identity(key)))
-            bar.update(task, advance=1)
-        bar.update(task, description="[cyan]measuring subnets (twice each) and blocks interleaved")
-        # Each subnet appears twice: two independent measurements in one run give the repeatability.
-        *stats, null = session.measure(subnet_items + subnet_items + block_items + [null_measurable(session)])
+        )
+        task.advance()
+    block_items = []
+    for key in keys:
+        module, example = supernet.measurable_block(key)
+        block_items.append(session.compile(module, example, block_identity(key)))
+        task.advance()
+    task.describe("measuring subnets (twice each) and blocks interleaved")
+    # Each subnet appears twice: two independent measurements in one run give the repeatability.
+    *stats, null = session.measure(subnet_items + subnet_items + block_items + [null_measurable(session)])
 
     n = len(configs)
     first, second, window = stats[:n], stats[n : 2 * n], dict(zip(keys, stats[2 * n :], strict=True))

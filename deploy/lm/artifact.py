@@ -7,10 +7,10 @@
                            LiteRT: model.tflite with prefill_<bucket> and decode signatures (static cache);
                            CoreML: model.mlpackage, a stateful ML program (the cache is its state)
 
-An LM backend (`LMBackend`, registered per backend name in LM_BACKENDS) compiles a dense Decoder into such
-a folder and opens it as an `LMSession`: `prefill(prompt ids)` gives the last position's logits and a state,
-`decode(token, state)` the next logits and state. Greedy generation, parity, timing and `generate` are
-written once against LMSession (deploy/lm/generate.py), the torch decoder being one more session.
+A backend's language-model half (`LMBackend`, declared by the backend's `language_model()`) compiles a dense
+Decoder into such a folder and opens it as an `LMSession`: `prefill(prompt ids)` gives the last position's
+logits and a state, `decode(token, state)` the next logits and state. Greedy generation, parity, timing and
+`generate` are written once against LMSession (deploy/lm/generate.py), the torch decoder being one more session.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deploy.errors import ConfigFileError, DeployError, PromptError
+from deploy.errors import ConfigFileError, DeployError, PluginError, PromptError
 from deploy.io import atomic_write_text, pydantic_error_line, read_json
 from deploy.lm import tokenizer as tok
 from deploy.packaging.manifest import inside
-from deploy.registry import Registry
 
 if TYPE_CHECKING:
     from deploy.families.lm_blocks import Decoder
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 SPEC_FILE = "lm.json"
+ARTIFACT_DIR = "lm"  # the LM artifact's folder inside a deploy's output folder
 Cache = Literal["dynamic", "static", "state"]
 
 
@@ -148,24 +148,46 @@ class LMBackend(Protocol):
         """Facts read back from the graph files: inputs, outputs (and states), ops, precision."""
 
 
-LM_BACKENDS: Registry[type[LMBackend]] = Registry(
-    "language-model backend",
-    {
-        "onnxruntime": "deploy.lm.onnxruntime:OrtLM",
-        "tflite": "deploy.lm.litert:LiteRTLM",
-        "coreml": "deploy.lm.coreml:CoreMLLM",
-    },
-    group="elastic_deploy.lm_backends",
-)
+# What an LM half must have: checked when it is loaded, so a plugin missing one is one line naming it.
+LM_METHODS = ("runs_here", "compile_lm", "open", "inspect")
+LM_ATTRIBUTES = ("name", "cache", "parity_atol")
+
+
+def lm_half(backend: str) -> type[LMBackend] | None:
+    """The language-model half the registered backend `backend` declares (None: it has none); PluginError
+    naming what a declared half lacks."""
+    from deploy.backends import BACKENDS
+
+    half = BACKENDS.load(backend).language_model()
+    if half is None:
+        return None
+    missing = [m for m in LM_METHODS if not callable(getattr(half, m, None))]
+    missing += [a for a in LM_ATTRIBUTES if not hasattr(half, a)]
+    if missing:
+        raise PluginError(
+            f"backend {backend} declares the language-model half {half.__qualname__}, which lacks "
+            f"{', '.join(missing)} of the LMBackend protocol (deploy.api.LMBackend); add them"
+        )
+    if half.cache not in ("dynamic", "static", "state"):
+        raise PluginError(f"{half.__qualname__}.cache is {half.cache!r}; declare 'dynamic', 'static' or 'state'")
+    return half
+
+
+def lm_backends() -> list[str]:
+    """The registered backends that declare a language-model half."""
+    from deploy.backends import BACKENDS
+
+    return [name for name in BACKENDS.names() if BACKENDS.load(name).language_model() is not None]
 
 
 def get_lm_backend(name: str) -> LMBackend:
-    if name not in LM_BACKENDS:
+    half = lm_half(name)
+    if half is None:
         raise DeployError(
             f"backend {name} has no language-model support (KV-cache artifacts); use one of "
-            f"{', '.join(LM_BACKENDS.names())} for a language model"
+            f"{', '.join(lm_backends())} for a language model"
         )
-    return LM_BACKENDS.load(name)()
+    return half()
 
 
 def write_tokenizer(out_dir: Path, tokenizer: tok.ByteTokenizer) -> str:

@@ -1,16 +1,15 @@
 """An LM table's calibration from generation loops, the way `generate` and `tables validate` run a slice.
 
 Whole prefill and decode graphs timed alone miss what the LM session does around each call (feeding the
-past KV in, taking the present out, the argmax): on host-cpu-ort-lm that was about half of the time to
-first token and of each decode step (2026-12-02, latency_tables/host-cpu-ort-lm.validation.json before this
-module). Where the target's LM artifacts run here, `build_lm_table` therefore compiles each calibration
-slice as the LM artifact a deploy ships and times, in interleaved rounds:
+past KV in, taking the present out, the argmax), a large share of the time to first token and of each decode
+step (docs/language-models.md has the figures). Where the target's LM artifacts run here, `build_lm_table`
+therefore compiles each calibration slice as the LM artifact a deploy ships and times, in interleaved rounds:
 
 - prefill: the time to first token of a prompt of each bucket's length (one token generated);
 - decode: a generation of the target's `generate_tokens` after a prompt of each KV length (shortened where
   the context would run out; a static cache: after the TTFT prompt), the median of its decode steps. A
-  generation's first steps after its prefill run up to 3x slower than later ones (the prefill evicted the
-  decode's working set), so a step deep into a long generation would understate what users see.
+  generation's first steps after its prefill run slower than later ones (the prefill evicted the decode's
+  working set), so a step deep into a long generation would understate what users see.
 
 Each becomes a CalibrationSample beside the block sums of the same slice, so the fit maps blocks measured
 here to what a user's loop sees.
@@ -40,7 +39,7 @@ WARMUP_ROUNDS = 2
 
 def loops_run_here(target: Target) -> bool:
     """Generation loops time what a user sees only where the artifact runs in this process."""
-    return target.runner.kind == "local" and get_lm_backend(target.backend).runs_here() is None
+    return target.runner.measures_in_process and get_lm_backend(target.backend).runs_here() is None
 
 
 def loop_samples(

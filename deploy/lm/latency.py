@@ -3,7 +3,8 @@
 The table of an LM target (`lm:` in its YAML) holds blocks of two regimes (deploy/families/matformer_lm.py):
 prefill blocks keyed by the prompt length (the target's `prompt_buckets`), decode blocks keyed by the KV
 length (its `kv_lengths`; a static-cache backend has one, the model's max_context). A build measures them
-in one interleaved window and fits one calibration per regime (the table's per-"family" fits, keyed
+as `tables build` does an image table's (one by one into a partial file it resumes from, then all again in
+one interleaved calibration window) and fits one calibration per regime (the table's per-"family" fits, keyed
 `<family>:prefill` and `<family>:decode`) on the calibration slices: timed as generation loops where the
 target's LM artifacts run here (deploy/lm/calibrate.py: what a user's loop sees), else as whole-slice prefill
 and decode graphs at those lengths through the target's runner. Between measured lengths a
@@ -15,31 +16,46 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from torch import nn
 
-from deploy.errors import ConfigFileError, PromptError
-from deploy.families.base import Supernet
+from deploy import workspace
+from deploy.errors import ConfigFileError, ExecutorError, InvalidArgumentError, PromptError
+from deploy.executors.base import Executor, MakeItem
+from deploy.executors.local import LocalExecutor
+from deploy.families.base import BlockKey, Supernet
 from deploy.families.lm_blocks import Decoder, Graph
 from deploy.families.matformer_lm import REGIMES, Regime
-from deploy.latency.build import block_identity, calibration_configs, fit_calibration, new_table, null_measurable
+from deploy.latency.build import (
+    BuildPaths,
+    block_identity,
+    calibration_configs,
+    complete_table,
+    measure_blocks,
+    measure_window,
+    start_build,
+    window_interrupted,
+)
+from deploy.latency.calibration import fit_calibration
+from deploy.latency.lock import measuring
 from deploy.latency.predictor import LatencyPredictor, Prediction
-from deploy.latency.session import MeasureSession
-from deploy.latency.table import CalibrationSample, Entry, LatencyTable, now_iso
+from deploy.latency.session import Measurable, MeasureSession
+from deploy.latency.stats import LatencyStats
+from deploy.latency.table import Calibration, CalibrationSample, LatencyTable
+from deploy.progress import Progress, ProgressTask
 from deploy.search.space import SubnetConfig
 from deploy.targets import LMBudget, Target
 
 log = logging.getLogger(__name__)
 
-# loop timings this variable between rounds mean a busy machine: such a fit over-predicted a whole table
-# (host-cpu-litert-lm, docs/changelog.md 2026-12-02)
+# loop timings this variable between rounds (median) mean a busy machine, whose fit over-predicts the whole
+# table (docs/language-models.md)
 NOISY_CALIBRATION_CV = 0.15
-STATIC_BACKENDS = ("tflite", "coreml", "executorch", "executorch_coreml")  # fixed shapes: padded prompts, fixed cache
 
 
 def regime_key(family: str, regime: Regime) -> str:
@@ -57,7 +73,10 @@ def lm_budget(target: Target) -> LMBudget:
 
 
 def is_static(target: Target) -> bool:
-    return target.backend in STATIC_BACKENDS
+    """Fixed shapes (padded prompts, one cache of max_context), as the backend's LM half declares."""
+    from deploy.lm.artifact import get_lm_backend
+
+    return get_lm_backend(target.backend).cache != "dynamic"
 
 
 def lengths(target: Target, supernet: Supernet, regime: Regime) -> tuple[int, ...]:
@@ -168,70 +187,82 @@ class LMBuildResult:
     graphs: int  # calibration samples: (slice, regime, length)
     fits: dict[str, Any]
     calibrated_on: str = "slice graphs"  # or "generation-loop timings"
+    measured: int = 0  # blocks measured alone in this run (the rest were resumed or kept)
+    written: bool = True  # False: the table was complete and calibrated, nothing was measured
+
+
+def check_lm_executor(target: Target, executor: str) -> None:
+    """Refuse an executor the build cannot honour, before anything starts: generation-loop calibration runs
+    in this process (deploy/lm/calibrate.py), so its blocks must be timed where the loops are."""
+    from deploy.executors import EXECUTORS
+    from deploy.lm.calibrate import loops_run_here
+
+    if executor != "local" and executor in EXECUTORS and loops_run_here(target):  # an unknown one: its own error
+        raise ExecutorError(
+            f"--executor {executor} cannot build {target.name}: its calibration times generation loops in this "
+            "process, which must see the same device as its blocks; run `tables build` with --executor local "
+            "on the machine the target describes"
+        )
+
+
+def check_lm_precision(target: Target, precision: str | None) -> None:
+    if precision is not None and precision != target.precision:
+        raise InvalidArgumentError(
+            f"--precision {precision}: {target.name} is a language-model target, built at its one precision "
+            f"({target.precision}); drop --precision"
+        )
+
+
+def _calibrated_on(calibration: Calibration) -> str:
+    loops = any(s.config.get("source") == "loop" for s in calibration.samples)
+    return "generation-loop timings" if loops else "slice graphs"
+
+
+def _result(path: Path, blocks: int, calibration: Calibration, measured: int, written: bool) -> LMBuildResult:
+    fits = {k: f.model_dump() for k, f in calibration.families.items()}
+    return LMBuildResult(path, blocks, len(calibration.samples), fits, _calibrated_on(calibration), measured, written)
 
 
 def build_lm_table(
     target: Target,
     supernet: Supernet,
     *,
-    cache_dir: Path | None = None,
-    progress: bool = True,
     path: Path | None = None,
+    rebuild: bool = False,
+    recalibrate: bool = False,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> LMBuildResult:
-    """Measure every prefill/decode block of the model and whole-slice graphs at each length, interleaved in one
-    window, and fit one calibration per regime. Writes the target's table (its `lm` blocks and fits)."""
-    from deploy import workspace
-    from deploy.lm.calibrate import loop_samples, loops_run_here
+    """Measure the prefill/decode blocks the table lacks, then calibrate one fit per regime.
 
-    path = path or target.table_write_path
-    static = is_static(target)
-    session = MeasureSession.open(target, cache_dir)
-    blocks = table_blocks(target, supernet)
-    n = lm_budget(target).calibration_prompts
-    configs = [c for _, c in calibration_configs([supernet], n)]
-    loops = loops_run_here(target)  # else whole-slice graphs through the target's runner
-    graphs = [] if loops else [(c, r, n) for c in configs for r in REGIMES for n in lengths(target, supernet, r)]
-    with Progress(disable=not progress) as bar:
-        total = len(blocks) + (len(configs) if loops else len(graphs))
-        task = bar.add_task(f"[cyan]compiling LM blocks and slices for {target.name}", total=total)
-        items = []
-        for key in blocks:
-            module, example = supernet.measurable_block(key)
-            items.append(session.compile(module, example, block_identity(key)))
-            bar.advance(task)
-        for config, regime, length in graphs:
-            module, example, names = regime_graph(supernet.extract(config), regime, length, static)
-            items.append(session.compile(module, example, graph_identity(config, regime, length, static), names))
-            bar.advance(task)
-        bar.update(task, description="[cyan]measuring blocks" + ("" if loops else " and slices interleaved"))
-        *stats, null = session.measure([*items, null_measurable(session)])
-        window = dict(zip(blocks, stats[: len(blocks)], strict=True))
-        if loops:
-            bar.update(task, description="[cyan]calibration slices: generation loops")
-            samples = loop_samples(
-                target, supernet, configs, window,
-                buckets=lengths(target, supernet, "prefill"), kv_lengths=lengths(target, supernet, "decode"),
-                static=static, work=Path(cache_dir or workspace.cache_dir()) / "lm-build" / target.name,
-                regime_key=regime_key, advance=lambda: bar.advance(task),
-            )  # fmt: skip
-    fingerprint = session.fingerprint()
-    table = new_table(session)
-    for key, s in window.items():
-        table.upsert(Entry.from_stats(key, s, fingerprint, session.device_id()))
-    if not loops:
-        samples = []
-        for (config, regime, length), s in zip(graphs, stats[len(blocks) :], strict=True):
-            keys = supernet.regime_blocks(config, regime, length, static)
-            samples.append(
-                CalibrationSample(
-                    subnet_id=f"{config.id}:{regime}@{length}",
-                    config={**config.to_json(), "family": regime_key(supernet.family, regime), "length": length},
-                    block_sum_ms=sum(window[k].median_ms for k in keys),
-                    n_blocks=len(keys),
-                    measured_ms=s.median_ms,
-                    cv=s.cv,
-                )
-            )
+    As `build_table` (deploy/latency/build.py): blocks are measured one by one through the executor into
+    the partial file (an interrupted build resumes), `rebuild` measures every block again, `recalibrate`
+    only the calibration window, in which every block is measured again interleaved with whole-slice graphs
+    at each length, or beside generation loops where the target's LM artifacts run here."""
+    executor = executor or LocalExecutor()
+    check_lm_executor(target, executor.name)
+    paths = BuildPaths.of(target, path)
+    workspace.check_writable(paths.table.parent, "latency table folder")  # before any measuring
+    workspace.check_writable(cache_dir or workspace.cache_dir(), "cache")
+    session = executor.session(target, cache_dir)
+    start = start_build(session, paths, rebuild)
+    old, blocks = start.old, table_blocks(target, supernet)
+    todo = [b for b in blocks if b not in start.table.index()]
+    log.info("%d LM blocks, %d already measured, %d to measure", len(blocks), len(blocks) - len(todo), len(todo))
+    if start.up_to_date(todo) and old is not None and old.calibration is not None and not recalibrate:
+        log.info("%s is complete and calibrated; nothing to measure (--rebuild measures it all again)", paths.table)
+        return _result(paths.table, len(blocks), old.calibration, measured=0, written=False)
+
+    def compile_block(key: BlockKey) -> Measurable:
+        module, example = supernet.measurable_block(key)
+        return session.compile(module, example, block_identity(key))
+
+    with measuring(session.runner, f"tables build {target.name}"):  # held for the whole build, as build_table
+        done, label = len(blocks) - len(todo), f"LM blocks on {target.name}"
+        task = ProgressTask(progress, "blocks", len(blocks), completed=done, description=label)
+        measure_blocks(executor, session, start, paths, blocks, todo, compile_block, task)
+        window, samples, null = _calibration_window(target, supernet, session, paths, old, compile_block, progress)
     noisy_cv = float(np.median([x.cv for x in samples])) if samples else 0.0
     if noisy_cv > NOISY_CALIBRATION_CV:
         log.warning(
@@ -240,13 +271,70 @@ def build_lm_table(
             "(elastic-deploy tables build --target %s --rebuild)",
             target.name, 100 * noisy_cv, target.name,
         )  # fmt: skip
-    table.calibration = fit_calibration(samples, call_overhead_ms=null.median_ms)
-    table.provenance = table.provenance.model_copy(update={"date": now_iso()})
-    table.save(path)
-    fits = {k: f.model_dump() for k, f in table.calibration.families.items()}
-    on = "generation-loop timings" if loops else "slice graphs"
-    log.info("LM table %s: %d blocks, %d %s; fits %s", path, len(blocks), len(samples), on, fits)
-    return LMBuildResult(path, len(blocks), len(samples), fits, on)
+    calibration = complete_table(session, start.table, paths, window, fit_calibration(samples, null.median_ms))
+    result = _result(paths.table, len(blocks), calibration, measured=len(todo), written=True)
+    log.info("LM table %s: %d blocks, %d %s; fits %s", paths.table, len(blocks), result.graphs, result.calibrated_on,
+             result.fits)  # fmt: skip
+    return result
+
+
+def _compile_graph(
+    session: MeasureSession, supernet: Supernet, config: SubnetConfig, regime: Regime, length: int, static: bool
+) -> Measurable:
+    module, example, names = regime_graph(supernet.extract(config), regime, length, static)
+    return session.compile(module, example, graph_identity(config, regime, length, static), names)
+
+
+def _calibration_window(
+    target: Target,
+    supernet: Supernet,
+    session: MeasureSession,
+    paths: BuildPaths,
+    old: LatencyTable | None,
+    compile_block: MakeItem,
+    progress: Progress | None,
+) -> tuple[dict[BlockKey, LatencyStats], list[CalibrationSample], LatencyStats]:
+    """Every block measured again in one window with whole-slice graphs at each length, or followed by the
+    calibration slices' generation loops where they run here: (block figures, calibration samples, null)."""
+    from deploy.lm.calibrate import loop_samples, loops_run_here
+
+    static, blocks = is_static(target), table_blocks(target, supernet)
+    configs = [c for _, c in calibration_configs([supernet], lm_budget(target).calibration_prompts)]
+    loops = loops_run_here(target)  # else whole-slice graphs through the target's runner
+    graphs = [] if loops else [(c, r, n) for c in configs for r in REGIMES for n in lengths(target, supernet, r)]
+    total = len(blocks) + (len(configs) if loops else len(graphs))
+    task = ProgressTask(progress, "calibration", total, description=f"compiling LM blocks and slices for {target.name}")
+    makers = [partial(_compile_graph, session, supernet, c, r, n, static) for c, r, n in graphs]
+    window, stats, null = measure_window(
+        session, paths, old, blocks, compile_block, makers, task,
+        "measuring blocks" + ("" if loops else " and slices interleaved"),
+    )  # fmt: skip
+    if loops:
+        task.describe("calibration slices: generation loops")
+        try:
+            samples = loop_samples(
+                target, supernet, configs, window,
+                buckets=lengths(target, supernet, "prefill"), kv_lengths=lengths(target, supernet, "decode"),
+                static=static, work=Path(session.cache_dir or workspace.cache_dir()) / "lm-build" / target.name,
+                regime_key=regime_key, advance=task.advance,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            raise window_interrupted(paths, old) from None
+        return window, samples, null
+    samples = []
+    for (config, regime, length), s in zip(graphs, stats, strict=True):
+        keys = supernet.regime_blocks(config, regime, length, static)
+        samples.append(
+            CalibrationSample(
+                subnet_id=f"{config.id}:{regime}@{length}",
+                config={**config.to_json(), "family": regime_key(supernet.family, regime), "length": length},
+                block_sum_ms=sum(window[k].median_ms for k in keys),
+                n_blocks=len(keys),
+                measured_ms=s.median_ms,
+                cv=s.cv,
+            )
+        )
+    return window, samples, null
 
 
 def calibrated_ids(table: LatencyTable) -> set[str]:

@@ -14,9 +14,8 @@ from pathlib import Path
 from deploy.errors import ConfigFileError, DeployError, TokenizerError
 from deploy.lm.artifact import SPEC_FILE, LMArtifact, get_lm_backend
 from deploy.lm.generate import Generation, check_prompt, encode_prompt, greedy
-from deploy.lm.manifest import LMManifest
 from deploy.lm.tokenizer import ByteTokenizer
-from deploy.packaging.manifest import inside
+from deploy.packaging.manifest import LMManifest, inside
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ def open_dist(dist: Path) -> Packaged:
     manifest, then every file of the artifact."""
     dist = Path(dist)
     manifest_path = dist / "manifest.json"
+    if not manifest_path.exists():
+        raise DeployError(f"no manifest at {manifest_path}; deploy a language model there first (make deploy TARGET=…)")
     manifest = LMManifest.load(manifest_path)
     artifact = LMArtifact.load(inside(dist, manifest.artifact.dir, named_by=manifest_path, field="artifact.dir"))
     tokenizer = artifact.tokenizer()  # against lm.json's vocabulary and sha256

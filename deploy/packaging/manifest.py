@@ -1,21 +1,25 @@
 """manifest.json, typed: what a deploy (or a convert) shipped, and where every number in it came from.
 
-Written by deploy/packaging/report.py, read back by `bench`, the CLI and the report through `Manifest.load`,
-never as a dict of string keys. Sections that carry other modules' own records (the latency table's
-provenance, the artifact check, the selection's Pareto front) are kept as those records' JSON.
+One header (`ManifestHeader`: schema, `kind`, target, device, backend, precision, versions, date) and a body
+per kind, discriminated by `kind`: `image` (a subnet of an image classifier), `lm` (a slice of a language
+model with its KV-cache artifact) and `convert` (a plain model, no selection). Written by the deploy and
+convert flows, read back by `bench`, `generate`, `compile`, the CLI and the report through `load_manifest`
+(or a kind's own `load`), never as a dict of string keys. Sections that carry other modules' own records
+(the latency table's provenance, the artifact check, the selection's Pareto front) are kept as their JSON.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from deploy.errors import ConfigFileError
 from deploy.io import atomic_write_text, pydantic_error_line, read_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: every manifest has `kind` (image, lm, convert)
+KIND_USE = {"image": "bench", "lm": "generate", "convert": "bench"}
 
 
 def inside(folder: Path, name: str, *, named_by: Path, field: str) -> Path:
@@ -106,12 +110,42 @@ class SubnetRecord(_Record):
     params: int | None
 
 
-class Manifest(_Record):
+class ManifestHeader(_Record):
+    """What every manifest says first: which kind of deploy, for which target, with which toolchain, when."""
+
     schema_version: int = SCHEMA_VERSION
+    kind: str
     target: str
     device: str
     backend: str
     precision: str
+    versions: dict[str, str]
+    created: str
+
+    dump_by_alias: ClassVar[bool] = False
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / "manifest.json"
+        atomic_write_text(path, self.model_dump_json(indent=2, by_alias=self.dump_by_alias) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Any:
+        """The manifest at `path`, which must be of this class's kind (ConfigFileError saying what it is)."""
+        kind = cls.model_fields["kind"].default
+        manifest = load_manifest(path)
+        if manifest.kind != kind:
+            raise ConfigFileError(
+                f"{path}: a manifest of kind '{manifest.kind}', not '{kind}'; `{KIND_USE[kind]}` takes what a deploy "
+                f"of kind '{kind}' wrote (this folder is for `{KIND_USE[manifest.kind]}`)"
+            )
+        return manifest
+
+
+class ImageManifest(ManifestHeader):
+    """A deploy of an image classifier's subnet: one artifact timed per call."""
+
+    kind: Literal["image"] = "image"
     model: str
     model_spec: dict[str, Any]  # the spec the model was built from (family, dims, task, weights)
     subnet: SubnetRecord
@@ -123,33 +157,11 @@ class Manifest(_Record):
     parity: dict[str, Any] | None
     validation: dict[str, Any]
     selection: dict[str, Any]
-    versions: dict[str, str]
-    created: str
-    drift: dict[str, Any] | None = None  # deploy/latency/drift.py: table prediction, correction, measurement
+    drift: dict[str, Any] | None = None  # the drift check, correction and measurement (deploy/latency/drift.py)
 
     @property
     def build_on_device(self) -> str | None:
         return self.validation.get("build_on_device")
-
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / "manifest.json"
-        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> Manifest:
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ConfigFileError(f"{path}: not a manifest (expected a JSON object); deploy again")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ConfigFileError(
-                f"{path}: manifest schema {data.get('schema_version')}, this tool reads {SCHEMA_VERSION}; "
-                "deploy again to write a current one"
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigFileError(pydantic_error_line(path, exc) + "; deploy again") from None
 
 
 class ConvertedModel(_Record):
@@ -160,30 +172,124 @@ class ConvertedModel(_Record):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class ConvertManifest(_Record):
+class ConvertManifest(ManifestHeader):
     """What `convert` shipped: a plain model (no subnet, no table), checked for parity and measured."""
 
-    schema_version: int = SCHEMA_VERSION
-    kind: str = "convert"
+    kind: Literal["convert"] = "convert"
     model: ConvertedModel
     input_shape: list[int]
     example_input: str
-    target: str
-    device: str
-    backend: str
-    precision: str
     artifact: dict[str, Any]
     validation: dict[str, Any]
     latency: MeasurementRecord
     hub_entry: str
-    versions: dict[str, str]
-    created: str
+
+    dump_by_alias: ClassVar[bool] = True
 
     @property
     def build_on_device(self) -> str | None:
         return self.validation.get("build_on_device")
 
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / "manifest.json"
-        atomic_write_text(path, self.model_dump_json(indent=2, by_alias=True) + "\n")
-        return path
+
+# --- a language model's deploy --------------------------------------------------------------------------
+
+
+class TokenizerRecord(_Record):
+    file: str
+    sha256: str
+    vocab: int
+    kind: str
+
+
+class GenerationTiming(_Record):
+    """Generation loops timed on the target: median TTFT, median ms per decoded token, tokens/s."""
+
+    ttft_ms: float
+    ms_per_token: float
+    tokens_per_s: float
+    prompt_tokens: int
+    generated_tokens: int
+    loops: int
+    where: str
+
+
+class LMLatencyRecord(_Record):
+    ttft_prompt: int
+    predicted_ttft_ms: float
+    predicted_ttft_std_ms: float
+    decode_context: int
+    predicted_ms_per_token: float
+    predicted_ms_per_token_std: float
+    predicted_tokens_per_s: float
+    budgets: dict[str, float | None]  # ttft_ms, ms_per_token, max_artifact_mb
+    margins_pct: dict[str, float]  # per regime, from the table's validation (else its fit)
+    method: str  # measured, estimated or transferred (the table's)
+    measured: GenerationTiming | None = None
+    not_measured_reason: str | None = None
+    # a slice measured over a budget is re-selected once, each regime's predictions rescaled by that measurement
+    corrections: dict[str, float] = Field(default_factory=dict)  # regime -> factor on the table's predictions
+    reselected_from: str | None = None  # the slice measured over its budget
+    table: dict[str, Any]  # provenance, per-regime fits and validations
+
+
+class LMArtifactRecord(_Record):
+    dir: str  # relative to the manifest
+    sha256: str  # of the folder (every file, by relative path)
+    backend: str
+    cache: str
+    prompt_buckets: list[int]
+    max_context: int
+    kv_shape: list[int]
+    files: dict[str, str]
+    inspection: dict[str, Any]
+
+
+class LMMetricRecord(_Record):
+    name: str
+    direction: str
+    val: float
+    test: float
+    artifact_test: float | None  # perplexity through the artifact's own KV-cache path (teacher-forced)
+    torch_windows: float | None = None  # the torch slice's perplexity on the same windows, same path
+    artifact_windows: int | None
+    next_token_accuracy: float | None  # of the torch slice on val
+    task: dict[str, Any]
+
+
+class LMManifest(ManifestHeader):
+    """A deploy of a language model's slice: the KV-cache artifact folder, its tokenizer, TTFT and ms/token."""
+
+    kind: Literal["lm"] = "lm"
+    model: str
+    model_spec: dict[str, Any]
+    subnet: SubnetRecord
+    checkpoint_sha256: str
+    artifact: LMArtifactRecord
+    tokenizer: TokenizerRecord
+    latency: LMLatencyRecord
+    accuracy: LMMetricRecord
+    parity: dict[str, Any] | None  # greedy parity (deploy/lm/parity.py), None where the artifact cannot run here
+    not_run_reason: str | None = None
+    selection: dict[str, Any]
+    drift: dict[str, Any] | None = None  # the drift check and its correction, as an image deploy records
+
+
+AnyManifest = Annotated[ImageManifest | LMManifest | ConvertManifest, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[ImageManifest | LMManifest | ConvertManifest] = TypeAdapter(AnyManifest)
+
+
+def load_manifest(path: Path) -> ImageManifest | LMManifest | ConvertManifest:
+    """Any manifest this tool writes, typed by its `kind`; ConfigFileError (one line) for anything else."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: not a manifest (expected a JSON object); deploy again")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigFileError(
+            f"{path}: manifest schema {data.get('schema_version')}, this tool reads {SCHEMA_VERSION}; "
+            "deploy again to write a current one"
+        )
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigFileError(pydantic_error_line(path, exc) + "; deploy again") from None

@@ -11,23 +11,14 @@ matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
 
 from deploy.io import atomic_write_text
-from deploy.latency.table import LatencyTable, now_iso
+from deploy.latency.table import LatencyTable
 from deploy.packaging.manifest import (
-    ArtifactRecord,
-    LatencyRecord,
-    Manifest,
-    MeasuredRecord,
-    MetricRecord,
-    SubnetRecord,
-    TensorSpec,
+    ImageManifest,
+    LMManifest,
 )
 from deploy.tasks.base import Metric
 
 if TYPE_CHECKING:
-    from deploy.backends.base import Artifact
-    from deploy.export.check import ArtifactCheck
-    from deploy.latency.stats import LatencyStats
-    from deploy.models.checkpoint import CheckpointInfo
     from deploy.search.select import Selection
     from deploy.targets import Target
 
@@ -40,97 +31,6 @@ def table_provenance(table: LatencyTable, family: str | None = None) -> dict[str
     prov["validation"] = None if validation is None else validation.model_dump()
     prov["validation_family"] = family if family in table.validations else None
     return prov
-
-
-def write_manifest(
-    out: Path,
-    *,
-    target: Target,
-    variant: str,
-    selection: Selection,
-    ckpt: CheckpointInfo,
-    artifact: Artifact,
-    artifact_sha256: str,
-    table: LatencyTable,
-    margin_pct: float,
-    measured: LatencyStats | None,
-    not_measured: str | None,
-    accuracy: dict[str, Any],
-    check: ArtifactCheck,
-    inputs: list[dict[str, Any]],
-    hub_key: str,
-    versions: dict[str, str],
-    out_dir: Path,
-    drift: dict[str, Any] | None = None,
-) -> Manifest:
-    """manifest.json in `out`; `accuracy` holds the task's metric record (MetricRecord's fields), `drift` the
-    drift correction and measurement (deploy/latency/drift.py)."""
-    choice = selection.choice
-    prov = table.provenance
-    how = None
-    if measured is not None:
-        how = MeasuredRecord(
-            stats=measured.to_json(),
-            how=f"median of {measured.n_runs} timed runs in {len(measured.round_medians_ms)} rounds after "
-            f"warm-up, {target.threads} threads, on {measured.where}",
-        )
-    spec = ckpt.spec.model_dump(mode="json", exclude={"path"}) if ckpt.spec is not None else {"name": variant}
-    manifest = Manifest(
-        target=target.name,
-        device=target.device.name,
-        backend=target.backend,
-        precision=target.precision,
-        model=variant,
-        model_spec=spec,
-        subnet=SubnetRecord(id=choice.config.id, config=choice.config.to_json(), params=choice.params),
-        checkpoint_sha256=ckpt.sha256,
-        artifact=ArtifactRecord(
-            path=str(out_dir / artifact.path.name),
-            sha256=artifact_sha256,
-            format=artifact.backend,
-            backend=artifact.backend,
-            status=check.status,
-            inputs=[TensorSpec(**i) for i in inputs],
-            output_names=list(artifact.output_names),
-            options=dict(artifact.options),
-        ),
-        hub_entry=hub_key,
-        latency=LatencyRecord(
-            predicted_ms=choice.latency_ms,
-            predicted_std_ms=choice.latency_std_ms,
-            prediction=f"sum of {prov.method} block latencies from the {target.table_file} table, calibrated on "
-            "whole subnets",
-            measured_ms=None if measured is None else measured.median_ms,
-            not_measured_reason=not_measured,
-            measured=how,
-            budget_ms=target.budget_ms,
-            safety_margin_pct=margin_pct,
-            method=prov.method,
-            table=table_provenance(table, choice.config.family),
-        ),
-        accuracy=MetricRecord(**accuracy, val_source=choice.accuracy_source),
-        parity=check.to_json()["parity"],
-        validation=check.to_json(),
-        selection={
-            "method": selection.method,
-            "space_size": selection.space_size,
-            "evaluated": selection.evaluated,
-            "feasible": selection.feasible,
-            "elapsed_s": selection.elapsed_s,
-            "direction": selection.direction,
-            # how the choice was confirmed with real scores (None: the surrogate alone decided)
-            "rescoring": None if selection.rescoring is None else selection.rescoring.to_json(),
-            "pareto_front": [
-                {"id": c.config.id, "latency_ms": c.latency_ms, "accuracy": c.accuracy, "source": c.accuracy_source}
-                for c in selection.front
-            ],
-        },
-        versions=versions,
-        created=now_iso(),
-        drift=drift,  # deploy/latency/drift.py: table prediction, drift correction, measurement, observation
-    )
-    manifest.save(out)
-    return manifest
 
 
 def plot_pareto(selection: Selection, target: Target, path: Path, method: str = "measured") -> None:
@@ -246,7 +146,13 @@ def _drift_rows(drift: dict[str, Any] | None) -> list[str]:
     return [row + " |"]
 
 
-def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
+def write_report(out: Path, manifest: ImageManifest | LMManifest) -> None:
+    """report.md beside the manifest: the same record, for people (one writer; a section per kind)."""
+    lines = _lm_lines(manifest) if isinstance(manifest, LMManifest) else _image_lines(manifest)
+    atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def _image_lines(manifest: ImageManifest) -> list[str]:
     lat, acc = manifest.latency, manifest.accuracy
     prov = lat.table
     par, check = manifest.parity, manifest.validation
@@ -269,7 +175,7 @@ def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
         if val
         else "not validated yet (`elastic-deploy tables validate`)"
     )
-    task = acc.task
+    task, sel = acc.task, manifest.selection
     params = "" if manifest.subnet.params is None else f" ({manifest.subnet.params:,} params)"
     lines = [
         f"# {manifest.target}: {manifest.model} subnet {manifest.subnet.id}",
@@ -292,8 +198,8 @@ def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
         + (f"on test {fmt(acc.artifact_test)} |" if acc.artifact_test is not None else "not run here |"),
         f"| task | {task.get('task')} (seed {task.get('seed')}): {task.get('source', '')} {task.get('split', '')} |",
         _parity_row(par, check),
-        f"| selection | {selection.method} over {selection.space_size:,} subnets, {selection.evaluated:,} evaluated, "
-        f"{selection.feasible:,} feasible, {selection.elapsed_s:.2f} s |",
+        f"| selection | {sel['method']} over {sel['space_size']:,} subnets, {sel['evaluated']:,} evaluated, "
+        f"{sel['feasible']:,} feasible, {sel['elapsed_s']:.2f} s |",
         "",
         *_precision_rows(acc.precisions),
         f"![{acc.name} vs latency](pareto.png)",
@@ -308,4 +214,43 @@ def write_report(out: Path, manifest: Manifest, selection: Selection) -> None:
         ),
         "",
     ]
-    atomic_write_text(out / "report.md", "\n".join(lines))
+    return lines
+
+
+def _lm_lines(m: LMManifest) -> list[str]:
+    lat, acc = m.latency, m.accuracy
+    measured = (
+        f"{lat.measured.ttft_ms:.3f} ms TTFT, {lat.measured.ms_per_token:.3f} ms/token, "
+        f"{lat.measured.tokens_per_s:.0f} tokens/s ({lat.measured.loops} loops on {lat.measured.where})"
+        if lat.measured
+        else f"not measured ({lat.not_measured_reason})"
+    )
+    na = "n/a"
+    return [
+        f"# {m.model} on {m.target}: slice {m.subnet.id}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| slice | {m.subnet.config['choices']} ({m.subnet.params} params) |",
+        f"| artifact | `{m.artifact.dir}/` ({m.backend}, {m.artifact.cache} KV cache, max context "
+        f"{m.artifact.max_context}, prompt buckets {m.artifact.prompt_buckets}) |",
+        f"| predicted ({lat.method} table) | TTFT {lat.predicted_ttft_ms:.3f} ± {lat.predicted_ttft_std_ms:.3f} ms at "
+        f"{lat.ttft_prompt} tokens; {lat.predicted_ms_per_token:.3f} ms/token at {lat.decode_context} of context |",
+        f"| budgets | {lat.budgets} (margins {lat.margins_pct}) |",
+        *(
+            [f"| re-selected | {lat.reselected_from} measured over a budget; predictions rescaled {lat.corrections} |"]
+            if lat.reselected_from
+            else []
+        ),
+        f"| measured | {measured} |",
+        f"| {acc.name} ({acc.direction} is better) | torch slice: val {acc.val:.4g}, test {acc.test:.4g}; on "
+        f"{acc.artifact_windows or 'no'} test windows through the KV cache: artifact "
+        f"{na if acc.artifact_test is None else f'{acc.artifact_test:.4g}'}, torch slice "
+        f"{na if acc.torch_windows is None else f'{acc.torch_windows:.4g}'}; next-token accuracy "
+        f"{na if acc.next_token_accuracy is None else f'{acc.next_token_accuracy:.1%}'} |",
+        f"| parity | {m.parity['identical'] if m.parity else na} of {m.parity['prompts'] if m.parity else na} "
+        f"prompts identical, max logit diff {m.parity['max_abs_logit_diff'] if m.parity else na} |",
+        "",
+        f'Run it: `elastic-deploy generate --dist dist/{m.target} "def main("`',
+        "",
+    ]

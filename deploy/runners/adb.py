@@ -37,8 +37,13 @@ import numpy as np
 
 from deploy.backends.base import Artifact, Backend
 from deploy.errors import MeasurementError, RunnerError, UnsupportedOpError
-from deploy.latency.measure import outlier_fence, relative_standard_error, stats_from_rounds
-from deploy.latency.stats import LatencyStats, MeasureProtocol
+from deploy.latency.stats import (
+    LatencyStats,
+    MeasureProtocol,
+    outlier_fence,
+    relative_standard_error,
+    stats_from_rounds,
+)
 from deploy.models.checkpoint import sha256_file
 from deploy.runners.base import Progress, SingleFromMany
 from deploy.runners.specs import AdbSpec
@@ -441,6 +446,8 @@ class AdbRunner(SingleFromMany):
         items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
         protocol: MeasureProtocol,
         on_progress: Progress | None = None,
+        *,
+        warn_noisy: bool = True,  # its gate only retries and reports progress: no warning to leave out
     ) -> list[LatencyStats]:
         """Rounds interleaved across items (round r runs item 0, 1, ...), with retries while too noisy."""
         if not items:

@@ -7,8 +7,9 @@ whole subnets) need.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -48,8 +49,13 @@ class Runner(Protocol):
         items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
         protocol: MeasureProtocol,
         on_progress: Progress | None = None,
+        *,
+        warn_noisy: bool = True,
     ) -> list[LatencyStats]:
-        """Stats for each (artifact, inputs), in order, measured interleaved in the same time window."""
+        """Stats for each (artifact, inputs), in order, measured interleaved in the same time window.
+
+        `warn_noisy` False: the caller states the spread itself, so log no warning for items that stayed
+        above the protocol's precision gate (a runner whose gate logs nothing here may ignore it)."""
 
 
 class SingleFromMany:
@@ -66,3 +72,17 @@ class SingleFromMany:
         on_progress: Progress | None = None,
     ) -> LatencyStats:
         return self.benchmark_many(backend, [(artifact, inputs)], protocol, on_progress)[0]  # type: ignore[attr-defined]
+
+
+def quiet_gate(runner: Any, warn_noisy: bool) -> dict[str, bool]:
+    """The keyword that asks `runner.benchmark_many` for no precision-gate warning: {} when warnings are
+    wanted, or when the runner's benchmark_many does not take `warn_noisy` (a user's runner written before
+    it existed is called as it always was)."""
+    if warn_noisy:
+        return {}
+    try:
+        params = inspect.signature(runner.benchmark_many).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C callable): call it as before
+        return {}
+    takes = any(p.name == "warn_noisy" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return {"warn_noisy": False} if takes else {}

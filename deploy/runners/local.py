@@ -63,6 +63,8 @@ class LocalRunner(SingleFromMany):
         items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
         protocol: MeasureProtocol,
         on_progress: Progress | None = None,
+        *,
+        warn_noisy: bool = True,
     ) -> list[LatencyStats]:
         # A backend with a device clock (CUDA events) times each run itself; others use the host clock.
         device_timed = backend.times_on_device
@@ -70,5 +72,7 @@ class LocalRunner(SingleFromMany):
         # Keys carry the position: the same artifact may appear twice (to measure repeatability).
         calls = {f"{i}:{artifact.path}": make_call(artifact, inputs) for i, (artifact, inputs) in enumerate(items)}
         where = f"{self.where} ({backend.device_clock()})" if device_timed else self.where
-        stats = measure_interleaved(calls, protocol, on_progress=on_progress, where=where, self_timed=device_timed)
+        stats = measure_interleaved(
+            calls, protocol, on_progress=on_progress, where=where, self_timed=device_timed, warn_noisy=warn_noisy
+        )
         return [stats[key] for key in calls]

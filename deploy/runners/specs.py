@@ -3,6 +3,8 @@
 Each runner class declares its spec (`spec_model`) and the backends it can run (`backends`, None: any
 whose runtime runs where it measures); a target is checked against both when it loads. A user's runner
 subclasses `RunnerSpecBase` with its own `kind` and registers in the `elastic_deploy.runners` group.
+A spec also declares what its runner can do (`measures_in_process`), so callers ask that rather than
+test for a kind by name.
 
 Every field that reaches a program's argument list (ssh, scp, adb) is argument-safe: never an option
 (a leading '-'), no whitespace or control characters, only the characters a host, user, serial or path
@@ -12,7 +14,7 @@ needs. A target file must not be able to run a command on this machine.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,9 +43,16 @@ CpuMask = argument_safe(r"[0-9a-fA-F]+", "give a hexadecimal CPU mask such as f0
 
 
 class RunnerSpecBase(BaseModel):
-    """Common to every runner spec: its `kind` (the runner's registered name)."""
+    """Common to every runner spec: its `kind` (the runner's registered name) and its runner's capabilities.
+
+    `measures_in_process`: the runner times artifacts in this process, on this machine, with this machine's
+    runtime (the local runner). Then an artifact this machine cannot run cannot be measured either, the
+    machine's CPU count bounds the target's threads, and a failure to measure is this machine's, not a
+    device that is away. False (a user's runner inherits it): measurements run on a device elsewhere.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    measures_in_process: ClassVar[bool] = False
     kind: str
 
     def where(self) -> str | None:
@@ -52,6 +61,7 @@ class RunnerSpecBase(BaseModel):
 
 
 class LocalSpec(RunnerSpecBase):
+    measures_in_process: ClassVar[bool] = True
     kind: Literal["local"] = "local"
 
 

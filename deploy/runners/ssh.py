@@ -173,6 +173,8 @@ class SshRunner(SingleFromMany):
         items: Sequence[tuple[Artifact, Mapping[str, np.ndarray]]],
         protocol: MeasureProtocol,
         on_progress: Progress | None = None,
+        *,
+        warn_noisy: bool = True,  # the host's gate warning stays in its stderr, which is shown only on failure
     ) -> list[LatencyStats]:
         if not items:
             return []

@@ -391,6 +391,7 @@ def _rescore(
     return choice, rescored, info
 
 
+# Over ~80 lines: the search's three phases (enumerate or evolve, rescore, front) share its bounded budget counters.
 def select(
     space: SearchSpace,
     latency: LatencyFn,

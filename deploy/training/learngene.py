@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from deploy.families.learngene import Learngene, LearngeneTuned
 from deploy.families.matformer_vit import Block, Head, PatchEmbed, ViT
 from deploy.models import checkpoint
+from deploy.progress import Progress
 from deploy.tasks.base import Splits
 from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, top1
 from deploy.training.recipes import Recipe
@@ -45,7 +46,13 @@ def _ce_step(module: torch.nn.Module):
 
 
 def fit(
-    net: Learngene, splits: Splits, recipe: Recipe, total_steps: int, train_s: float, seed: int, progress: bool
+    net: Learngene,
+    splits: Splits,
+    recipe: Recipe,
+    total_steps: int,
+    train_s: float,
+    seed: int,
+    progress: Progress | None,
 ) -> Loop:
     """The teacher for recipe.stage2_epochs, then the auxiliary model for `total_steps` (recipe.epochs)."""
     teacher = make_teacher(net)
@@ -96,7 +103,13 @@ def fit(
 
 
 def finetune(
-    net: LearngeneTuned, splits: Splits, recipe: Recipe, total_steps: int, train_s: float, seed: int, progress: bool
+    net: LearngeneTuned,
+    splits: Splits,
+    recipe: Recipe,
+    total_steps: int,
+    train_s: float,
+    seed: int,
+    progress: Progress | None,
 ) -> Loop:
     """Start from the shipped learngene's descendant of this depth, then train every layer on the labels."""
     source, info = checkpoint.load(net.source)

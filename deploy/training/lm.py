@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from deploy.families.base import Supernet
+from deploy.progress import Progress
 from deploy.search.space import SubnetConfig
 from deploy.tasks.base import Splits
 from deploy.training.loop import Loop, run_steps
@@ -49,7 +50,13 @@ def perplexity(net: Supernet, x: torch.Tensor, y: torch.Tensor, config: SubnetCo
 
 
 def fit_lm(
-    net: Supernet, splits: Splits, recipe: Recipe, total_steps: int, train_s: float, seed: int, progress: bool
+    net: Supernet,
+    splits: Splits,
+    recipe: Recipe,
+    total_steps: int,
+    train_s: float,
+    seed: int,
+    progress: Progress | None,
 ) -> Loop:
     from deploy.training.train import _step  # the sandwich step (train.py registers this procedure)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from deploy.accuracy.oracle import progress_bar
+from deploy.progress import Progress, ProgressTask
 from deploy.tasks.mnist import MNIST_MEAN, MNIST_STD, Splits
 from deploy.training.recipes import Recipe
 
@@ -48,7 +48,8 @@ def init_sincos_positions(pos: torch.nn.Parameter | None, scale: float) -> None:
     """Start the position embedding at a 2-D sin-cos grid (MAE-style) instead of near zero.
 
     A ViT whose positions start at std 0.02 first sees a bag of patches and spends most of a short run
-    discovering where they are; with the grid given, a 300-step run gains ~6 pp on MNIST val.
+    discovering where they are; with the grid given, a short run is markedly more accurate
+    (docs/families.md#training-notes).
     """
     if scale <= 0 or not isinstance(pos, torch.nn.Parameter) or pos.shape[-1] % 4:
         return
@@ -119,7 +120,7 @@ def run_steps(
     total_steps: int,
     train_s: float,
     seed: int,
-    progress: bool,
+    progress: Progress | None,
     label: str,
     after_step: Callable[[int], None] | None = None,
 ) -> Loop:
@@ -131,31 +132,31 @@ def run_steps(
     n_train = len(splits.train)
     module.train()
     step, start = 0, time.monotonic()
-    with progress_bar(progress) as bar:
-        task = bar.add_task(label, total=total_steps)
-        for _epoch in range(math.ceil(total_steps * recipe.batch_size / n_train) + 1):  # bounded by the steps
+    task = ProgressTask(progress, label, total_steps)
+    for _epoch in range(math.ceil(total_steps * recipe.batch_size / n_train) + 1):  # bounded by the steps
+        if step >= total_steps:
+            break
+        order = torch.randperm(n_train, generator=gen)
+        for i in range(0, n_train, recipe.batch_size):
+            elapsed = time.monotonic() - start
+            if elapsed >= train_s:
+                module.eval()
+                task.finish()
+                return Loop(step, True, elapsed, planned_steps=total_steps)
+            frac = max(step / total_steps, elapsed / train_s)
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr * lr_factor(frac, recipe.warmup_frac)
+            idx = order[i : i + recipe.batch_size]
+            x, y = shift(splits.train.x[idx], recipe.max_shift, gen), splits.train.y[idx]
+            opt.zero_grad(set_to_none=True)
+            note = step_fn(x, y)
+            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            opt.step()
+            step += 1
+            if after_step is not None:
+                after_step(step)
+            task.update(step, f"{label}: {note}")
             if step >= total_steps:
                 break
-            order = torch.randperm(n_train, generator=gen)
-            for i in range(0, n_train, recipe.batch_size):
-                elapsed = time.monotonic() - start
-                if elapsed >= train_s:
-                    module.eval()
-                    return Loop(step, True, elapsed, planned_steps=total_steps)
-                frac = max(step / total_steps, elapsed / train_s)
-                for group in opt.param_groups:
-                    group["lr"] = recipe.lr * lr_factor(frac, recipe.warmup_frac)
-                idx = order[i : i + recipe.batch_size]
-                x, y = shift(splits.train.x[idx], recipe.max_shift, gen), splits.train.y[idx]
-                opt.zero_grad(set_to_none=True)
-                note = step_fn(x, y)
-                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-                opt.step()
-                step += 1
-                if after_step is not None:
-                    after_step(step)
-                bar.update(task, completed=step, description=f"{label}: {note}")
-                if step >= total_steps:
-                    break
     module.eval()
     return Loop(step, False, time.monotonic() - start, planned_steps=total_steps)

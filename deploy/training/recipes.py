@@ -32,8 +32,8 @@ class Recipe:
     # (SN-Net: anchors, then stitches), "learngene" (TLEG: teacher, then the auxiliary model), "finetune".
     procedure: str = "supernet"
     stage2_epochs: int = 0  # stitch: epochs of the stitching layers; learngene: epochs of the teacher
-    # "bf16": forward and backward under CPU bf16 autocast (weights and optimizer stay fp32). 1.9x the tokens/s
-    # of fp32 for the LM here (AVX-512 BF16); on a CPU without bf16 units it is emulated and slower. "none": fp32.
+    # "bf16": forward and backward under CPU bf16 autocast (weights and optimizer stay fp32): faster than fp32
+    # on a CPU with bf16 units (docs/families.md#training-notes), emulated and slower without. "none": fp32.
     amp: str = "none"
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from deploy.families.stitchable import Stitchable, stitch_name
+from deploy.progress import Progress
 from deploy.tasks.base import Splits
 from deploy.training.loop import Loop, init_sincos_positions, run_steps, subnet_loss, top1
 from deploy.training.recipes import Recipe
@@ -46,7 +47,13 @@ def init_stitches(net: Stitchable, x: torch.Tensor) -> dict[str, float]:
 
 
 def fit(
-    net: Stitchable, splits: Splits, recipe: Recipe, total_steps: int, train_s: float, seed: int, progress: bool
+    net: Stitchable,
+    splits: Splits,
+    recipe: Recipe,
+    total_steps: int,
+    train_s: float,
+    seed: int,
+    progress: Progress | None,
 ) -> Loop:
     """Anchors for `total_steps` (recipe.epochs), then the stitches for recipe.stage2_epochs."""
     steps_per_epoch = math.ceil(len(splits.train) / recipe.batch_size)

@@ -4,8 +4,8 @@ accuracy cache. The one entry point is `elastic-deploy train` (`make train MODEL
 The recipe's procedure (PROCEDURES) says how: "supernet" trains nested subnets jointly (MatFormer's
 sandwich; POA's EMA teacher; ElasticViT's sampling): the full model on the labels, and the smallest
 subnet plus random subnets on the labels and on the full model's detached logits (KL distillation).
-SN-Net stitches (deploy/train_stitch.py) and TLEG learngenes (deploy/train_learngene.py) have their
-own. Every loop shares deploy/train_loop.py: warmup + cosine over `max(step fraction, time fraction)`,
+SN-Net stitches (deploy/training/stitch.py) and TLEG learngenes (deploy/training/learngene.py) have their
+own. Every loop shares deploy/training/loop.py: warmup + cosine over `max(step fraction, time fraction)`,
 so a run that hits its wall-clock budget still anneals to zero.
 
 The procedures train image classifiers (the shipped families on MNIST); a task whose data is not a
@@ -40,6 +40,7 @@ from deploy.families import Supernet
 from deploy.io import atomic_write_text
 from deploy.models import checkpoint
 from deploy.models.spec import ModelSpec, build_from_spec, known_models, load_spec
+from deploy.progress import Progress
 from deploy.registry import Registry
 from deploy.search.space import SubnetConfig
 from deploy.tasks import get_task
@@ -52,10 +53,10 @@ log = logging.getLogger(__name__)
 
 THREADS = 2
 # Expected final-phase cost in full-model val evaluations: the named configs on val and test, and the
-# cache's random configs (measured: ~0.3 of a full model each on average).
+# cache's random configs, each a fraction of a full model (docs/families.md#training-notes).
 FINAL_EVALS = 12
 SAMPLE_EVAL_COST = 0.35
-LOG_EVERY_EPOCHS = 2  # val accuracy in the log (a full-model eval costs ~5% of an epoch)
+LOG_EVERY_EPOCHS = 2  # val accuracy in the log (a full-model eval is a small fraction of an epoch)
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def _time_eval(net: Supernet, task: Task) -> float:
 def _evaluate_named(
     net: Supernet, oracle: EvalOracle, named: dict[str, SubnetConfig]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    val = dict(zip(named, oracle.evaluate_many(named.values(), progress=False), strict=True))
+    val = dict(zip(named, oracle.evaluate_many(named.values()), strict=True))
     by_id = {c.id: c for c in named.values()}  # "full" is also a uniform config: evaluate it once
     test_by_id = {i: evaluate(net, oracle.task, "test", c) for i, c in by_id.items()}
     return val, {name: test_by_id[c.id] for name, c in named.items()}
@@ -214,7 +215,13 @@ def _ema_update(ema: Supernet, net: Supernet, decay: float) -> None:
 
 
 def fit_supernet(
-    net: Supernet, splits: Splits, recipe: Recipe, total_steps: int, train_s: float, seed: int, progress: bool
+    net: Supernet,
+    splits: Splits,
+    recipe: Recipe,
+    total_steps: int,
+    train_s: float,
+    seed: int,
+    progress: Progress | None,
 ) -> Loop:
     """The sandwich training loop (MatFormer, POA, ElasticViT); the schedule anneals by `max(step, time)`."""
     rng = np.random.default_rng(seed)
@@ -279,7 +286,7 @@ def train(
     seed: int = 0,
     epochs: int | None = None,
     max_minutes: float | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     max_steps: int | None = None,
     cache_samples: int | None = None,
     data_seed: int | None = None,
@@ -308,13 +315,14 @@ def train(
         return _train(spec, out_stem, seed, recipe, minutes, progress, max_steps, cache_samples, data_seed)
 
 
+# Over ~80 lines: the time budget threads through training, the final evaluation and the accuracy cache.
 def _train(
     spec: ModelSpec,
     out_stem: Path | None,
     seed: int,
     recipe: Recipe,
     max_minutes: float,
-    progress: bool,
+    progress: Progress | None,
     max_steps: int | None,
     cache_samples: int | None,
     data_seed: int,

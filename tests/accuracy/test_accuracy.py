@@ -76,7 +76,7 @@ def test_oracle_evaluate_many_keeps_order_and_evaluates_duplicates_once(tiny, ba
     x, y = batch
     oracle = EvalOracle(tiny, ArrayTask.of(x, y), "val", None, "sha")
     a, b = tiny.smallest(), tiny.largest()
-    accs = oracle.evaluate_many([a, b, a], progress=False)
+    accs = oracle.evaluate_many([a, b, a])
     assert oracle.evaluations == 2 and accs[0] == accs[2]
     assert accs == [evaluate(tiny, ArrayTask.of(x, y), "val", c) for c in (a, b, a)]
 
@@ -116,7 +116,7 @@ def test_surrogate_is_exact_on_reference_configs_only(tiny, batch):
     x, y = batch
     oracle = EvalOracle(tiny, ArrayTask.of(x, y), "val", None, "sha")
     configs = list(tiny.space().enumerate())[:30]
-    oracle.evaluate_many(configs, progress=False)
+    oracle.evaluate_many(configs)
     fitted = FittedAccuracyPredictor.fit(tiny.space(), configs, [0.5] * 30)
     model = AccuracyModel(oracle, fitted, frozenset(c.id for c in configs))
     cached = configs[3]
@@ -144,10 +144,10 @@ def test_build_accuracy_model_needs_no_evaluation_when_shipped_cache_matches(tin
     monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
     path = checkpoint.save(tiny, tmp_path / "tiny", {"accuracy_cache": {"samples": 30, "seed": 0}})
     net, info = checkpoint.load("matformer_vit_tiny", path)
-    built = build_accuracy_model(net, info, progress=False, cache_path=accuracy_cache_path(path))
+    built = build_accuracy_model(net, info, cache_path=accuracy_cache_path(path))
     assert built.oracle.evaluations == len(built.oracle) == 35  # 30 sampled + the 5 named configs
 
-    fresh = build_accuracy_model(net, info, progress=False)  # what deploy does on a fresh clone
+    fresh = build_accuracy_model(net, info)  # what deploy does on a fresh clone
     assert fresh.oracle.evaluations == 0 and len(fresh.oracle) == 35
     assert not (tmp_path / "user-cache").exists()  # nothing new to write
     config = net.space().decode((2, 0, 4))
@@ -158,7 +158,7 @@ def test_build_accuracy_model_needs_no_evaluation_when_shipped_cache_matches(tin
 def test_shipped_checkpoint_has_complete_accuracy_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ELASTIC_DEPLOY_CACHE", str(tmp_path / "user-cache"))
     net, info = checkpoint.load("matformer_vit_mnist", SHIPPED)
-    model = build_accuracy_model(net, info, progress=False)
+    model = build_accuracy_model(net, info)
     assert model.oracle.evaluations == 0 and len(model.oracle) >= 120
     val = info.meta["accuracy"]["val"]
     assert model.exact(net.largest()) == val["full"] and model.exact(net.smallest()) == val["smallest"]

@@ -31,7 +31,7 @@ def test_accuracy_command_fills_the_user_cache_and_a_second_run_evaluates_nothin
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "8 candidates" in first.stdout and "8 evaluated in" in first.stdout and "local executor" in first.stdout
-    again = sweep(VARIANT, 8, split="test", progress=False)  # the same user cache (ELASTIC_DEPLOY_CACHE)
+    again = sweep(VARIANT, 8, split="test")  # the same user cache (ELASTIC_DEPLOY_CACHE)
     assert again.evaluated == 0 and again.candidates == 8
 
 
@@ -40,11 +40,11 @@ def test_ray_sweep_writes_the_accuracies_the_local_sweep_writes(shipped, ray_clu
     from deploy.executors.ray_cluster import RayExecutor
 
     # The test split: the shipped cache holds val accuracies only, so every candidate is evaluated here.
-    local = sweep(VARIANT, 8, seed=5, split="test", cache_path=tmp_path / "local.json", progress=False)
+    local = sweep(VARIANT, 8, seed=5, split="test", cache_path=tmp_path / "local.json")
     executor = RayExecutor(workers=2)
     try:
         remote = sweep(
-            VARIANT, 8, seed=5, split="test", cache_path=tmp_path / "ray.json", progress=False, executor=executor
+            VARIANT, 8, seed=5, split="test", cache_path=tmp_path / "ray.json", executor=executor
         )
     finally:
         executor.close()

@@ -13,8 +13,7 @@ from deploy.backends.coreml import FP16_PARITY_ATOL, FP32_PARITY_ATOL, CoreMLBac
 from deploy.errors import BackendUnavailableError, UnsupportedOpError, UnsupportedPrecisionError
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.models import build
-from deploy.targets import DeviceInfo, Target
+from deploy.targets import Target
 
 MACOS_ONLY = "CoreML models run only on macOS: run `make test` on a Mac with the coreml extra"
 
@@ -24,48 +23,35 @@ def requires_macos(test):
     return pytest.mark.requires_macos(pytest.mark.skipif(sys.platform != "darwin", reason=MACOS_ONLY)(test))
 
 
-def make_target(precision: str = "fp16", compute_units: str = "ALL") -> Target:
-    return Target(
-        name="test-coreml",
-        device=DeviceInfo(name="test mac"),
-        backend="coreml",
-        precision=precision,
-        budget_ms=10.0,
-        model="matformer_vit_tiny",
-        backend_options={"compute_units": compute_units, "minimum_deployment_target": "macOS13"},
-    )
+@pytest.fixture(scope="module")
+def make_target(backend_target):
+    """`make_target(precision, compute_units)`: the shipped coreml target serving the tiny model
+    (tests/backends/conftest.py), deployable to macOS 13 so that a Mac runs what it compiles."""
 
+    def make(precision: str = "fp16", compute_units: str = "ALL") -> Target:
+        options = {"compute_units": compute_units, "minimum_deployment_target": "macOS13"}
+        return backend_target("coreml", precision=precision, backend_options=options)
 
-def export(supernet, cache) -> hub.HubEntry:
-    config = supernet.largest()
-    return hub.get_or_export(
-        supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache, with_program=True
-    )
+    return make
 
 
 @pytest.fixture(scope="module")
-def entry(tmp_path_factory) -> hub.HubEntry:
+def fp16(entry, tmp_path_factory, make_target):
     pytest.importorskip("coremltools")
-    torch.manual_seed(0)  # the same model as conftest's `tiny`, shared by the module's tests
-    return export(build("matformer_vit_tiny").eval(), tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def fp16(entry, tmp_path_factory):
     backend = CoreMLBackend()
     return backend, backend.compile(entry, make_target("fp16"), tmp_path_factory.mktemp("dist16"))
 
 
 @pytest.fixture(scope="module")
-def fp32(entry, tmp_path_factory):
+def fp32(entry, tmp_path_factory, make_target):
+    pytest.importorskip("coremltools")
     backend = CoreMLBackend()
     target = make_target("fp32", compute_units="CPU_ONLY")
     return backend, backend.compile(entry, target, tmp_path_factory.mktemp("dist32"))
 
 
-def test_compile_writes_mlpackage_when_fp32_from_tiny(tiny, tmp_path):
+def test_compile_writes_mlpackage_when_fp32_from_tiny(entry, tmp_path, make_target):
     pytest.importorskip("coremltools")
-    entry = export(tiny, tmp_path)
     artifact = CoreMLBackend().compile(entry, make_target("fp32"), tmp_path / "out")
     assert artifact.path == tmp_path / "out" / "model.mlpackage" and artifact.path.is_dir()
     assert (artifact.path / "Manifest.json").is_file()
@@ -84,7 +70,7 @@ def test_compile_records_options_when_fp16(fp16):
     assert artifact.options["coremltools"] == CoreMLBackend().version()
 
 
-def test_compile_replaces_existing_package(entry, fp32, tmp_path):
+def test_compile_replaces_existing_package(entry, fp32, tmp_path, make_target):
     backend, _ = fp32
     target = make_target("fp32", compute_units="CPU_ONLY")
     first = backend.compile(entry, target, tmp_path)
@@ -132,13 +118,13 @@ def test_check_spec_names_problems_when_mismatched(fp16, entry):
     assert any("logits is float16" in p for p in problems)
 
 
-def test_compile_raises_unsupported_precision_when_int8(tmp_path):
+def test_compile_raises_unsupported_precision_when_int8(tmp_path, make_target):
     with pytest.raises(UnsupportedPrecisionError, match="supports fp32, fp16"):
         CoreMLBackend().compile(None, make_target("int8"), tmp_path)  # type: ignore[arg-type]
     assert not any(tmp_path.iterdir())
 
 
-def test_compile_raises_unsupported_op_naming_the_op(tmp_path):
+def test_compile_raises_unsupported_op_naming_the_op(tmp_path, make_target):
     pytest.importorskip("coremltools")
 
     class Bessel(torch.nn.Module):
@@ -171,7 +157,7 @@ def test_run_and_timed_call_raise_backend_unavailable_when_not_on_macos(fp16, en
         backend.timed_call(artifact, entry.reference_inputs())
 
 
-def test_missing_coremltools_raises_backend_unavailable_naming_the_extra(monkeypatch, tmp_path):
+def test_missing_coremltools_raises_backend_unavailable_naming_the_extra(monkeypatch, tmp_path, make_target):
     monkeypatch.setitem(sys.modules, "coremltools", None)  # what a venv without it looks like to import
     backend = CoreMLBackend()
     assert backend.version() == "coremltools not installed"

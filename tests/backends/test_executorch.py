@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -18,11 +19,11 @@ from deploy.backends.executorch import (
     MODEL_FILE,
     PARITY_ATOL,
     ExecuTorchBackend,
-    ExecuTorchCoreMLBackend,
     conversion_error,
     fallback_warning,
     version_problem,
 )
+from deploy.backends.executorch_coreml import ExecuTorchCoreMLBackend
 from deploy.errors import (
     BackendUnavailableError,
     DataShapeError,
@@ -33,36 +34,19 @@ from deploy.errors import (
 )
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.models import build
-from deploy.targets import DeviceInfo, Target
 
 PRECISIONS = ExecuTorchBackend.precisions
 
 
-def make_target(**overrides) -> Target:
-    fields = {
-        "name": "test-executorch",
-        "device": DeviceInfo(name="test host"),
-        "backend": "executorch",
-        "budget_ms": 10.0,
-        "model": "matformer_vit_tiny",
-        "threads": 1,
-    }
-    return Target(**{**fields, **overrides})
+@pytest.fixture(scope="module")
+def make_target(backend_target):
+    """The shipped executorch target serving the tiny model (tests/backends/conftest.py), with overrides."""
+    return functools.partial(backend_target, "executorch")
 
 
 @pytest.fixture(scope="module")
-def entry(tmp_path_factory):
-    torch.manual_seed(0)
-    supernet = build("matformer_vit_tiny").eval()
-    config = supernet.largest()
-    cache = tmp_path_factory.mktemp("cache")
-    return hub.get_or_export(supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache)
-
-
-@pytest.fixture(scope="module")
-def compiled(entry, tmp_path_factory):
-    """One lowering per precision, shared by every test (each takes 5-30 s here)."""
+def compiled(entry, tmp_path_factory, make_target):
+    """One lowering per precision, shared by every test (each takes seconds)."""
     backend = ExecuTorchBackend()
     dist = tmp_path_factory.mktemp("dist")
     artifacts = {p: backend.compile(entry, make_target(precision=p), dist / p) for p in PRECISIONS}
@@ -140,7 +124,7 @@ def test_method_is_loaded_once_per_artifact(compiled):
     assert backend._method(artifacts["fp32"]) is not backend._method(artifacts["int8"])
 
 
-def test_runs_alternately_at_two_thread_counts_when_artifacts_differ_in_threads(entry, tmp_path):
+def test_runs_alternately_at_two_thread_counts_when_artifacts_differ_in_threads(entry, tmp_path, make_target):
     # XNNPACK binds a loaded method to the process-wide threadpool: resizing it under a loaded method
     # segfaulted; the backend reloads instead.
     backend = ExecuTorchBackend()
@@ -167,7 +151,7 @@ def test_run_raises_naming_missing_inputs(compiled):
         backend.run(artifacts["fp32"], {"x": np.zeros((1, 1, 28, 28), np.float32)})
 
 
-def test_compile_raises_data_shape_error_when_calibration_shape_is_wrong(entry, tmp_path):
+def test_compile_raises_data_shape_error_when_calibration_shape_is_wrong(entry, tmp_path, make_target):
     bad = np.zeros((4, 3, 28, 28), np.float32)
     with pytest.raises(DataShapeError, match=r"executorch int8 calibration.*\(4, 3, 28, 28\).*\(N, 1, 28, 28\)"):
         ExecuTorchBackend().compile(entry, make_target(precision="int8"), tmp_path, calibration=bad)
@@ -176,7 +160,7 @@ def test_compile_raises_data_shape_error_when_calibration_shape_is_wrong(entry, 
 
 @pytest.mark.parametrize(("backend", "precision"), [(ExecuTorchBackend, "int8_dynamic"), (ExecuTorchBackend, "fp16"),
                                                     (ExecuTorchCoreMLBackend, "int8")])  # fmt: skip
-def test_compile_refuses_a_precision_by_name_and_writes_nothing(entry, tmp_path, backend, precision):
+def test_compile_refuses_a_precision_by_name_and_writes_nothing(entry, tmp_path, backend, precision, make_target):
     with pytest.raises(UnsupportedPrecisionError, match=rf"asks for precision {precision} but the executorch") as info:
         backend().compile(entry, make_target(precision=precision), tmp_path)
     assert ", ".join(backend.precisions) in str(info.value) and "\n" not in str(info.value)
@@ -193,14 +177,14 @@ class _Sort(torch.nn.Module):
         return torch.sort(x, dim=-1).values  # core ATen, but executorch 1.5.1 has no kernel for sort.values
 
 
-def test_compile_raises_unsupported_op_naming_the_op_and_backend_when_it_is_not_core_aten(tmp_path):
+def test_compile_raises_unsupported_op_naming_the_op_and_backend_when_it_is_not_core_aten(tmp_path, make_target):
     entry = hub.get_or_export(_Det().eval(), torch.randn(1, 4, 4), {"block": "det"}, tmp_path / "cache")
     with pytest.raises(UnsupportedOpError, match=r"executorch \(XnnpackBackend\): op 'aten\._linalg_det'") as info:
         ExecuTorchBackend().compile(entry, make_target(), tmp_path / "out")
     assert "\n" not in str(info.value) and not (tmp_path / "out" / MODEL_FILE).exists()
 
 
-def test_compile_raises_unsupported_op_naming_the_op_when_no_executorch_kernel_runs_it(tmp_path):
+def test_compile_raises_unsupported_op_naming_the_op_when_no_executorch_kernel_runs_it(tmp_path, make_target):
     entry = hub.get_or_export(_Sort().eval(), torch.randn(1, 4, 4), {"block": "sort"}, tmp_path / "cache")
     with pytest.raises(UnsupportedOpError, match=r"executorch \(XnnpackBackend\): no ExecuTorch kernel for op "
                                                  r"'aten::sort\.values'") as info:  # fmt: skip
@@ -251,7 +235,9 @@ def test_version_problem_follows_the_runtime_compatibility_policy():
     assert version_problem("1.5.0", "2.0.0") is None and "the one before" in version_problem("1.5.0", "2.1.0")
 
 
-def test_backend_unavailable_names_the_install_command_when_executorch_is_missing(entry, tmp_path, monkeypatch):
+def test_backend_unavailable_names_the_install_command_when_executorch_is_missing(
+    entry, tmp_path, monkeypatch, make_target
+):
     for module in ("executorch.exir", "executorch.runtime"):
         monkeypatch.setitem(sys.modules, module, None)  # what a venv without it looks like to import
     backend = ExecuTorchBackend()
@@ -272,9 +258,9 @@ def test_registry_builds_both_executorch_backends():
 
 
 @pytest.fixture(scope="module")
-def coreml_artifact(entry, tmp_path_factory):
+def coreml_artifact(entry, tmp_path_factory, backend_target):
     pytest.importorskip("coremltools", reason="coremltools not installed: pip install 'elastic-deploy[coreml]'")
-    target = make_target(backend="executorch_coreml", precision="fp16")
+    target = backend_target("executorch_coreml", precision="fp16")
     backend = ExecuTorchCoreMLBackend()
     return backend, backend.compile(entry, target, tmp_path_factory.mktemp("coreml"))
 

@@ -1,44 +1,26 @@
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.errors import DeployError, UnsupportedOpError
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.models import build
-from deploy.targets import DeviceInfo, Target
-
-
-def make_target(**overrides) -> Target:
-    fields = {
-        "name": "test-ort",
-        "device": DeviceInfo(name="test host"),
-        "backend": "onnxruntime",
-        "budget_ms": 10.0,
-        "model": "matformer_vit_tiny",
-        "threads": 1,
-    }
-    return Target(**{**fields, **overrides})
 
 
 @pytest.fixture(scope="module")
-def entry(tmp_path_factory):
-    torch.manual_seed(0)
-    supernet = build("matformer_vit_tiny").eval()
-    config = supernet.largest()
-    cache = tmp_path_factory.mktemp("cache")
-    return hub.get_or_export(
-        supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache, with_program=False
-    )
+def make_target(backend_target):
+    """The shipped onnxruntime target serving the tiny model (tests/backends/conftest.py), with overrides."""
+    return functools.partial(backend_target, "onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def compiled(entry, tmp_path_factory):
+def compiled(entry, tmp_path_factory, make_target):
     backend = OnnxRuntimeBackend()
     artifact = backend.compile(entry, make_target(threads=2), tmp_path_factory.mktemp("dist"))
     return backend, artifact
@@ -75,7 +57,7 @@ def test_timed_call_runs_the_same_inference(compiled, entry):
     np.testing.assert_allclose(out, entry.reference_outputs()["logits"], atol=1e-4)
 
 
-def test_compile_raises_for_precision_other_than_fp32(entry, tmp_path):
+def test_compile_raises_for_precision_other_than_fp32(entry, tmp_path, make_target):
     with pytest.raises(DeployError, match="supports fp32"):
         OnnxRuntimeBackend().compile(entry, make_target(precision="int8"), tmp_path)
     assert not (tmp_path / "model.onnx").exists()
@@ -87,7 +69,7 @@ def test_run_raises_naming_missing_inputs(compiled):
         backend.run(artifact, {"x": np.zeros((1, 1, 28, 28), np.float32)})
 
 
-def test_compile_raises_unsupported_op_naming_the_op(tmp_path):
+def test_compile_raises_unsupported_op_naming_the_op(tmp_path, make_target):
     node = helper.make_node("NoSuchOpHere", ["input"], ["output"])
     graph = helper.make_graph(
         [node],

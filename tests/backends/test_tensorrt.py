@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,6 @@ from deploy.errors import (
 from deploy.export import hub
 from deploy.export.parity import check_parity
 from deploy.latency.stats import MeasureProtocol
-from deploy.targets import DeviceInfo, Target
 
 HAS_GPU = cuda.device_count() > 0
 RUNS_HERE = TensorRTBackend().runs_here() is None
@@ -41,15 +41,10 @@ needs_tensorrt = pytest.mark.skipif(
 QUICK = MeasureProtocol(warmup_runs=3, min_runs=5, min_time_s=0.0, rounds=3, max_retries=0)
 
 
-def make_target(**overrides) -> Target:
-    fields = {
-        "name": "test-trt",
-        "device": DeviceInfo(name="test gpu"),
-        "backend": "tensorrt",
-        "budget_ms": 10.0,
-        "model": "matformer_vit_tiny",
-    }
-    return Target(**{**fields, **overrides})
+@pytest.fixture(scope="module")
+def make_target(backend_target):
+    """The shipped tensorrt target serving the tiny model (tests/backends/conftest.py), with overrides."""
+    return functools.partial(backend_target, "tensorrt")
 
 
 def fake_entry(tmp_path: Path) -> hub.HubEntry:
@@ -97,14 +92,15 @@ def test_device_count_is_zero_without_raising_when_no_gpu():
 
 
 @pytest.mark.skipif(RUNS_HERE, reason="TensorRT and a GPU are present here")
-def test_compile_raises_backend_unavailable_naming_the_device_command_when_it_cannot_build(tmp_path):
+def test_compile_raises_backend_unavailable_naming_the_device_command_when_it_cannot_build(tmp_path, make_target):
     entry = fake_entry(tmp_path)
-    with pytest.raises(BackendUnavailableError, match=r"elastic-deploy compile --target test-trt .*model\.onnx"):
-        TensorRTBackend().compile(entry, make_target(precision="fp16"), tmp_path / "out")
+    target = make_target(precision="fp16")
+    with pytest.raises(BackendUnavailableError, match=rf"elastic-deploy compile --target {target.name} .*model\.onnx"):
+        TensorRTBackend().compile(entry, target, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-def test_compile_raises_unsupported_precision_before_the_availability_check(tmp_path):
+def test_compile_raises_unsupported_precision_before_the_availability_check(tmp_path, make_target):
     with pytest.raises(UnsupportedPrecisionError, match="supports fp32, fp16, int8"):
         TensorRTBackend().compile(fake_entry(tmp_path), make_target(precision="int8_dynamic"), tmp_path / "out")
 
@@ -174,9 +170,9 @@ def test_parity_tolerances_cover_every_precision_and_loosen_with_it():
     assert PARITY_ATOL["fp32"] < PARITY_ATOL["fp16"] < PARITY_ATOL["int8"]
 
 
-def test_timing_cache_path_lies_next_to_the_latency_table(tmp_root):
+def test_timing_cache_path_lies_next_to_the_latency_table(tmp_root, make_target):
     target = make_target()
-    assert timing_cache_path(target) == target.table_path.parent / "test-trt.trt-timing-cache"
+    assert timing_cache_path(target) == target.table_write_path.parent / f"{target.name}.trt-timing-cache"
 
 
 # --- an NVIDIA GPU with cuda-python (no TensorRT needed) ------------------------------------------
@@ -227,18 +223,12 @@ def test_time_once_feeds_the_shared_interleaved_loop_with_gpu_times_in_item_orde
 # --- TensorRT and an NVIDIA GPU -------------------------------------------------------------------
 
 
-@pytest.fixture
-def entry(tiny, tmp_path):
-    config = tiny.largest()
-    return hub.get_or_export(
-        tiny.extract(config), tiny.example_inputs()[0], {"subnet": config.id}, tmp_path / "cache", with_program=False
-    )
-
-
 @pytest.mark.requires_gpu
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_compile_builds_an_engine_that_matches_references_within_parity_atol(entry, tmp_root, tmp_path, precision):
+def test_compile_builds_an_engine_that_matches_references_within_parity_atol(
+    entry, tmp_root, tmp_path, precision, make_target
+):
     backend, target = TensorRTBackend(), make_target(precision=precision)
     artifact = backend.compile(entry, target, tmp_path / "dist")
     assert artifact.path == tmp_path / "dist" / "model.engine" and artifact.path.stat().st_size > 0
@@ -253,7 +243,9 @@ def test_compile_builds_an_engine_that_matches_references_within_parity_atol(ent
 
 @pytest.mark.requires_gpu
 @needs_tensorrt
-def test_local_runner_times_engines_with_cuda_events_and_inspect_reads_the_engine(entry, tmp_root, tmp_path):
+def test_local_runner_times_engines_with_cuda_events_and_inspect_reads_the_engine(
+    entry, tmp_root, tmp_path, make_target
+):
     from deploy.runners.local import LocalRunner
 
     backend = TensorRTBackend()
@@ -270,7 +262,7 @@ def test_local_runner_times_engines_with_cuda_events_and_inspect_reads_the_engin
 
 @pytest.mark.requires_gpu
 @needs_tensorrt
-def test_compile_raises_unsupported_op_naming_the_op_when_tensorrt_has_no_importer(tmp_root, tmp_path):
+def test_compile_raises_unsupported_op_naming_the_op_when_tensorrt_has_no_importer(tmp_root, tmp_path, make_target):
     import onnx
     from onnx import TensorProto, helper
 

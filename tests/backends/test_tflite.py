@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -24,37 +25,21 @@ from deploy.errors import (
 )
 from deploy.export import hub
 from deploy.export.parity import check_parity
-from deploy.models import build
-from deploy.targets import DeviceInfo, Target
-
-
-def make_target(**overrides) -> Target:
-    fields = {
-        "name": "test-tflite",
-        "device": DeviceInfo(name="test host"),
-        "backend": "tflite",
-        "budget_ms": 10.0,
-        "model": "matformer_vit_tiny",
-        "threads": 2,
-    }
-    return Target(**{**fields, **overrides})
+from deploy.targets import Target
 
 
 @pytest.fixture(scope="module")
-def entry(tmp_path_factory):
-    torch.manual_seed(0)
-    supernet = build("matformer_vit_tiny").eval()
-    config = supernet.largest()
-    cache = tmp_path_factory.mktemp("cache")
-    return hub.get_or_export(supernet.extract(config), supernet.example_inputs()[0], {"subnet": config.id}, cache)
+def make_target(backend_target):
+    """The shipped tflite target serving the tiny model (tests/backends/conftest.py), with overrides."""
+    return functools.partial(backend_target, "tflite")
 
 
 @pytest.fixture(scope="module")
-def compiled(entry, tmp_path_factory):
+def compiled(entry, tmp_path_factory, make_target):
     """One conversion per precision, shared by every test (each takes seconds)."""
     backend = TFLiteBackend()
     dist = tmp_path_factory.mktemp("dist")
-    artifacts = {p: backend.compile(entry, make_target(precision=p), dist / p) for p in PRECISIONS}
+    artifacts = {p: backend.compile(entry, make_target(precision=p, threads=2), dist / p) for p in PRECISIONS}
     return backend, artifacts
 
 
@@ -129,14 +114,14 @@ def test_run_raises_naming_missing_inputs(compiled):
         backend.run(artifacts["fp32"], {"x": np.zeros((1, 1, 28, 28), np.float32)})
 
 
-def test_compile_raises_data_shape_error_when_calibration_shape_is_wrong(entry, tmp_path):
+def test_compile_raises_data_shape_error_when_calibration_shape_is_wrong(entry, tmp_path, make_target):
     bad = np.zeros((4, 3, 28, 28), np.float32)
     with pytest.raises(DataShapeError, match=r"calibration argument.*\(4, 3, 28, 28\).*\(N, 1, 28, 28\)"):
         TFLiteBackend().compile(entry, make_target(precision="int8"), tmp_path, calibration=bad)
     assert not (tmp_path / "model.tflite").exists()
 
 
-def test_compile_raises_unsupported_precision_when_backend_lacks_it(entry, tmp_path):
+def test_compile_raises_unsupported_precision_when_backend_lacks_it(entry, tmp_path, make_target):
     backend = TFLiteBackend()
     backend.precisions = ("fp32",)  # every Target precision is one tflite has: narrow the backend instead
     with pytest.raises(UnsupportedPrecisionError, match="supports fp32"):
@@ -163,7 +148,7 @@ class _Det(torch.nn.Module):
         return torch.linalg.det(x).unsqueeze(-1)  # litert-torch 0.10 has no lowering for aten._linalg_det
 
 
-def test_compile_raises_unsupported_op_naming_the_op(tmp_path):
+def test_compile_raises_unsupported_op_naming_the_op(tmp_path, make_target):
     module = _Det().eval()
     entry = hub.get_or_export(module, torch.randn(1, 4, 4), {"block": "det"}, tmp_path / "cache")
     with pytest.raises(UnsupportedOpError, match=r"'aten\._linalg_det'.*") as info:

@@ -17,7 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deploy.executors.local import LocalExecutor
 from deploy.export.hub import get_or_export
-from deploy.latency.build import block_identity, calibration_configs, fit_calibration, null_measurable, subnet_identity
+from deploy.latency.build import block_identity, calibration_configs, null_measurable, subnet_identity
+from deploy.latency.calibration import fit_calibration
 from deploy.latency.table import CalibrationSample, LatencyTable
 from deploy.latency.validate import VALIDATION_SEED, unseen_configs
 from deploy.models import build, known_models
@@ -143,16 +144,23 @@ def _error_with_a_calibration_fitted_here(target, supernet, cache_dir, *, fit_on
     return float(np.median(errors)), float(np.median(repeat)), cal.residual_pct
 
 
+# The claim: an unseen subnet is predicted within the p90 error `tables validate` recorded for its family, and
+# never held to less than FLOOR_PCT (a 3-subnet median on a shared VM). How far noise alone moves the error:
+# the two measurements of a subnet differ by `repeatability`, and an unseen subnet is predicted no better
+# than the fit matches its own subnets in the same window (`residual`). A window where either reaches the
+# bound cannot tell a wrong prediction from noise, so the test skips there rather than widen the bound.
+FLOOR_PCT = 10.0
+REPEATABILITY_REACH = 3.0
+RESIDUAL_REACH = 2.0
+
+
 @pytest.mark.timing
 def test_prediction_is_within_the_validated_error_when_calibrated_on_this_machine(net, ship_files, tmp_path):
-    # The family's shipped variant on the host ORT target (1 thread: 0.05-0.4% repeatability here, 2 threads
-    # 0.5-2.7%): subnets the calibration did not see, predicted from their blocks, must land within the p90
-    # error `tables validate` recorded for the family where the shipped table was measured. The calibration
-    # is fitted here, in the same window: how a whole subnet relates to its blocks is the machine's (on the
-    # CI host an elastic_vit subnet ran 30% below its blocks' sum where it ran 4% below on the machine the
-    # shipped table was fitted on), so the shipped fit is no claim about another machine.
-    # Not the tiny variant: at ~0.05 ms a whole subnet runs up to 44% faster than its separately timed
-    # blocks (per-call overhead), a regime the shipped models never see.
+    # The family's shipped variant on the host ORT target, 1 thread (far more repeatable than 2): subnets the
+    # calibration did not see, predicted from their blocks. The calibration is fitted here, in the same window:
+    # how a whole subnet relates to its blocks is the machine's, so the shipped fit is no claim about another
+    # one. Not the tiny variant: at its size per-call overhead dominates, a regime the shipped models never see.
+    # Figures: docs/families.md#the-timing-check-of-the-tiny-sweep.
     ship_files("targets/host-cpu-ort-1t.yaml", "latency_tables/host-cpu-ort-1t.json")
     host = load_target("host-cpu-ort-1t")
     variant = next((m for m in host.served_models if build(m).family == net.family), None)
@@ -163,13 +171,18 @@ def test_prediction_is_within_the_validated_error_when_calibrated_on_this_machin
         )
     shipped_figures = LatencyTable.load(host.table_path).validation_for(net.family)
     assert shipped_figures is not None, f"validate host-cpu-ort-1t on {variant}: make validate-tables"
+    bound = max(shipped_figures.p90_abs_pct_error, FLOOR_PCT)
     spec = host.measurement.model_copy(update={"min_runs": 10, "rounds": 6, "max_retries": 0, "cv_max": 10.0})
     target = host.model_copy(update={"model": variant, "measurement": spec})
     error, repeatability, residual = _error_with_a_calibration_fitted_here(target, build(variant), tmp_path)
-    # Floor 10% for a 3-subnet sample on a shared VM. A subnet the fit did not see is predicted no better than
-    # the fit matches its own subnets in the same window, which a slow spell of the VM widens (the changelog,
-    # 2026-12-03, has the figures).
-    bound = max(shipped_figures.p90_abs_pct_error, 3 * repeatability, 2 * residual, 10.0)
-    assert error <= bound, (
-        f"{variant}: {error:.1f}% median error, repeatability {repeatability:.1f}%, fit residual {residual:.1f}%"
+    figures = (
+        f"{variant}: {error:.1f}% median error, repeatability {repeatability:.2f}%, fit residual {residual:.2f}%, "
+        f"bound {bound:.1f}%"
     )
+    if REPEATABILITY_REACH * repeatability > bound or RESIDUAL_REACH * residual > bound:
+        pytest.skip(
+            f"window too noisy to judge {variant} against the {bound:.1f}% bound: repeatability {repeatability:.2f}% "
+            f"(x{REPEATABILITY_REACH:g} = {REPEATABILITY_REACH * repeatability:.1f}%), fit residual {residual:.2f}% "
+            f"(x{RESIDUAL_REACH:g} = {RESIDUAL_REACH * residual:.1f}%); rerun on a quieter machine"
+        )
+    assert error <= bound, figures

@@ -14,7 +14,8 @@ import yaml
 
 from deploy.backends.onnxruntime import OnnxRuntimeBackend
 from deploy.errors import BenchGateError, DeployError
-from deploy.flows.bench import bench
+from deploy.flows.bench import bench, evaluate
+from deploy.targets import load_target
 
 pytestmark = pytest.mark.slow
 
@@ -207,3 +208,12 @@ def test_bench_with_the_ray_executor_measures_in_the_device_actor(root, ray_clus
         executor.close()
     assert result.measured.median_ms > 0 and result.measured.where.startswith("local:")
     assert json.loads(result.json_path.read_text())["measured"]["median_ms"] == result.measured.median_ms
+
+
+def test_bench_prediction_gate_uses_the_drift_corrected_prediction_and_says_both(shipped, tmp_path):
+    target = load_target(TARGET)
+    kwargs = dict(target=target, tolerance_pct=10.0, baseline=None, baseline_file=tmp_path / "b.json")
+    plain = {c.name: c for c in evaluate(0.30, predicted_ms=0.20, **kwargs)}["prediction"]
+    fixed = {c.name: c for c in evaluate(0.30, predicted_ms=0.20, corrected_ms=0.29, **kwargs)}["prediction"]
+    assert plain.passed is False and fixed.passed is True and fixed.reference_ms == 0.29
+    assert "measured 0.300 ms vs predicted 0.200 ms, 0.290 ms drift-corrected now (+3.4%" in fixed.detail

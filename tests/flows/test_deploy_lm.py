@@ -144,32 +144,54 @@ def test_budgets_no_slice_meets_name_the_fastest_slice_ttft_and_ms_per_token(roo
     assert not (root / "dist" / "tiny-tight-lm").exists()
 
 
-def test_deploy_measured_over_budget_reselects_once_then_stops_writing_nothing(root):
+def test_deploy_on_a_table_far_from_the_device_is_rescaled_by_the_drift_check_and_refused(root):
+    """The drift check times the table's own prefill/decode blocks first, as an image deploy's does: a table 1000x
+    too fast is caught before anything is built (issue 25)."""
     proc = cli(root, "deploy", "--target", "tiny-fast-table-lm", "--model", "matformer_lm_tiny")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    line = [x for x in proc.stderr.splitlines() if x.strip()][-1]  # the deploy's progress is logged above it
-    for needle in ("error:", "tiny-fast-table-lm", "measured TTFT", "> 0.01 ms budget",
-                   "re-selected with that correction", "tables build --target tiny-fast-table-lm"):  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "drift check on" in out and "predictions are rescaled" in out, out
+    line = [x for x in proc.stderr.splitlines() if x.strip()][-1]
+    for needle in ("error:", "no matformer_lm slice", "the fastest", "tiny-fast-table-lm.yaml"):
         assert needle in line, line
-    assert "selecting once more with the predictions rescaled" in proc.stdout + proc.stderr
+    assert not (root / "dist" / "tiny-fast-table-lm").exists()
+
+
+def test_deploy_measured_over_budget_reselects_once_then_stops_writing_nothing(root, monkeypatch):
+    """With no drift check to catch it (a device the check cannot reach), the measured generation loop does."""
+    from deploy.errors import MeasuredOverBudgetError
+    from deploy.flows import lm
+    from deploy.flows.deploy import deploy
+    from deploy.latency.drift import Correction
+
+    said: list[str] = []
+    skipped = {r: Correction(skipped="not reachable in this test") for r in ("prefill", "decode")}
+    monkeypatch.setattr(lm, "lm_corrections", lambda *a, **k: dict(skipped))
+    with pytest.raises(MeasuredOverBudgetError) as info:
+        deploy("tiny-fast-table-lm", "matformer_lm_tiny", say=said.append)
+    line = str(info.value)
+    for needle in ("tiny-fast-table-lm", "measured TTFT", "> 0.01 ms budget", "re-selected with that correction",
+                   "tables build --target tiny-fast-table-lm"):  # fmt: skip
+        assert needle in line, line
+    assert any("selecting once more with the predictions rescaled" in m for m in said), said
     assert not (root / "dist" / "tiny-fast-table-lm").exists()
 
 
 def test_over_budget_rescales_each_regime_by_measured_over_predicted():
-    from deploy.flows.deploy_lm import _over_budget
-    from deploy.lm.manifest import GenerationTiming
+    from deploy.flows.lm import over_budget
+    from deploy.packaging.manifest import GenerationTiming
     from deploy.targets import load_target
 
     target = load_target("host-cpu-ort-lm")  # ttft_ms 1.5 at 64 tokens, 0.3 ms/token
     timing = GenerationTiming(ttft_ms=3.0, ms_per_token=0.2, tokens_per_s=5000, prompt_tokens=64, generated_tokens=32,
                               loops=10, where="test")  # fmt: skip
-    over = _over_budget(target, "abc", timing, ttft_ms=1.0, per_token_ms=0.1, generation_ms=0.1,
-                        corrections={"prefill": 2.0})  # fmt: skip
-    assert over is not None and over.corrections == pytest.approx({"prefill": 6.0, "decode": 2.0})
-    assert "TTFT 3.000 ms (predicted 1.000) > 1.5 ms budget" in over.summary
+    predicted = {"prefill": 1.0, "decode": 0.1}
+    over = over_budget(target, "abc", timing, predicted, per_token_ms=0.1, corrections={"prefill": 2.0})
+    assert over is not None and over[1] == pytest.approx({"prefill": 6.0, "decode": 2.0})
+    assert "TTFT 3.000 ms (predicted 1.000) > 1.5 ms budget" in over[0]
     fits = GenerationTiming(ttft_ms=1.0, ms_per_token=0.2, tokens_per_s=5000, prompt_tokens=64, generated_tokens=32,
                             loops=10, where="test")  # fmt: skip
-    assert _over_budget(target, "abc", fits, ttft_ms=1.0, per_token_ms=0.1, generation_ms=0.1, corrections={}) is None
+    assert over_budget(target, "abc", fits, predicted, per_token_ms=0.1, corrections={}) is None
 
 
 def test_a_tokenizer_that_does_not_match_is_refused_at_deploy_and_at_generate(root, deployed, tmp_path):
@@ -197,3 +219,19 @@ def test_an_lm_on_a_target_without_an_lm_section_is_refused_naming_the_lm_target
 
     with pytest.raises(ConfigFileError, match=r"is a language model .* --target host-cpu-ort-lm"):
         deploy("host-cpu-ort", "matformer_lm_tiny", out_dir=Path("/nonexistent/never-written"))
+
+
+def test_bench_of_a_language_model_deploy_says_it_is_for_generate(root, deployed):
+    dist, _ = deployed
+    one_line_error(cli(root, "bench", "--target", "tiny-ort-lm", "--dist", str(dist)), "kind 'lm'", "`generate`")
+
+
+def test_lm_deploy_records_an_observation_per_regime_and_the_drift_check_in_its_manifest(root, deployed):
+    dist, printed = deployed
+    manifest = json.loads((dist / "manifest.json").read_text())
+    assert manifest["kind"] == "lm" and "drift check on" in " ".join(printed.split())
+    drift = manifest["drift"]
+    assert set(drift["corrections"]) == {"prefill", "decode"}
+    assert len({o["family"] for o in drift["observations"]}) == 2, "one observation per regime"
+    lines = (root.parent / "cache" / "observations" / "tiny-ort-lm.jsonl").read_text().splitlines()
+    assert len(lines) >= 2

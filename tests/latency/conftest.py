@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ import yaml
 
 from deploy.backends.base import Artifact
 from deploy.families.base import BlockKey, Supernet
+from deploy.latency.observations import Observation, table_identity
 from deploy.latency.session import MeasureSession
 from deploy.latency.stats import LatencyStats
-from deploy.latency.table import LatencyTable
+from deploy.latency.table import LatencyTable, Validation
 from deploy.models import build
 from deploy.targets import DeviceInfo, MeasurementSpec, Target
 
@@ -129,7 +131,7 @@ class SyntheticDevice:
             art = Artifact(Path("/synthetic") / digest, "synthetic", "fp32", (), (), {"identity": dict(identity)})
             return art, {}
 
-        def measure(session, items):
+        def measure(session, items, **_):  # warn_noisy: no precision gate here
             out = []
             for artifact, _ in items:
                 identity = artifact.options["identity"]
@@ -152,3 +154,40 @@ def synthetic(monkeypatch):
 def make_target(tmp_root):
     """make_target(name, **changes): a target like `src` (ONNX Runtime, 1 thread, FAST), written to tmp_root."""
     return lambda name, **changes: write_target(tmp_root, tiny_target(name, **changes))
+
+
+def table_with_error(table: LatencyTable, pct: float, same_window_pct: float | None = None) -> LatencyTable:
+    """The table as if `tables validate` had found a `pct` median error and `same_window_pct` (default `pct`)
+    with its blocks re-timed beside the subnets (the drift threshold's floor)."""
+    same = pct if same_window_pct is None else same_window_pct
+    table.validation = Validation(
+        date="2026-12-02T00:00:00+00:00", n_samples=10, seed=1, median_abs_pct_error=pct, within_5pct=1.0,
+        within_10pct=1.0, p90_abs_pct_error=2 * pct, worst_pct_error=3 * pct, same_window_median_abs_pct_error=same,
+        repeatability_pct=0.5, host="h", drift_pct=pct - same,
+    )  # fmt: skip
+    return table
+
+
+@pytest.fixture
+def with_error():
+    """with_error(table, pct, same_window_pct=None): the table with a validation of that error (table_with_error)."""
+    return table_with_error
+
+
+def make_observation(
+    table: LatencyTable, family: str, ratio: float, *, age_s: float = 0.0, drift_factor: float = 1.0
+) -> Observation:
+    """A deploy's observation of target `src` that ran `ratio` × its prediction, `age_s` ago."""
+    date = (datetime.now(UTC) - timedelta(seconds=age_s)).replace(microsecond=0).isoformat()
+    return Observation(
+        date=date, source="deploy", target="src", precision="fp32", table="src.json",
+        table_identity=table_identity(table), model="matformer_vit_tiny", family=family, subnet_id="x",
+        table_prediction_ms=0.2, drift_factor=drift_factor, corrected_prediction_ms=0.2 * drift_factor,
+        measured_ms=0.2 * drift_factor * ratio,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def observation():
+    """observation(table, family, ratio, *, age_s=0, drift_factor=1): an Observation (make_observation)."""
+    return make_observation

@@ -1,14 +1,16 @@
+"""Taking a latency in this process: interleaved rounds, retries while noisy, and the gate's warning."""
+
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 
-import numpy as np
 import pytest
 
 from deploy.errors import MeasurementError
-from deploy.latency.measure import measure, measure_interleaved, relative_standard_error, stats_from_rounds
-from deploy.latency.stats import MeasureProtocol
+from deploy.latency.measure import measure, measure_interleaved
+from deploy.latency.stats import MeasureProtocol, relative_standard_error
 
 FAST = MeasureProtocol(warmup_runs=2, min_runs=10, min_time_s=0.01, rounds=3, cv_max=0.5, max_retries=0)
 
@@ -82,64 +84,36 @@ def test_measure_gives_up_after_max_retries_with_all_rounds_pooled():
     assert len(stats.round_medians_ms) == 6 and relative_standard_error(stats) > 0.01
 
 
-def test_stats_from_rounds_computes_median_p90_and_round_cv():
-    stats = stats_from_rounds([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]])
-    assert stats.median_ms == 2.0 and stats.n_runs == 6
-    assert stats.round_medians_ms == (2.0, 2.0) and stats.cv == 0.0
-    assert stats.p90_ms == pytest.approx(2.5)
-    assert stats.trimmed == 0  # IQR 0: no scale to call the 3.0 an outlier
-
-
-def _steady_rounds(rounds: int = 5, runs: int = 20) -> list[list[float]]:
-    # 1.00 .. 1.19 ms in every round: a clean measurement with some spread.
-    return [[1.0 + 0.01 * i for i in range(runs)] for _ in range(rounds)]
-
-
-def test_stats_from_rounds_trims_and_counts_huge_outliers():
-    rounds = _steady_rounds()
-    rounds[1][3] = 100.0  # preempted runs: 100x the median
-    rounds[3][0] = 250.0
-    rounds[4][7] = 80.0
-    stats = stats_from_rounds(rounds)
-    assert stats.trimmed == 3 and stats.n_runs == 100
-    clean = [x for r in rounds for x in r if x < 10]
-    assert stats.median_ms == pytest.approx(float(np.median(clean)))
-    assert stats.mean_ms == pytest.approx(float(np.mean(clean)), abs=1e-6)
-    assert stats.std_ms == pytest.approx(float(np.std(clean, ddof=1)), abs=1e-6)
-    assert stats.p90_ms < 1.2 and stats.mean_ms < 1.2
-    assert stats.to_json()["trimmed"] == 3
-
-
-def test_stats_from_rounds_trims_nothing_when_clean():
-    rounds = _steady_rounds()
-    runs = [x for r in rounds for x in r]
-    stats = stats_from_rounds(rounds)
-    assert stats.trimmed == 0 and stats.n_runs == 100
-    assert stats.mean_ms == pytest.approx(float(np.mean(runs)), abs=1e-6)
-    assert stats.p90_ms == pytest.approx(float(np.percentile(runs, 90)), abs=1e-6)
-    assert stats.to_json()["trimmed"] == 0
-
-
-def test_stats_from_rounds_computes_round_medians_on_trimmed_runs_and_drops_emptied_rounds():
-    rounds = _steady_rounds(rounds=6)
-    rounds[2] = [500.0] * 4  # a round that was preempted throughout
-    rounds[4][0] = 300.0
-    stats = stats_from_rounds(rounds)
-    assert stats.trimmed == 5 and stats.n_runs == 5 * 20 + 4
-    assert len(stats.round_medians_ms) == 5  # the all-outlier round is left out
-    assert all(m == pytest.approx(1.095) for m in stats.round_medians_ms[:2])
-    assert stats.round_medians_ms[3] == pytest.approx(float(np.median(rounds[4][1:])))
-    assert stats.cv < 0.01
-
-
-def test_stats_from_rounds_trims_nothing_when_too_few_runs():
-    stats = stats_from_rounds([[1.0, 1.1, 1.2], [1.0, 100.0]])
-    assert stats.trimmed == 0 and stats.mean_ms > 10
-
-
 def test_measure_wraps_a_failing_call_in_measurement_error():
     def boom() -> None:
         raise RuntimeError("kaput")
 
     with pytest.raises(MeasurementError, match="kaput"):
         measure(boom, FAST)
+
+
+NEVER_PRECISE = MeasureProtocol(warmup_runs=0, min_runs=3, min_time_s=0, rounds=2, cv_max=0.0, max_retries=0)
+
+
+def _alternating() -> object:
+    n = itertools.count()
+    return lambda: time.sleep(0.002 if (next(n) // 3) % 2 else 0.0005)  # a slow round, then a fast one
+
+
+def test_measure_interleaved_warns_once_when_items_stay_above_the_precision_gate(caplog):
+    with caplog.at_level(logging.WARNING, logger="deploy.latency.measure"):
+        measure_interleaved({"a": _alternating()}, NEVER_PRECISE)
+    assert [r.getMessage() for r in caplog.records if "precision gate" in r.getMessage()]
+
+
+def test_measure_interleaved_warns_nothing_and_leaves_the_logger_alone_when_warn_noisy_false(caplog):
+    logger, seen, tick = logging.getLogger("deploy.latency.measure"), [], _alternating()
+
+    def call() -> None:
+        seen.append(logger.getEffectiveLevel())
+        tick()
+
+    with caplog.at_level(logging.WARNING, logger="deploy.latency.measure"):
+        stats = measure(call, NEVER_PRECISE, warn_noisy=False)
+    assert stats.n_runs == 6 and not [r for r in caplog.records if "precision gate" in r.getMessage()]
+    assert set(seen) == {logging.WARNING}  # no process-wide level change: other warnings still show meanwhile

@@ -7,7 +7,7 @@ import pytest
 
 from deploy.errors import ConfigFileError, TableIncompleteError, TableNotFoundError
 from deploy.families.base import BlockKey
-from deploy.latency.build import fit_calibration
+from deploy.latency.calibration import fit_calibration
 from deploy.latency.predictor import LatencyPredictor
 from deploy.latency.table import CalibrationSample, Entry, LatencyTable, Protocol, Provenance, Validation
 

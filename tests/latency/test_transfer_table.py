@@ -38,7 +38,7 @@ def test_transfer_recovers_the_per_kind_scales_and_writes_provenance_when_kinds_
 ):
     dst = make_target("dst", threads=2)
     device = synthetic(source_table(src), tiny, SCALES)
-    result = transfer_table(dst, ["src"], [tiny], samples=10, progress=False)
+    result = transfer_table(dst, ["src"], [tiny], samples=10)
     table = LatencyTable.load(dst.table_path)
     assert result.path == dst.table_path
     for kind, ratios in per_kind_ratio(table, source_table(src)).items():
@@ -70,7 +70,7 @@ def test_transfer_recovers_the_scales_within_tolerance_when_measurements_are_noi
     # subnet's time on this machine's source table; the per-kind scales are what this test checks
     dst = make_target("dst")
     synthetic(source_table(src), tiny, SCALES, noise=0.02, seed=3)
-    result = transfer_table(dst, ["src"], [tiny], samples=30, fit="kind_blocks", progress=False)
+    result = transfer_table(dst, ["src"], [tiny], samples=30, fit="kind_blocks")
     for kind, ratios in per_kind_ratio(result.table, source_table(src)).items():
         np.testing.assert_allclose(ratios, SCALES[kind], rtol=0.06)
     assert result.record.heldout.median_abs_pct < 5.0 and result.record.repeatability_pct > 0
@@ -82,7 +82,7 @@ def test_written_table_reproduces_the_chosen_model_on_the_measured_subnets_for_e
 ):
     dst = make_target("dst")
     synthetic(source_table(src), tiny, SCALES, offset_ms=0.01, noise=0.03, seed=1)
-    result = transfer_table(dst, ["src"], [tiny], samples=12, fit=fit, progress=False)
+    result = transfer_table(dst, ["src"], [tiny], samples=12, fit=fit)
     assert result.record.model == fit
     table = LatencyTable.load(dst.table_path)
     predictor = LatencyPredictor(table)
@@ -96,7 +96,7 @@ def test_written_table_reproduces_the_chosen_model_on_the_measured_subnets_for_e
 def test_transfer_chooses_a_one_parameter_model_when_the_device_is_uniformly_slower(src, make_target, tiny, synthetic):
     dst = make_target("dst")
     synthetic(source_table(src), tiny, dict.fromkeys(SCALES, 2.0))
-    record = transfer_table(dst, ["src"], [tiny], samples=10, progress=False).record
+    record = transfer_table(dst, ["src"], [tiny], samples=10).record
     assert record.n_params == 1 and record.heldout.median_abs_pct < 1e-6
 
 
@@ -107,7 +107,7 @@ def test_transfer_with_two_sources_records_both_and_their_columns(src, make_targ
     (tmp_root / "latency_tables" / "src2.json").write_text(json.dumps(data))
     dst = make_target("dst")
     synthetic(source_table(src), tiny, SCALES, offset_ms=0.005)
-    record = transfer_table(dst, ["src", "src2"], [tiny], samples=20, fit="kind_scales", progress=False).record
+    record = transfer_table(dst, ["src", "src2"], [tiny], samples=20, fit="kind_scales").record
     assert [s.target for s in record.sources] == ["src", "src2"]
     assert {k.split("/")[0] for k in record.scales} == {"src", "src2"}
 
@@ -122,7 +122,7 @@ def test_transfer_from_an_estimated_table_is_a_named_error_and_writes_nothing(sr
     (tmp_root / "latency_tables" / "est.json").write_text(json.dumps(data))
     dst = make_target("dst")
     with pytest.raises(TransferSourceError, match=r"est\.json is ESTIMATED, not measured"):
-        transfer_table(dst, ["est"], [tiny], samples=10, progress=False)
+        transfer_table(dst, ["est"], [tiny], samples=10)
     assert not dst.table_path.exists()
 
 
@@ -133,7 +133,7 @@ def test_transfer_from_a_table_lacking_blocks_is_a_named_error_and_writes_nothin
     path.write_text(json.dumps(data))
     dst = make_target("dst")
     with pytest.raises(TransferSourceError, match=r"--from src: its table lacks 1 of the 6 blocks"):
-        transfer_table(dst, ["src"], [tiny], samples=10, progress=False)
+        transfer_table(dst, ["src"], [tiny], samples=10)
     assert not dst.table_path.exists()
 
 
@@ -141,36 +141,36 @@ def test_transfer_with_fewer_samples_than_the_model_needs_is_a_named_error(src, 
     dst = make_target("dst")
     device = synthetic(source_table(src), tiny, SCALES)
     with pytest.raises(TransferError, match=r"--samples 1 is below .* needs: 2 measured subnets"):
-        transfer_table(dst, ["src"], [tiny], samples=1, progress=False)
+        transfer_table(dst, ["src"], [tiny], samples=1)
     with pytest.raises(TransferError, match=r"--samples 4 is below what transfer model kind_scales needs: 5"):
-        transfer_table(dst, ["src"], [tiny], samples=4, fit="kind_scales", progress=False)
+        transfer_table(dst, ["src"], [tiny], samples=4, fit="kind_scales")
     assert not dst.table_path.exists() and device.measured == []
 
 
 def test_transfer_to_a_target_whose_backend_cannot_run_here_is_a_named_error(src, make_target, tiny):
     dst = make_target("dst", backend="coreml", precision="fp16")
     with pytest.raises(TransferDeviceError, match=r"cannot transfer to dst: its runner cannot measure here"):
-        transfer_table(dst, ["src:fp32"], [tiny], samples=10, progress=False)
+        transfer_table(dst, ["src:fp32"], [tiny], samples=10)
     assert not dst.table_path.exists()
 
 
 def test_transfer_to_an_unreachable_device_is_a_named_error(src, make_target, tiny):
     dst = make_target("dst", runner=SshSpec(host="127.0.0.1", port=9, user="nobody"))
     with pytest.raises(TransferDeviceError, match=r"cannot transfer to dst: .*nothing was written"):
-        transfer_table(dst, ["src"], [tiny], samples=10, progress=False)
+        transfer_table(dst, ["src"], [tiny], samples=10)
     assert not dst.table_path.exists()
 
 
 def test_transfer_onto_its_own_or_a_measured_table_is_refused(src, make_target, tiny, tmp_root):
     with pytest.raises(TransferSourceError, match="own table"):
-        transfer_table(src, ["src"], [tiny], samples=10, progress=False)
+        transfer_table(src, ["src"], [tiny], samples=10)
     dst = make_target("dst")
     data = json.loads(src.table_path.read_text())
     data["provenance"]["target"] = "dst"  # a table measured for dst
     (tmp_root / "latency_tables" / "dst.json").write_text(json.dumps(data))
     before = dst.table_path.read_bytes()
     with pytest.raises(TransferError, match=r"is a MEASURED table; .*--force, or --out PATH"):
-        transfer_table(dst, ["src"], [tiny], samples=10, progress=False)
+        transfer_table(dst, ["src"], [tiny], samples=10)
     assert dst.table_path.read_bytes() == before
 
 
@@ -200,12 +200,12 @@ def test_transfer_to_two_threads_on_the_local_runner_writes_a_table_that_validat
     from deploy.latency.validate import validate_table
 
     dst = make_target("dst", threads=2)
-    result = transfer_table(dst, ["src"], [tiny], samples=6, blocks_per_kind=1, progress=False)
+    result = transfer_table(dst, ["src"], [tiny], samples=6, blocks_per_kind=1)
     table = LatencyTable.load(dst.table_path)
     assert table.provenance.method == "transferred" and table.provenance.runner == "local"
     assert result.record.where == table.provenance.host and len(result.record.blocks) == 3
     assert all(s.measured_ms > 0 for s in result.record.subnets) and result.record.table_reproduces_fit_max_pct < 1e-6
-    report = validate_table(dst, tiny, samples=3, progress=False)
+    report = validate_table(dst, tiny, samples=3)
     fitted = {s.subnet_id for s in result.record.subnets}
     assert not fitted & {r.subnet_id for r in report.rows}
     after = LatencyTable.load(dst.table_path)
@@ -215,5 +215,5 @@ def test_transfer_to_two_threads_on_the_local_runner_writes_a_table_that_validat
 def test_transfer_from_a_source_of_another_precision_records_it_in_the_provenance(src, make_target, tiny, synthetic):
     dst = make_target("dst", precision="fp16")
     synthetic(source_table(src), tiny, SCALES)
-    table = transfer_table(dst, ["src"], [tiny], samples=8, progress=False).table
+    table = transfer_table(dst, ["src"], [tiny], samples=8).table
     assert table.provenance.precision == "fp16" and table.provenance.transfer.sources[0].precision == "fp32"

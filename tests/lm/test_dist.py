@@ -15,19 +15,18 @@ import pytest
 import torch
 
 from deploy.errors import ConfigFileError, PromptError
-from deploy.lm.artifact import SPEC_FILE, LMArtifact, get_lm_backend
-from deploy.lm.manifest import (
-    ARTIFACT_DIR,
+from deploy.lm.artifact import ARTIFACT_DIR, SPEC_FILE, LMArtifact, get_lm_backend
+from deploy.lm.run import generate_text, open_dist
+from deploy.lm.tokenizer import ByteTokenizer
+from deploy.models import build
+from deploy.packaging.manifest import (
     LMArtifactRecord,
     LMLatencyRecord,
     LMManifest,
     LMMetricRecord,
+    SubnetRecord,
     TokenizerRecord,
 )
-from deploy.lm.run import generate_text, open_dist
-from deploy.lm.tokenizer import ByteTokenizer
-from deploy.models import build
-from deploy.packaging.manifest import SubnetRecord
 from deploy.targets import DeviceInfo, Target
 
 REPO = Path(__file__).resolve().parents[2]

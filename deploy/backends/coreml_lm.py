@@ -30,13 +30,13 @@ from torch import nn
 
 from deploy.backends.base import check_precision
 from deploy.backends.coreml import (
-    _ARRAY_DTYPES,
-    _COMPUTE_PRECISION,
-    _MIL_FLOATS,
-    _convert_error,
-    _ct,
-    _quiet_converter,
-    _save_package,
+    ARRAY_DTYPES,
+    COMPUTE_PRECISION,
+    MIL_FLOATS,
+    convert_error,
+    coremltools_module,
+    quiet_coreml,
+    save_package,
 )
 from deploy.errors import BackendUnavailableError, DeployError
 from deploy.families.lm_blocks import Decoder
@@ -78,7 +78,7 @@ def _function_summary(function: Any) -> dict[str, Any]:
     for op in operations:
         if op.type not in ("const", "cast"):
             outs = (o.type.tensorType.dataType for o in op.outputs)
-            dtypes.update(_MIL_FLOATS[d] for d in outs if d in _MIL_FLOATS)
+            dtypes.update(MIL_FLOATS[d] for d in outs if d in MIL_FLOATS)
     return {"ops": dict(sorted(ops.items())), "compute_dtypes": dict(sorted(dtypes.items()))}
 
 
@@ -86,7 +86,7 @@ def _features(features: Any, kind: str) -> list[dict[str, Any]]:
     out = []
     for f in features:
         array = f.type.stateType.arrayType if kind == "state" else f.type.multiArrayType
-        dtype = _ARRAY_DTYPES.get(array.dataType, str(array.dataType))
+        dtype = ARRAY_DTYPES.get(array.dataType, str(array.dataType))
         out.append({"name": f.name, "shape": [int(d) for d in array.shape], "dtype": dtype})
     return out
 
@@ -105,7 +105,7 @@ class CoreMLLM:
         self, decoder: Decoder, target: Target, out_dir: Path, *, buckets: Sequence[int], tokenizer: ByteTokenizer
     ) -> LMArtifact:
         check_precision(self.name, ("fp16", "fp32"), target)
-        ct = _ct()
+        ct = coremltools_module()
         buckets = tuple(sorted(set(buckets)))
         start = time.perf_counter()
         decoder = decoder.eval()
@@ -119,7 +119,7 @@ class CoreMLLM:
                 program = torch.export.export(
                     StatefulChunk(decoder).eval(), (torch.zeros(1, length, dtype=torch.long), torch.tensor([0]))
                 ).run_decompositions({})
-                with _quiet_converter():
+                with quiet_coreml():
                     model = ct.convert(
                         program,
                         convert_to="mlprogram",
@@ -130,18 +130,18 @@ class CoreMLLM:
                         outputs=[ct.TensorType(name="logits", dtype=np.float32)],
                         states=[state],
                         minimum_deployment_target=getattr(ct.target, MIN_TARGET),
-                        compute_precision=getattr(ct.precision, _COMPUTE_PRECISION[target.precision]),
+                        compute_precision=getattr(ct.precision, COMPUTE_PRECISION[target.precision]),
                     )
                 model.save(str(tmp / f"{name}.mlpackage"))
                 desc.add_function(str(tmp / f"{name}.mlpackage"), src_function_name="main", target_function_name=name)
             desc.default_function_name = DECODE
             ct.utils.save_multifunction(desc, str(tmp / MODEL_FILE))
             out_dir = Path(out_dir)
-            _save_package(_Saved(tmp / MODEL_FILE), out_dir / MODEL_FILE)
+            save_package(_Saved(tmp / MODEL_FILE), out_dir / MODEL_FILE)
         except DeployError:
             raise
         except Exception as exc:
-            raise _convert_error(exc, str(ct.__version__)) from exc
+            raise convert_error(exc, str(ct.__version__)) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         two_l, heads, _, head_dim = decoder.cache_shape(0)
@@ -165,7 +165,7 @@ class CoreMLLM:
         return LMArtifact(out_dir, spec).save()
 
     def inspect(self, artifact: LMArtifact) -> dict[str, Any]:
-        ct = _ct()
+        ct = coremltools_module()
         spec = ct.models.MLModel(str(artifact.path("model")), skip_model_load=True).get_spec()
         functions = {}
         for f in spec.description.functions:
@@ -189,7 +189,7 @@ class CoreMLLM:
 
 
 class _Saved:
-    """A saved package as something `_save_package` can save again (it moves folders atomically)."""
+    """A saved package as something `save_package` can save again (it moves folders atomically)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -202,7 +202,7 @@ class CoreMLSession:  # pragma: no cover (macOS only: never run on this project'
     """Each function loaded as its own MLModel; one state made by the decode function carries the cache."""
 
     def __init__(self, artifact: LMArtifact) -> None:
-        ct = _ct()
+        ct = coremltools_module()
         path, spec = str(artifact.path("model")), artifact.spec
         self.spec = spec
         self._decode = ct.models.MLModel(path, function_name=DECODE)

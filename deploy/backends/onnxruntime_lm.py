@@ -52,12 +52,13 @@ def export_onnx(
     import onnx
     import onnxslim
 
-    from deploy.export.hub import OPSET, _first_line, _quiet_output
+    from deploy.errors import first_line as _first_line
+    from deploy.export.hub import OPSET, quiet_exporter
 
     start = time.perf_counter()
     raw = path.with_suffix(".raw.onnx")
     try:
-        with _quiet_output(), warnings.catch_warnings():
+        with quiet_exporter(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module.eval(), args, str(raw), dynamo=False, do_constant_folding=True, opset_version=OPSET,

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from deploy.backends.base import check_precision
-from deploy.backends.tflite import PIP_EXTRA, _interpreter_module, _op_counts, _quiet, _require, conversion_error
+from deploy.backends.tflite import (
+    PIP_EXTRA,
+    conversion_error,
+    interpreter_module,
+    op_counts,
+    quiet_litert,
+    require_module,
+)
 from deploy.errors import DeployError
 from deploy.families.lm_blocks import Decoder, Graph
 from deploy.lm.artifact import LMArtifact, LMSpec, write_tokenizer
@@ -48,7 +55,7 @@ class LiteRTLM:
 
     def runs_here(self) -> str | None:
         try:
-            _interpreter_module()
+            interpreter_module()
         except DeployError as exc:
             return str(exc)
         return None
@@ -57,7 +64,7 @@ class LiteRTLM:
         self, decoder: Decoder, target: Target, out_dir: Path, *, buckets: Sequence[int], tokenizer: ByteTokenizer
     ) -> LMArtifact:
         check_precision(self.name, ("fp32",), target)  # LM quantisation is not offered yet
-        litert_torch = _require("litert_torch", "litert-torch to convert models")
+        litert_torch = require_module("litert_torch", "litert-torch to convert models")
         buckets = tuple(sorted(set(buckets)))
         if not buckets or buckets[-1] > decoder.max_context:
             raise DeployError(
@@ -68,7 +75,7 @@ class LiteRTLM:
         decoder = decoder.eval()
         prefill, decode = Graph(decoder, "prefill_static"), Graph(decoder, "decode_static")
         try:
-            with _quiet():
+            with quiet_litert():
                 converter = None
                 for b in buckets:
                     kwargs = {"tokens": torch.zeros(1, b, dtype=torch.long)}
@@ -108,13 +115,13 @@ class LiteRTLM:
             from deploy.errors import BackendUnavailableError
 
             raise BackendUnavailableError(f"{reason} ({PIP_EXTRA})")
-        interp = _interpreter_module().Interpreter(
+        interp = interpreter_module().Interpreter(
             model_path=str(artifact.path("model")), num_threads=int(artifact.spec.options.get("threads", 1))
         )
         return LiteRTSession(interp, artifact.spec)
 
     def inspect(self, artifact: LMArtifact) -> dict[str, Any]:
-        interp = _interpreter_module().Interpreter(model_path=str(artifact.path("model")))
+        interp = interpreter_module().Interpreter(model_path=str(artifact.path("model")))
         signatures = {}
         for name, io in interp.get_signature_list().items():
             runner = interp.get_signature_runner(name)
@@ -130,7 +137,7 @@ class LiteRTLM:
                 ]
                 for kind in ("inputs", "outputs")
             }
-        ops: Counter[str] = _op_counts(artifact.path("model").read_bytes())
+        ops: Counter[str] = op_counts(artifact.path("model").read_bytes())
         return {
             "format": "TFLite flatbuffer",
             "precision": "fp32",
