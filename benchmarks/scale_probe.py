@@ -107,7 +107,8 @@ def run_target(ws: Path, source: str, samples: int, model: str = MODEL, quick: b
     if quick:  # in this process: a child's interpreter and imports would cost more than the deploy
         from deploy.flows.deploy import deploy
 
-        deploy(name, out_dir=ws / "dist" / name, progress=False, say=lambda _m: None)
+        # not measured: a smoke test runs beside make test's other worker, whose load would decide over budget
+        deploy(name, out_dir=ws / "dist" / name, measure=False, say=lambda _m: None)
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     else:
         env = {**os.environ, "ELASTIC_DEPLOY_ROOT": str(ws)}

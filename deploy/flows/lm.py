@@ -35,7 +35,7 @@ from deploy.latency.observations import (
 from deploy.latency.table import LatencyTable, now_iso
 from deploy.lm import tokenizer as tok
 from deploy.lm.artifact import ARTIFACT_DIR, LMArtifact, LMBackend, get_lm_backend
-from deploy.lm.generate import TorchSession, teacher_forced_nll, time_loops
+from deploy.lm.generate import TorchSession, teacher_forced_nll, time_loops_gated
 from deploy.lm.latency import REGIMES, LMLatency, lm_budget, regime_key, table_blocks
 from deploy.lm.parity import greedy_parity, parity_prompts
 from deploy.lm.select import select_lm
@@ -246,10 +246,19 @@ class LMWorkload:
         session = loaded.backend.open(built.artifact)
         # the same lock every measurement holds: two deploys on one machine would time each other's load
         with measuring(get_runner(target.runner), f"deploy {target.name}"):
-            figures = time_loops(session, prompt, lm.generate_tokens, TIMED_LOOPS, vocab=spec.vocab,
-                                 max_context=spec.max_context, longest=spec.longest_prompt)  # fmt: skip
-        timing = GenerationTiming(**figures, prompt_tokens=len(prompt), generated_tokens=lm.generate_tokens,
-                                  loops=TIMED_LOOPS, where=f"local ({platform.node()})")  # fmt: skip
+            figures, how = time_loops_gated(
+                session, prompt, lm.generate_tokens, target.measurement.protocol(), vocab=spec.vocab,
+                max_context=spec.max_context, longest=spec.longest_prompt, loops=TIMED_LOOPS,
+            )  # fmt: skip
+        timing = GenerationTiming(
+            **figures, prompt_tokens=len(prompt), generated_tokens=lm.generate_tokens, loops=how["loops"],
+            where=f"local ({platform.node()})", relative_standard_error=how["rse"], within_gate=how["within_gate"],
+        )  # fmt: skip
+        if not how["within_gate"]:
+            req.say(
+                f"warning: the generation timing stayed noisy: ms/token {how['rse']:.1%} relative standard error "
+                f"over {how['loops']} loops, above the target's cv_max {target.measurement.cv_max:.1%}"
+            )
         ttft = chosen.latency.ttft(chosen.config)
         generation_ms = chosen.latency.generation_ms_per_token(chosen.config, len(prompt), lm.generate_tokens)
         req.say(

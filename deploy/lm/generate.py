@@ -17,6 +17,7 @@ import torch
 
 from deploy.errors import PromptError
 from deploy.families.lm_blocks import Decoder
+from deploy.latency.stats import MeasureProtocol
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,34 @@ def time_loops(
         "ms_per_token": per_token,
         "tokens_per_s": 1000.0 / per_token,
     }
+
+
+def time_loops_gated(
+    session: Any, prompt: Sequence[int], tokens: int, protocol: MeasureProtocol, *, vocab: int, max_context: int,
+    longest: int, loops: int = 10,
+) -> tuple[dict[str, float], dict[str, Any]]:  # fmt: skip
+    """`time_loops` under a target's measurement protocol and its precision gate: batches of `loops` generation
+    loops (after 2 warm-up) until the relative standard error of the per-loop ms/token is within
+    `protocol.cv_max`, at most `protocol.max_retries` more batches. (figures, how they were taken)."""
+    for _ in range(2):
+        greedy(session, prompt, tokens, vocab=vocab, max_context=max_context, longest_prompt=longest)
+    ttfts: list[float] = []
+    decode: list[float] = []
+    per_loop: list[float] = []
+    rse = float("inf")
+    for _ in range(protocol.max_retries + 1):
+        for _ in range(loops):
+            g = greedy(session, prompt, tokens, vocab=vocab, max_context=max_context, longest_prompt=longest)
+            ttfts.append(g.ttft_ms)
+            decode.extend(g.decode_ms)
+            per_loop.append(float(np.median(g.decode_ms)))
+        spread = np.asarray(per_loop)
+        rse = float(spread.std(ddof=1) / spread.mean() / np.sqrt(len(spread))) if len(spread) > 1 else 0.0
+        if rse <= protocol.cv_max:
+            break
+    per_token = float(np.median(decode))
+    figures = {"ttft_ms": float(np.median(ttfts)), "ms_per_token": per_token, "tokens_per_s": 1000.0 / per_token}
+    return figures, {"loops": len(per_loop), "rse": rse, "within_gate": rse <= protocol.cv_max}
 
 
 def teacher_forced_nll(session: Any, window: Sequence[int]) -> tuple[float, int]:

@@ -211,6 +211,9 @@ class GenerationTiming(_Record):
     generated_tokens: int
     loops: int
     where: str
+    # the target's precision gate: relative standard error of the per-loop ms/token, and whether it held
+    relative_standard_error: float | None = None
+    within_gate: bool | None = None
 
 
 class LMLatencyRecord(_Record):

@@ -217,3 +217,19 @@ def test_transfer_from_a_source_of_another_precision_records_it_in_the_provenanc
     synthetic(source_table(src), tiny, SCALES)
     table = transfer_table(dst, ["src"], [tiny], samples=8).table
     assert table.provenance.precision == "fp16" and table.provenance.transfer.sources[0].precision == "fp32"
+
+
+def test_transfer_says_when_the_models_offer_fewer_subnets_than_asked(src, make_target, tiny, synthetic):
+    """--samples beyond the distinct subnets is said, not capped silently (issue 24)."""
+    from deploy.latency.transfer_table import plan_transfer
+
+    dst = make_target("dst")
+    synthetic(source_table(src), tiny, SCALES)
+    said: list[str] = []
+    plan = plan_transfer(
+        dst, ["src"], [tiny], samples=100_000, fit="auto", blocks_per_kind=2, seed=0, force=False, path=None,
+        say=said.append,
+    )  # fmt: skip
+    offered = len(plan.subnets)
+    assert offered < 100_000
+    assert any(f"--samples 100000: the models offer {offered} distinct subnets" in m for m in said), said
