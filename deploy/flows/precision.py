@@ -87,6 +87,13 @@ def select_at(
     validation = table.validation_for(supernet.family)
     if (correction is None or not correction.checked) and validation and validation.uncorrected_p90_abs_pct_error:
         margin = max(margin, validation.uncorrected_p90_abs_pct_error)  # no drift check: the table's own error
+    if margin >= 100:  # no budget survives it: say why instead of selecting under a negative budget
+        raise NoFeasibleSubnetError(
+            f"{target.name}: the {target.table_file} table's validated error for {supernet.family} is {margin:.0f}% "
+            "without a drift check, so no subnet can be promised within the budget; deploy with measuring on (the "
+            "drift check corrects for this machine) or rebuild the table here "
+            f"(`make latency-tables TARGET={target.name}`)"
+        )
     constraints = Constraints(budget_ms=target.budget_ms, margin_pct=margin, max_params=target.max_params)
 
     def latency(config: SubnetConfig) -> tuple[float, float]:

@@ -76,3 +76,18 @@ def test_deploy_pixel7_without_a_phone_validates_on_the_host_and_says_it_is_esti
     assert "not measured on the device" in m["latency"]["not_measured_reason"]
     assert m["validation"]["ran_here"] and m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"]
     assert (tmp_root / "dist" / "pixel7" / "model.tflite").exists()
+
+
+def test_deploy_without_a_drift_check_on_a_table_off_by_more_than_the_budget_says_why(shipped):
+    """A margin of 100% or more leaves no budget: one named line, not a ValueError from the selector."""
+    import json
+
+    from deploy.errors import NoFeasibleSubnetError
+
+    path = shipped / "latency_tables" / "host-cpu-ort.json"
+    data = json.loads(path.read_text())
+    data["validations"]["matformer_vit"]["uncorrected_p90_abs_pct_error"] = 124.4
+    path.write_text(json.dumps(data))
+    with pytest.raises(NoFeasibleSubnetError, match=r"124% without a drift check.*deploy with measuring on"):
+        deploy("host-cpu-ort", measure=False)
+    assert not (shipped / "dist").exists()

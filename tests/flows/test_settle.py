@@ -185,6 +185,8 @@ def test_deploy_reselects_once_with_the_measured_correction_when_the_artifact_ex
     assert len(observations_path(load_target("host-cpu-ort")).read_text().splitlines()) == 2
 
 
+# its rule is test_settle_measurement_stops_with_both_numbers_when_over_budget_after_reselecting; two deploys more
+@pytest.mark.extended
 @pytest.mark.slow
 def test_deploy_stops_with_both_numbers_when_the_reselected_artifact_is_over_budget_too(shipped, monkeypatch):
     from deploy.flows.deploy import deploy
@@ -199,6 +201,8 @@ def test_deploy_stops_with_both_numbers_when_the_reselected_artifact_is_over_bud
     assert not (shipped / "dist" / "host-cpu-ort").exists()
 
 
+# the re-selection is the reselect deploy test above; this adds the path where it finds nothing
+@pytest.mark.extended
 @pytest.mark.slow
 def test_deploy_stops_when_nothing_fits_with_the_measured_correction(shipped, monkeypatch):
     from deploy.flows.deploy import deploy

@@ -22,6 +22,8 @@ def test_pixel7_lm_deploy_says_estimated_checks_parity_here_and_times_nothing(tm
     assert m.artifact.cache == "static" and (tmp_root / "dist" / "pixel7-lm" / "lm").is_dir()
 
 
+# the Core ML LM half's conversion is in the backend contract test; this adds the whole deploy
+@pytest.mark.extended
 def test_iphone15_lm_deploy_converts_a_stateful_program_and_says_prediction_needs_macos(tmp_root):
     pytest.importorskip("coremltools")
     said: list[str] = []

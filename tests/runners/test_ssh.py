@@ -197,6 +197,8 @@ def test_remote_bench_prints_error_json_and_exits_2_when_artifact_is_missing(tmp
     assert code == 2 and "does not exist" in result["error"]
 
 
+# ssh measuring is the ssh table build test, bench the tests/flows/test_bench.py ones; this adds a deploy
+@pytest.mark.extended
 def test_bench_of_a_deployed_artifact_runs_through_ssh(sshd, shipped):
     """make bench on a target whose runner is ssh: the deployed artifact is copied and measured remotely."""
     import yaml
